@@ -1,0 +1,109 @@
+//! One error type for every service, and its one mapping to gRPC.
+//!
+//! * a caller's mistake is `INVALID_ARGUMENT` with a `google.rpc.BadRequest`
+//!   naming each bad field;
+//! * a store that is down or too slow for the deadline is `UNAVAILABLE`
+//!   with `google.rpc.RetryInfo`;
+//! * `INTERNAL` is kept for our own bugs (e.g. a script answering nonsense),
+//!   never for input.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::store::StoreError;
+
+/// One bad field: the field's path in the request (`checks[2].key`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+
+    /// The same violation under a parent field: `key` becomes `checks[3].key`.
+    pub fn under(mut self, parent: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            parent.to_owned()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+impl From<FieldViolation> for Error {
+    fn from(v: FieldViolation) -> Self {
+        Self::InvalidArgument(vec![v])
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(msg) => Self::Unavailable(msg),
+            StoreError::Internal(msg) => Self::Internal(msg),
+        }
+    }
+}
+
+/// How soon a client should retry after `UNAVAILABLE`.
+const UNAVAILABLE_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument(violations) => {
+                let message = format!("invalid argument: {}", describe(&violations));
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::NotFound(msg) => Status::not_found(msg),
+            Error::Unavailable(msg) => Status::with_error_details(
+                Code::Unavailable,
+                format!("store unavailable: {msg}"),
+                ErrorDetails::with_retry_info(Some(UNAVAILABLE_RETRY_DELAY)),
+            ),
+            Error::Internal(msg) => Status::internal(msg),
+        }
+    }
+}

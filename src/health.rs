@@ -1,0 +1,64 @@
+//! `grpc.health.v1`: SERVING only while the store answers.
+//!
+//! A background probe pings the store on an interval and flips the overall
+//! status ("") and every service's status together, so a Kubernetes
+//! readiness probe takes a pod out of rotation while its Redis is away and
+//! puts it back, with no restart, when Redis returns.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::store::StoreHealth;
+
+pub struct Probe {
+    pub reporter: HealthReporter,
+    pub store: Arc<dyn StoreHealth>,
+    /// Fully-qualified service names reported besides "".
+    pub services: Vec<&'static str>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Probe {
+    async fn set_all(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
+
+    async fn store_answers(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.timeout, self.store.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Probes until `stop` turns true, then reports NOT_SERVING so load
+    /// balancers drain this instance during shutdown.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut serving = None;
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => break,
+            }
+            let ok = self.store_answers().await;
+            if serving != Some(ok) {
+                if ok {
+                    tracing::info!("store answers; health SERVING");
+                    self.set_all(ServingStatus::Serving).await;
+                } else {
+                    tracing::warn!("store does not answer; health NOT_SERVING");
+                    self.set_all(ServingStatus::NotServing).await;
+                }
+                serving = Some(ok);
+            }
+        }
+        self.set_all(ServingStatus::NotServing).await;
+    }
+}

@@ -1,0 +1,186 @@
+//! Builds the [`Application`]: binds the listener (port 0 picks a free one,
+//! as tests do), chooses the store, registers the services with health and
+//! reflection, and serves until a shutdown signal, then drains in-flight
+//! calls for at most `server.shutdown_grace`.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+use tonic::{codec::CompressionEncoding, transport::Server};
+
+use crate::{
+    config::Settings,
+    health::Probe,
+    keys::KeyBuilder,
+    proto,
+    rpc::Deadlines,
+    services::ratelimit::RateLimitHandler,
+    store::{Stores, memory::MemoryStore, redis::RedisStore},
+};
+
+/// Fully-qualified names of the services health reports on.
+pub const SERVICE_NAMES: &[&str] = &["datalayer.v1.RateLimitService"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("`server.addr`: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("`redis.url`: {0}")]
+    Redis(String),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    settings: Settings,
+    stores: Stores,
+}
+
+impl Application {
+    /// Binds and builds everything; nothing is served until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        settings.validate()?;
+        let stores = match &settings.redis.url {
+            None => Stores::memory(MemoryStore::new()),
+            Some(url) => Stores::redis(Arc::new(
+                RedisStore::new(url.expose(), url.redacted(), &settings.redis)
+                    .map_err(|e| StartupError::Redis(e.to_string()))?,
+            )),
+        };
+        Self::build_with_stores(settings, stores).await
+    }
+
+    /// As [`Application::build`], with a store made by the caller (tests).
+    pub async fn build_with_stores(
+        settings: Settings,
+        stores: Stores,
+    ) -> Result<Self, StartupError> {
+        let addr = settings.server.addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            settings,
+            stores,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.stores.kind
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets
+    /// in-flight calls finish within `server.shutdown_grace`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            local_addr,
+            settings,
+            stores,
+        } = self;
+        let s = &settings.server;
+        let deadlines = Deadlines {
+            default: s.default_timeout,
+            max: s.max_timeout,
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let probe = Probe {
+            reporter: health_reporter,
+            store: stores.health.clone(),
+            services: SERVICE_NAMES.to_vec(),
+            interval: settings.health.probe_interval,
+            timeout: settings.health.probe_timeout,
+        };
+        let probe_task = tokio::spawn(probe.run(stop_rx));
+
+        // grpcurl speaks v1alpha, newer tools v1: serve both.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+
+        let policies = settings.policies()?;
+        let ratelimit = RateLimitHandler::new(
+            stores.ratelimit.clone(),
+            KeyBuilder::new(&settings.keys.namespace),
+            policies,
+            settings.ratelimit.max_batch,
+            deadlines,
+        );
+        let ratelimit = proto::rate_limit_service_server::RateLimitServiceServer::new(ratelimit)
+            .max_decoding_message_size(s.max_request_bytes)
+            .max_encoding_message_size(s.max_response_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new calls, draining in-flight ones");
+            let _ = stop_tx.send(true);
+            let _ = drain_tx.send(());
+        };
+
+        tracing::info!(addr = %local_addr, store = stores.kind, "datalayer serving gRPC");
+        let server = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ratelimit)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                signal,
+            );
+
+        let grace = s.shutdown_grace;
+        let result = tokio::select! {
+            result = server => result.map_err(StartupError::from),
+            _ = async {
+                if drain_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(grace = ?grace, "grace period over; dropping unfinished calls");
+                Ok(())
+            }
+        };
+        probe_task.abort();
+        tracing::info!("stopped");
+        result
+    }
+}

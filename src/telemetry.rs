@@ -1,0 +1,121 @@
+//! Logs through `tracing` (text or JSON), and traces over OTLP/gRPC when an
+//! endpoint is configured (`telemetry.otlp_endpoint`, else
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`). Incoming W3C `traceparent` headers are
+//! continued (see [`crate::rpc`]).
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::config::{LogFormat, TelemetrySettings};
+
+/// Flushes and stops the trace exporter when dropped; keep it alive for the
+/// life of the process.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(e) = provider.force_flush()
+        {
+            eprintln!("datalayer: flushing traces failed: {e}");
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("datalayer: stopping the trace exporter failed: {e}");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("`telemetry.log_level`: {0}")]
+    Filter(String),
+    #[error("`telemetry.otlp_endpoint`: {0}")]
+    Exporter(String),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// The endpoint traces go to, if any.
+pub fn otlp_endpoint(settings: &TelemetrySettings) -> Option<String> {
+    settings
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.trim().is_empty())
+}
+
+/// Installs the global subscriber, propagator and (optionally) exporter.
+pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
+        _ => EnvFilter::try_new(&settings.log_level),
+    }
+    .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+
+    let fmt = match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let (otel, provider) = match otlp_endpoint(settings) {
+        None => (None, None),
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name(settings.service_name.clone())
+                        .build(),
+                )
+                .build();
+            let tracer = provider.tracer("datalayer");
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            // Spans are exported whatever the log level: only our own
+            // targets, at INFO (the RPC and Redis spans).
+            let targets = tracing_subscriber::filter::Targets::new()
+                .with_target("datalayer", tracing::Level::INFO);
+            (
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(targets),
+                ),
+                Some(provider),
+            )
+        }
+    };
+
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(TelemetryGuard { provider })
+}
