@@ -1,0 +1,316 @@
+//! Test harness: a real `redis-server` on a free port, and the service on
+//! port 0 with typed clients. No mocks: what passes here passes on the wire.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use datalayer::{
+    config::{RedisUrl, Settings},
+    proto::rate_limit_service_client::RateLimitServiceClient,
+    ratelimit::PolicyLimitSpec,
+    startup::Application,
+};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// A `redis-server` child process on a free port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the process on the same port and waits for PONG.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let started = Instant::now();
+        while !self.answers_ping() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (like a crash) and waits until the port is closed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+    }
+
+    /// Freezes the process: connections stay open but nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn answers_ping(&self) -> bool {
+        self.command("PING\r\n")
+            .map(|reply| reply.starts_with("+PONG"))
+            .unwrap_or(false)
+    }
+
+    /// Sends one raw RESP command and returns the first reply chunk.
+    pub fn command(&self, resp: &str) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(resp.as_bytes())?;
+        let mut buf = [0u8; 65536];
+        let n = stream.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Runs a command given as words, in RESP.
+    pub fn cmd(&self, words: &[&str]) -> String {
+        let mut resp = format!("*{}\r\n", words.len());
+        for w in words {
+            resp.push_str(&format!("${}\r\n{}\r\n", w.len(), w));
+        }
+        self.command(&resp).expect("redis answers")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub ratelimit: RateLimitServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
+    pub redis: Option<RedisServer>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Policies every test app has.
+pub fn test_policies(settings: &mut Settings) {
+    let mut policy = |name: &str, spec: PolicyLimitSpec| {
+        settings.ratelimit.policies.insert(name.to_owned(), spec);
+    };
+    policy(
+        "auth",
+        PolicyLimitSpec {
+            algorithm: Some("sliding_window".into()),
+            limit: Some(5),
+            window: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+    );
+    policy(
+        "open",
+        PolicyLimitSpec {
+            algorithm: Some("gcra".into()),
+            limit: Some(100),
+            period: Some(Duration::from_secs(60)),
+            fail_mode: Some("open".into()),
+            ..Default::default()
+        },
+    );
+    policy(
+        "closed",
+        PolicyLimitSpec {
+            algorithm: Some("gcra".into()),
+            limit: Some(100),
+            period: Some(Duration::from_secs(60)),
+            fail_mode: Some("closed".into()),
+            ..Default::default()
+        },
+    );
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the service on 127.0.0.1:0 (with its own Redis for
+/// [`Backend::Redis`]) after `tweak` has adjusted the settings.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = Settings::default();
+    settings.server.addr = "127.0.0.1:0".parse().unwrap();
+    settings.health.probe_interval = Duration::from_millis(100);
+    settings.health.probe_timeout = Duration::from_millis(100);
+    settings.redis.connect_timeout = Duration::from_millis(200);
+    settings.redis.wait_timeout = Duration::from_millis(200);
+    settings.redis.response_timeout = Duration::from_millis(500);
+    test_policies(&mut settings);
+    let redis = match backend {
+        Backend::Memory => None,
+        Backend::Redis => {
+            let redis = RedisServer::start();
+            settings.redis.url = Some(RedisUrl::new(redis.url()));
+            Some(redis)
+        }
+    };
+    tweak(&mut settings);
+
+    let app = Application::build(settings).await.expect("app builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects to the service");
+    TestApp {
+        addr,
+        ratelimit: RateLimitServiceClient::new(channel.clone()),
+        health: HealthClient::new(channel),
+        redis,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn redis(&mut self) -> &mut RedisServer {
+        self.redis.as_mut().expect("a Redis-backed app")
+    }
+
+    /// The health status of `service` ("" for the whole server).
+    pub async fn health_status(&self, service: &str) -> ServingStatus {
+        let mut health = self.health.clone();
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health answers");
+        ServingStatus::try_from(reply.into_inner().status).expect("known status")
+    }
+
+    /// Waits (bounded) until health reports `want` for the whole server.
+    pub async fn wait_for_health(&self, want: ServingStatus) {
+        let started = Instant::now();
+        loop {
+            if self.health_status("").await == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "health never became {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend for each listed case:
+/// `conformance!(case_a, case_b)` runs `case_a(Backend::Memory)` as
+/// `memory::case_a` and `case_a(Backend::Redis)` as `redis::case_a`.
+#[macro_export]
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::common::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::common::Backend::Redis).await;
+                }
+            )*
+        }
+    };
+}
