@@ -36,9 +36,16 @@ impl Probe {
         )
     }
 
+    /// Reports NOT_SERVING everywhere (tonic-health starts "" as SERVING),
+    /// then probes in the background; the first probe runs at once.
+    pub async fn start(self, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        self.set_all(ServingStatus::NotServing).await;
+        tokio::spawn(self.run(stop))
+    }
+
     /// Probes until `stop` turns true, then reports NOT_SERVING so load
     /// balancers drain this instance during shutdown.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut serving = None;
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

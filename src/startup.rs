@@ -115,7 +115,7 @@ impl Application {
             interval: settings.health.probe_interval,
             timeout: settings.health.probe_timeout,
         };
-        let probe_task = tokio::spawn(probe.run(stop_rx));
+        let probe_task = probe.start(stop_rx).await;
 
         // grpcurl speaks v1alpha, newer tools v1: serve both.
         let reflection = || {

@@ -80,7 +80,7 @@ fn each_algorithm(limit: u64, period: Duration) -> Vec<(&'static str, Limit)> {
 fn request(key: &str, limit: &Limit, cost: Option<u64>) -> CheckRequest {
     CheckRequest {
         key: key.to_owned(),
-        limit_source: Some(LimitSource::Limit(limit.clone())),
+        limit_source: Some(LimitSource::Limit(*limit)),
         cost,
     }
 }
@@ -324,7 +324,7 @@ async fn reset_forgets_the_key(backend: Backend) {
             .clone()
             .reset(ResetRequest {
                 key: key.clone(),
-                limit_source: Some(proto::reset_request::LimitSource::Limit(limit.clone())),
+                limit_source: Some(proto::reset_request::LimitSource::Limit(limit)),
             })
             .await
             .expect("reset succeeds");
@@ -486,7 +486,7 @@ async fn bad_input_names_the_field(backend: Backend) {
             request(
                 "k",
                 &Limit {
-                    algorithm: ok.algorithm.clone(),
+                    algorithm: ok.algorithm,
                     fail_mode: 99,
                 },
                 None,

@@ -108,13 +108,13 @@ async fn every_key_written_has_a_bounded_ttl() {
     let mut app = spawn_app(Backend::Redis).await;
     for (i, algorithm) in every_algorithm().into_iter().enumerate() {
         let key = format!("ttl-{i}");
-        call(&app, inline(&key, algorithm.clone(), Some(3)), None)
+        call(&app, inline(&key, algorithm, Some(3)), None)
             .await
             .unwrap();
         // Huge and zero costs write nothing.
         call(
             &app,
-            inline(&format!("{key}-huge"), algorithm.clone(), Some(u64::MAX)),
+            inline(&format!("{key}-huge"), algorithm, Some(u64::MAX)),
             None,
         )
         .await
@@ -145,9 +145,7 @@ async fn every_key_written_has_a_bounded_ttl() {
 async fn scripts_are_reloaded_after_a_flush_and_never_applied_twice() {
     let mut app = spawn_app(Backend::Redis).await;
     let gcra = every_algorithm().remove(0);
-    let first = call(&app, inline("flush", gcra.clone(), None), None)
-        .await
-        .unwrap();
+    let first = call(&app, inline("flush", gcra, None), None).await.unwrap();
     assert_eq!(first.remaining, 9);
     assert!(app.redis().cmd(&["SCRIPT", "FLUSH"]).starts_with("+OK"));
     let second = call(&app, inline("flush", gcra, None), None).await.unwrap();

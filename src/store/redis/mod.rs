@@ -185,14 +185,19 @@ impl RedisStore {
             db.operation = operation,
             db.redis.commands = pipe.len(),
         );
-        async {
-            let (lane, mut conn) = self.lane().await?;
-            pipe.query_async(&mut conn)
-                .await
-                .map_err(|e| self.fail(lane, e))
-        }
-        .instrument(span)
-        .await
+        self.query_untraced(pipe).instrument(span).await
+    }
+
+    /// As [`RedisStore::query`] without a span: the health probe pings every
+    /// second, and a trace per ping would drown the real ones.
+    async fn query_untraced<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let (lane, mut conn) = self.lane().await?;
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(lane, e))
     }
 }
 
@@ -267,7 +272,7 @@ impl StoreHealth for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("PING");
-        let (pong,): (String,) = self.query("PING", &pipe).await?;
+        let (pong,): (String,) = self.query_untraced(&pipe).await?;
         if pong == "PONG" {
             Ok(())
         } else {
