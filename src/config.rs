@@ -45,6 +45,8 @@ pub struct ServerSettings {
     pub max_request_bytes: usize,
     /// Largest response message sent, in bytes.
     pub max_response_bytes: usize,
+    /// Async runtime threads; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerSettings {
@@ -56,6 +58,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             max_request_bytes: 4 * 1024 * 1024,
             max_response_bytes: 4 * 1024 * 1024,
+            worker_threads: 0,
         }
     }
 }

@@ -1,24 +1,23 @@
 //! The Redis store: deadpool-redis for connections, Lua for atomicity.
 //!
-//! Hot paths share a few *lanes*: multiplexed connections that pipeline the
-//! commands of many concurrent calls onto one socket, which is how the
-//! service wins back the cost of gRPC (one Redis round trip carries many
-//! calls). The pool creates lanes (with connect timeouts) and serves
-//! operations that need a connection of their own; a lane that fails is
-//! dropped and replaced on next use, so the store heals when Redis returns.
+//! Calls go through a few [`lane`]s that pipeline the commands of many
+//! concurrent calls into one round trip, which is how the service wins back
+//! the cost of gRPC. The pool opens the lanes' connections (with connect
+//! timeouts) and serves operations that need a connection of their own.
 
+mod lane;
 mod ratelimit;
 
-use std::sync::{
-    Mutex,
-    atomic::{AtomicUsize, Ordering},
-};
+pub use ratelimit::script_source;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use deadpool_redis::{
     Connection, Manager, Pool, Runtime,
-    redis::{self, AsyncConnectionConfig, RedisError, aio::MultiplexedConnection},
+    redis::{self, AsyncConnectionConfig, RedisError, RedisResult, Value},
 };
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{StoreError, StoreHealth};
@@ -73,14 +72,12 @@ pub(crate) use lua_script;
 
 pub struct RedisStore {
     pool: Pool,
-    // std Mutex: held only to clone or swap an `Option`, never across await.
-    lanes: Vec<Mutex<Option<MultiplexedConnection>>>,
+    lanes: Vec<mpsc::Sender<lane::Job>>,
     next_lane: AtomicUsize,
     redacted_url: String,
 }
 
 impl StoreError {
-    /// Connection-level failures mean the lane must be replaced.
     fn from_redis(e: &RedisError) -> Self {
         use redis::ErrorKind;
         match e.kind() {
@@ -92,16 +89,9 @@ impl StoreError {
     }
 }
 
-fn breaks_connection(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-}
-
 impl RedisStore {
-    /// Builds the pool. Connects lazily: the service starts even while Redis
+    /// Builds the pool and starts the lanes (so it needs a Tokio runtime).
+    /// Connects lazily: the service starts even while Redis
     /// is down, and health reports NOT_SERVING until it answers.
     pub fn new(url: &str, redacted_url: String, s: &RedisSettings) -> Result<Self, StoreError> {
         let connection_config = AsyncConnectionConfig::new()
@@ -118,8 +108,10 @@ impl RedisStore {
             .build()
             .map_err(|e| StoreError::Internal(format!("building the Redis pool: {e}")))?;
         Ok(Self {
+            lanes: (0..s.connections)
+                .map(|_| lane::spawn(pool.clone()))
+                .collect(),
             pool,
-            lanes: (0..s.connections).map(|_| Mutex::new(None)).collect(),
             next_lane: AtomicUsize::new(0),
             redacted_url,
         })
@@ -138,66 +130,46 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("redis pool: {e}")))
     }
 
-    /// A lane: a shared multiplexed connection, opened on first use.
-    async fn lane(&self) -> Result<(usize, MultiplexedConnection), StoreError> {
-        let index = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        if let Some(conn) = self.lock_lane(index).clone() {
-            return Ok((index, conn));
-        }
-        let pooled = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("redis connect: {e}")))?;
-        // Taken out of the pool: the lane owns it from now on, and the pool
-        // may open another for dedicated use.
-        let conn = Connection::take(pooled);
-        *self.lock_lane(index) = Some(conn.clone());
-        Ok((index, conn))
-    }
-
-    fn lock_lane(&self, index: usize) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
-        self.lanes[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Maps a Redis error, dropping the lane if its connection is broken.
-    fn fail(&self, lane: usize, e: RedisError) -> StoreError {
-        if breaks_connection(&e) {
-            tracing::warn!(error = %e, lane, "redis connection lost; will reconnect");
-            *self.lock_lane(lane) = None;
-        }
-        StoreError::from_redis(&e)
-    }
-
-    /// Runs `pipe` on a lane inside a CLIENT span named after `operation`.
-    pub(crate) async fn query<T: redis::FromRedisValue>(
+    /// Runs `cmds` in the next pipeline of a lane inside a CLIENT span
+    /// named after `operation`; one reply per command, in order.
+    pub(crate) async fn exec(
         &self,
         operation: &str,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
+        cmds: Vec<redis::Cmd>,
+    ) -> Result<Vec<RedisResult<Value>>, StoreError> {
         let span = tracing::info_span!(
             "redis",
             otel.name = operation,
             otel.kind = "client",
             db.system = "redis",
             db.operation = operation,
-            db.redis.commands = pipe.len(),
+            db.redis.commands = cmds.len(),
         );
-        self.query_untraced(pipe).instrument(span).await
+        self.exec_untraced(cmds).instrument(span).await
     }
 
-    /// As [`RedisStore::query`] without a span: the health probe pings every
+    /// As [`RedisStore::exec`] without a span: the health probe pings every
     /// second, and a trace per ping would drown the real ones.
-    async fn query_untraced<T: redis::FromRedisValue>(
+    async fn exec_untraced(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let (lane, mut conn) = self.lane().await?;
-        pipe.query_async(&mut conn)
+        cmds: Vec<redis::Cmd>,
+    ) -> Result<Vec<RedisResult<Value>>, StoreError> {
+        let index = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let (reply, answer) = oneshot::channel();
+        self.lanes[index]
+            .try_send(lane::Job { cmds, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Unavailable(format!(
+                    "overloaded: {} calls already queued for Redis",
+                    lane::QUEUE_DEPTH
+                )),
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("the Redis lane stopped".to_owned())
+                }
+            })?;
+        answer
             .await
-            .map_err(|e| self.fail(lane, e))
+            .map_err(|_| StoreError::Unavailable("the Redis lane stopped".to_owned()))?
     }
 }
 
@@ -215,19 +187,9 @@ impl RedisStore {
             [one] => format!("EVALSHA {}", one.script.name),
             _ => "PIPELINE EVALSHA".to_owned(),
         };
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for call in calls {
-            pipe.add_command(call.cmd.clone());
-        }
-        let replies: Vec<redis::RedisResult<redis::Value>> = self.query(&operation, &pipe).await?;
-        if replies.len() != calls.len() {
-            return Err(StoreError::Internal(format!(
-                "expected {} replies, got {}",
-                calls.len(),
-                replies.len()
-            )));
-        }
+        let replies = self
+            .exec(&operation, calls.iter().map(|c| c.cmd.clone()).collect())
+            .await?;
         let mut values = Vec::with_capacity(calls.len());
         let mut missing = Vec::new();
         for (index, reply) in replies.into_iter().enumerate() {
@@ -243,21 +205,21 @@ impl RedisStore {
             }
         }
         if !missing.is_empty() {
-            let mut retry = redis::pipe();
+            let mut retry = Vec::new();
             let mut loaded: Vec<&str> = Vec::new();
             for &index in &missing {
                 let script = calls[index].script;
                 if !loaded.contains(&script.name) {
                     loaded.push(script.name);
-                    retry.cmd("SCRIPT").arg("LOAD").arg(script.source).ignore();
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(script.source);
+                    retry.push(load);
                 }
             }
-            for &index in &missing {
-                retry.add_command(calls[index].cmd.clone());
-            }
-            let again: Vec<redis::Value> = self.query("SCRIPT LOAD + EVALSHA", &retry).await?;
-            for (&index, value) in missing.iter().zip(again) {
-                values[index] = Some(value);
+            retry.extend(missing.iter().map(|&index| calls[index].cmd.clone()));
+            let again = self.exec("SCRIPT LOAD + EVALSHA", retry).await?;
+            for (reply, &index) in again.into_iter().skip(loaded.len()).zip(&missing) {
+                values[index] = Some(reply.map_err(|e| StoreError::from_redis(&e))?);
             }
         }
         values
@@ -270,13 +232,10 @@ impl RedisStore {
 #[async_trait]
 impl StoreHealth for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("PING");
-        let (pong,): (String,) = self.query_untraced(&pipe).await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(StoreError::Internal(format!("PING answered {pong:?}")))
+        let mut replies = self.exec_untraced(vec![redis::cmd("PING")]).await?;
+        match replies.pop() {
+            Some(Ok(Value::SimpleString(pong))) if pong == "PONG" => Ok(()),
+            other => Err(StoreError::Unavailable(format!("PING answered {other:?}"))),
         }
     }
 }

@@ -21,6 +21,18 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     sliding_window: lua_script!("ratelimit_sliding_window"),
 });
 
+/// The Lua source and SHA1 of an algorithm's script, for benchmarks that run
+/// it straight on Redis.
+pub fn script_source(algorithm: Algorithm) -> (&'static str, &'static str) {
+    let script = match algorithm {
+        Algorithm::Gcra => &SCRIPTS.gcra,
+        Algorithm::TokenBucket => &SCRIPTS.token_bucket,
+        Algorithm::FixedWindow => &SCRIPTS.fixed_window,
+        Algorithm::SlidingWindow => &SCRIPTS.sliding_window,
+    };
+    (script.source, script.script.get_hash())
+}
+
 fn call(check: &RateCheck) -> super::ScriptCall<'static> {
     let l = &check.limit;
     let key = [check.key.as_str()];
@@ -63,8 +75,11 @@ impl RateLimitStore for RedisStore {
     }
 
     async fn reset(&self, key: &str) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(key).ignore();
-        self.query::<()>("DEL", &pipe).await
+        let mut del = redis::cmd("DEL");
+        del.arg(key);
+        for reply in self.exec("DEL", vec![del]).await? {
+            reply.map_err(|e| StoreError::from_redis(&e))?;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,141 @@
+//! Lanes: automatic pipelining of concurrent calls onto a few connections.
+//!
+//! Each lane is a task that owns one Redis connection. Calls queue commands
+//! on a lane; the lane sends everything queued as *one* pipeline, waits for
+//! the replies, hands each call its own, and repeats. While one pipeline is
+//! in flight the next one fills up, so under load a single write and read
+//! carry dozens of calls — Redis spends its time on scripts, not syscalls.
+//! With one pipeline in flight per lane, latency is at most two round trips.
+//!
+//! A connection that fails is dropped and reopened (through the pool, with
+//! its connect timeout) for the next batch: the store heals by itself when
+//! Redis returns.
+
+use deadpool_redis::{
+    Connection, Pool,
+    redis::{self, RedisError, RedisResult, Value, aio::MultiplexedConnection},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::StoreError;
+
+/// Replies of one job, in order, or why the batch could not run.
+pub(super) type JobResult = Result<Vec<RedisResult<Value>>, StoreError>;
+
+pub(super) struct Job {
+    pub cmds: Vec<redis::Cmd>,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+/// Most commands sent in one pipeline; more wait for the next one.
+const MAX_BATCH_COMMANDS: usize = 512;
+
+/// Calls queued per lane before new ones are refused as overload.
+pub(super) const QUEUE_DEPTH: usize = 8192;
+
+pub(super) fn spawn(pool: Pool) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    tokio::spawn(run(pool, rx));
+    tx
+}
+
+fn breaks_connection(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
+async fn connect(pool: &Pool) -> Result<MultiplexedConnection, StoreError> {
+    let pooled = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("redis connect: {e}")))?;
+    // Taken out of the pool: the lane owns it from now on, and the pool may
+    // open another for callers that need a connection of their own.
+    Ok(Connection::take(pooled))
+}
+
+/// Ends when every sender is gone (the store was dropped).
+async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut jobs: Vec<Job> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        let mut commands = jobs[0].cmds.len();
+        while commands < MAX_BATCH_COMMANDS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    commands += job.cmds.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (deadline passed) must not have its
+        // commands run after it was told they failed.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+
+        let connection = match conn.as_mut() {
+            Some(c) => Ok(c),
+            None => match connect(&pool).await {
+                Ok(c) => Ok(conn.insert(c)),
+                Err(e) => Err(e),
+            },
+        };
+        let connection = match connection {
+            Ok(c) => c,
+            Err(e) => {
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sizes = Vec::with_capacity(jobs.len());
+        for job in &mut jobs {
+            sizes.push(job.cmds.len());
+            for cmd in job.cmds.drain(..) {
+                pipe.add_command(cmd);
+            }
+        }
+        match pipe
+            .query_async::<Vec<RedisResult<Value>>>(connection)
+            .await
+        {
+            Ok(replies) if replies.len() == sizes.iter().sum::<usize>() => {
+                let mut replies = replies.into_iter();
+                for (job, size) in jobs.drain(..).zip(sizes) {
+                    let _ = job.reply.send(Ok(replies.by_ref().take(size).collect()));
+                }
+            }
+            Ok(replies) => {
+                let e = StoreError::Internal(format!(
+                    "pipeline of {} commands answered {}",
+                    sizes.iter().sum::<usize>(),
+                    replies.len()
+                ));
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                if breaks_connection(&e) {
+                    tracing::warn!(error = %e, "redis connection lost; reconnecting");
+                    conn = None;
+                }
+                let e = StoreError::from_redis(&e);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
