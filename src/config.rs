@@ -25,6 +25,7 @@ pub struct Settings {
     pub health: HealthSettings,
     pub telemetry: TelemetrySettings,
     pub ratelimit: RateLimitSettings,
+    pub cache: CacheSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +220,110 @@ impl Default for RateLimitSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Longest caller key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most tags on one entry.
+    pub max_tags: usize,
+    /// Most keys in one `GetMany`, entries in one `SetMany`, tags in one
+    /// `InvalidateTags`.
+    pub max_batch: usize,
+    /// Longest `ttl` and longest `stale_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// TTL of a `Set` that gives none; unset: `ttl` is required.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+    /// Lease lifetime when `GetOrLease` gives none.
+    #[serde(with = "humantime_serde")]
+    pub default_lease_ttl: Duration,
+    /// Longest lease a caller may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_lease_ttl: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 512,
+            max_value_bytes: 1024 * 1024,
+            max_tags: 16,
+            max_batch: 100,
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            default_ttl: None,
+            default_lease_ttl: Duration::from_secs(10),
+            max_lease_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl CacheSettings {
+    pub fn bounds(&self) -> crate::cache::Bounds {
+        crate::cache::Bounds {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_tags: self.max_tags,
+            max_batch: self.max_batch,
+            max_ttl: self.max_ttl,
+            default_ttl: self.default_ttl,
+            default_lease_ttl: self.default_lease_ttl,
+            max_lease_ttl: self.max_lease_ttl,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=4096).contains(&self.max_key_bytes) {
+            return Err(invalid("cache.max_key_bytes", "must be between 1 and 4096"));
+        }
+        if !(1..=64 * 1024 * 1024).contains(&self.max_value_bytes) {
+            return Err(invalid(
+                "cache.max_value_bytes",
+                "must be between 1 and 67108864 (64 MiB)",
+            ));
+        }
+        if self.max_tags > 256 {
+            return Err(invalid("cache.max_tags", "must be at most 256"));
+        }
+        if !(1..=10_000).contains(&self.max_batch) {
+            return Err(invalid("cache.max_batch", "must be between 1 and 10000"));
+        }
+        let year = Duration::from_secs(366 * 24 * 3600);
+        if self.max_ttl < Duration::from_secs(1) || self.max_ttl > year {
+            return Err(invalid("cache.max_ttl", "must be between 1s and 366 days"));
+        }
+        if let Some(ttl) = self.default_ttl
+            && (ttl < Duration::from_millis(1) || ttl > self.max_ttl)
+        {
+            return Err(invalid(
+                "cache.default_ttl",
+                "must be between 1ms and cache.max_ttl",
+            ));
+        }
+        // Leases must end well within the hour an invalidation is remembered.
+        if self.max_lease_ttl < Duration::from_millis(1)
+            || self.max_lease_ttl > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "cache.max_lease_ttl",
+                "must be between 1ms and 10m",
+            ));
+        }
+        if self.default_lease_ttl < Duration::from_millis(1)
+            || self.default_lease_ttl > self.max_lease_ttl
+        {
+            return Err(invalid(
+                "cache.default_lease_ttl",
+                "must be between 1ms and cache.max_lease_ttl",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A start-up error that names the configuration key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -330,6 +435,7 @@ impl Settings {
             ));
         }
         self.policies()?;
+        self.cache.validate()?;
         Ok(())
     }
 

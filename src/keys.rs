@@ -9,12 +9,18 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     RateLimit,
+    /// Cache entries and their leases, tagged by the caller's key.
+    Cache,
+    /// Cache tag indexes, tagged by the tag (a different slot than entries).
+    CacheTag,
 }
 
 impl Service {
     fn as_str(self) -> &'static str {
         match self {
             Service::RateLimit => "rl",
+            Service::Cache => "c",
+            Service::CacheTag => "ct",
         }
     }
 }

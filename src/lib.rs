@@ -22,6 +22,7 @@
 //! * [`config`] loads typed settings (defaults < file < `DATALAYER__*` env);
 //!   [`telemetry`] sets up logs and OTLP traces; [`health`] runs the probe.
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;

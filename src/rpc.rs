@@ -25,6 +25,21 @@ pub struct Method {
     pub full: &'static str,
 }
 
+/// Declares one `static` [`Method`] per RPC of a service:
+/// `methods!("datalayer.v1.CacheService": GET = "Get", SET = "Set");`
+#[macro_export]
+macro_rules! methods {
+    ($service:literal : $($name:ident = $method:literal),+ $(,)?) => {
+        $(
+            static $name: $crate::rpc::Method = $crate::rpc::Method {
+                service: $service,
+                method: $method,
+                full: concat!($service, "/", $method),
+            };
+        )+
+    };
+}
+
 /// Deadline policy: the caller's `grpc-timeout`, or the configured default,
 /// never more than the configured maximum.
 #[derive(Debug, Clone, Copy)]

@@ -14,12 +14,12 @@ use crate::{
     keys::KeyBuilder,
     proto,
     rpc::Deadlines,
-    services::ratelimit::RateLimitHandler,
+    services::{cache::CacheHandler, ratelimit::RateLimitHandler},
     store::{Stores, memory::MemoryStore, redis::RedisStore},
 };
 
 /// Fully-qualified names of the services health reports on.
-pub const SERVICE_NAMES: &[&str] = &["datalayer.v1.RateLimitService"];
+pub const SERVICE_NAMES: &[&str] = &["datalayer.v1.RateLimitService", "datalayer.v1.CacheService"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -53,8 +53,13 @@ impl Application {
         let stores = match &settings.redis.url {
             None => Stores::memory(MemoryStore::new()),
             Some(url) => Stores::redis(Arc::new(
-                RedisStore::new(url.expose(), url.redacted(), &settings.redis)
-                    .map_err(|e| StartupError::Redis(e.to_string()))?,
+                RedisStore::new(
+                    url.expose(),
+                    url.redacted(),
+                    &settings.redis,
+                    KeyBuilder::new(&settings.keys.namespace),
+                )
+                .map_err(|e| StartupError::Redis(e.to_string()))?,
             )),
         };
         Self::build_with_stores(settings, stores).await
@@ -123,10 +128,16 @@ impl Application {
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
+        // Each builder adds its own protocol's descriptors; add the other's
+        // so both list both reflection services.
         let reflection_v1 = reflection()
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .build_v1()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
         let reflection_v1alpha = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
@@ -138,11 +149,23 @@ impl Application {
             settings.ratelimit.max_batch,
             deadlines,
         );
-        let ratelimit = proto::rate_limit_service_server::RateLimitServiceServer::new(ratelimit)
-            .max_decoding_message_size(s.max_request_bytes)
-            .max_encoding_message_size(s.max_response_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
+        let cache = CacheHandler::new(stores.cache.clone(), settings.cache.bounds(), deadlines);
+
+        // Every service gets the same message limits and compression.
+        macro_rules! configured {
+            ($server:ty, $handler:expr) => {
+                <$server>::new($handler)
+                    .max_decoding_message_size(s.max_request_bytes)
+                    .max_encoding_message_size(s.max_response_bytes)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip)
+            };
+        }
+        let ratelimit = configured!(
+            proto::rate_limit_service_server::RateLimitServiceServer<_>,
+            ratelimit
+        );
+        let cache = configured!(proto::cache_service_server::CacheServiceServer<_>, cache);
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -160,6 +183,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ratelimit)
+            .add_service(cache)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 signal,

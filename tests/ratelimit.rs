@@ -5,13 +5,11 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Backend, TestApp, spawn_app};
+use common::{Backend, TestApp, assert_bad_field, spawn_app};
 use datalayer::proto::{
     self, CheckBatchRequest, CheckRequest, CheckResponse, FixedWindow, Gcra, Limit, Reason,
     ResetRequest, SlidingWindow, TokenBucket, check_request::LimitSource, limit::Algorithm,
 };
-use tonic::Code;
-use tonic_types::StatusExt;
 
 fn dur(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -410,26 +408,6 @@ async fn batch_answers_in_order(backend: Backend) {
             (false, 1, Reason::CostExceedsLimit as i32),
             (true, 3, Reason::WithinLimit as i32),
         ]
-    );
-}
-
-fn assert_bad_field(
-    result: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>,
-    field: &str,
-) {
-    let status = result.expect_err("bad input is rejected");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let bad_request = status
-        .get_details_bad_request()
-        .expect("a google.rpc.BadRequest detail");
-    let fields: Vec<&str> = bad_request
-        .field_violations
-        .iter()
-        .map(|v| v.field.as_str())
-        .collect();
-    assert!(
-        fields.contains(&field),
-        "expected a violation of `{field}`, got {fields:?}"
     );
 }
 

@@ -83,26 +83,6 @@ async fn call(
         .map(|r| r.into_inner())
 }
 
-/// Parses the RESP array reply of `KEYS pattern`.
-fn keys(app: &mut TestApp, pattern: &str) -> Vec<String> {
-    let reply = app.redis().cmd(&["KEYS", pattern]);
-    reply
-        .split("\r\n")
-        .skip(1)
-        .filter(|line| !line.is_empty() && !line.starts_with('$'))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn pttl(app: &mut TestApp, key: &str) -> i64 {
-    let reply = app.redis().cmd(&["PTTL", key]);
-    reply
-        .trim_start_matches(':')
-        .trim()
-        .parse()
-        .expect("PTTL integer")
-}
-
 #[tokio::test]
 async fn every_key_written_has_a_bounded_ttl() {
     let mut app = spawn_app(Backend::Redis).await;
@@ -127,7 +107,7 @@ async fn every_key_written_has_a_bounded_ttl() {
         .await
         .unwrap();
     }
-    let written = keys(&mut app, "dl:*");
+    let written = app.redis().keys("dl:*");
     assert_eq!(
         written.len(),
         4,
@@ -135,7 +115,7 @@ async fn every_key_written_has_a_bounded_ttl() {
     );
     for key in written {
         assert!(key.starts_with("dl:default:rl:{ttl-"), "key layout: {key}");
-        let ttl = pttl(&mut app, &key);
+        let ttl = app.redis().pttl(&key);
         // At most two windows (sliding window keeps the previous one).
         assert!(ttl > 0 && ttl <= 120_000, "{key} has TTL {ttl} ms");
     }

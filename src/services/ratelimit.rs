@@ -12,6 +12,7 @@ use crate::proto::{
 };
 use crate::ratelimit::{self, Decision, FailMode, Limit, RateCheck};
 use crate::rpc::{self, Call, Deadlines, Method};
+use crate::services::duration;
 use crate::store::{RateLimitStore, StoreError};
 
 const SERVICE: &str = "datalayer.v1.RateLimitService";
@@ -160,13 +161,6 @@ impl<'a> LimitSource<'a> {
             proto::reset_request::LimitSource::Limit(l) => Self::Inline(l),
             proto::reset_request::LimitSource::Policy(p) => Self::Policy(p),
         }
-    }
-}
-
-fn duration(us: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: (us / 1_000_000) as i64,
-        nanos: ((us % 1_000_000) * 1_000) as i32,
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::cache::{Found, LeaseResult, SetOp, SetResult};
 use crate::ratelimit::{Decision, RateCheck};
 
 /// Why the store could not answer.
@@ -36,12 +37,31 @@ pub trait RateLimitStore: Send + Sync {
     async fn reset(&self, key: &str) -> Result<(), StoreError>;
 }
 
+/// Cache entries by caller key; the store names its own keys.
+#[async_trait]
+pub trait CacheStore: Send + Sync {
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Found>>, StoreError>;
+    async fn set_many(&self, ops: &[SetOp]) -> Result<Vec<SetResult>, StoreError>;
+    /// Deletes the entry and its lease; true if an entry was there.
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Deletes every entry carrying any of `tags`; returns how many.
+    async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, StoreError>;
+    /// Hit, or a lease granted under `new_token`, or stale, or wait.
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_ttl_us: u64,
+        new_token: &str,
+    ) -> Result<LeaseResult, StoreError>;
+}
+
 /// The capabilities of one backing store, shared by all services.
 #[derive(Clone)]
 pub struct Stores {
     pub kind: &'static str,
     pub health: Arc<dyn StoreHealth>,
     pub ratelimit: Arc<dyn RateLimitStore>,
+    pub cache: Arc<dyn CacheStore>,
 }
 
 impl Stores {
@@ -49,7 +69,8 @@ impl Stores {
         Self {
             kind: "memory",
             health: store.clone(),
-            ratelimit: store,
+            ratelimit: store.clone(),
+            cache: store,
         }
     }
 
@@ -57,7 +78,8 @@ impl Stores {
         Self {
             kind: "redis",
             health: store.clone(),
-            ratelimit: store,
+            ratelimit: store.clone(),
+            cache: store,
         }
     }
 }

@@ -12,15 +12,18 @@ use std::{
 
 use datalayer::{
     config::{RedisUrl, Settings},
-    proto::rate_limit_service_client::RateLimitServiceClient,
+    proto::{
+        cache_service_client::CacheServiceClient, rate_limit_service_client::RateLimitServiceClient,
+    },
     ratelimit::PolicyLimitSpec,
     startup::Application,
 };
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
+use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tonic_types::StatusExt;
 
 /// A `redis-server` child process on a free port, killed on drop.
 pub struct RedisServer {
@@ -129,6 +132,30 @@ impl RedisServer {
         }
         self.command(&resp).expect("redis answers")
     }
+
+    /// The keys matching `pattern` (`KEYS`, fine for a test's tiny Redis).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.cmd(&["KEYS", pattern])
+            .split("\r\n")
+            .skip(1)
+            .filter(|line| !line.is_empty() && !line.starts_with('$'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// An integer reply, e.g. of `PTTL` or `ZCARD`.
+    pub fn int(&self, words: &[&str]) -> i64 {
+        let reply = self.cmd(words);
+        reply
+            .trim_start_matches(':')
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{words:?} answered {reply:?}, not an integer"))
+    }
+
+    pub fn pttl(&self, key: &str) -> i64 {
+        self.int(&["PTTL", key])
+    }
 }
 
 impl Drop for RedisServer {
@@ -147,6 +174,7 @@ pub enum Backend {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub ratelimit: RateLimitServiceClient<Channel>,
+    pub cache: CacheServiceClient<Channel>,
     pub health: HealthClient<Channel>,
     pub redis: Option<RedisServer>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -232,6 +260,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
     TestApp {
         addr,
         ratelimit: RateLimitServiceClient::new(channel.clone()),
+        cache: CacheServiceClient::new(channel.clone()),
         health: HealthClient::new(channel),
         redis,
         shutdown: Some(tx),
@@ -313,4 +342,33 @@ macro_rules! conformance {
             )*
         }
     };
+}
+
+/// Asserts `result` is INVALID_ARGUMENT with a BadRequest violation of `field`.
+pub fn assert_bad_field(
+    result: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>,
+    field: &str,
+) {
+    let status = result.expect_err("bad input is rejected");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let bad_request = status
+        .get_details_bad_request()
+        .expect("a google.rpc.BadRequest detail");
+    let fields: Vec<&str> = bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert!(
+        fields.contains(&field),
+        "expected a violation of `{field}`, got {fields:?}"
+    );
+}
+
+/// A protobuf `Duration`.
+pub fn pb_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }

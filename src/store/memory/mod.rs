@@ -4,6 +4,7 @@
 //! absent and a background sweep drops them, so memory stays bounded by the
 //! live keys.
 
+pub(crate) mod cache;
 mod ratelimit;
 
 use std::{
@@ -48,6 +49,7 @@ pub struct MemoryStore {
     // and never span an `.await`, so a blocking lock is cheaper and cannot
     // deadlock the runtime.
     shards: Vec<Mutex<HashMap<String, Entry>>>,
+    cache: Mutex<cache::CacheState>,
 }
 
 impl MemoryStore {
@@ -63,6 +65,7 @@ impl MemoryStore {
         Arc::new(Self {
             clock,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            cache: Mutex::new(cache::CacheState::default()),
         })
     }
 
@@ -75,8 +78,15 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn cache_state(&self) -> MutexGuard<'_, cache::CacheState> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn sweep(&self) {
         let now = self.clock.now_us();
+        self.cache_state().sweep(now);
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, e| e.expires_at_us > now);

@@ -5,6 +5,7 @@
 //! the cost of gRPC. The pool opens the lanes' connections (with connect
 //! timeouts) and serves operations that need a connection of their own.
 
+mod cache;
 mod lane;
 mod ratelimit;
 
@@ -22,6 +23,7 @@ use tracing::Instrument;
 
 use super::{StoreError, StoreHealth};
 use crate::config::RedisSettings;
+use crate::keys::KeyBuilder;
 
 /// A Lua script with its name (for spans and logs) and source (to reload
 /// it after a NOSCRIPT, e.g. when Redis restarted empty).
@@ -52,17 +54,21 @@ impl NamedScript {
     }
 }
 
-/// Builds a [`NamedScript`] from `lua/<name>.lua`, with the shared prelude.
+/// Builds a [`NamedScript`] from `lua/<name>.lua` with the shared prelude,
+/// plus a service's own prelude when given (`lua_script!("cache_get",
+/// "cache_prelude")`). Paths are relative to the calling file.
 macro_rules! lua_script {
-    ($name:literal) => {
+    ($name:literal $(, $service_prelude:literal)?) => {
         $crate::store::redis::NamedScript {
             name: $name,
             source: concat!(
                 include_str!("lua/prelude.lua"),
+                $(include_str!(concat!("lua/", $service_prelude, ".lua")),)?
                 include_str!(concat!("lua/", $name, ".lua"))
             ),
             script: ::deadpool_redis::redis::Script::new(concat!(
                 include_str!("lua/prelude.lua"),
+                $(include_str!(concat!("lua/", $service_prelude, ".lua")),)?
                 include_str!(concat!("lua/", $name, ".lua"))
             )),
         }
@@ -75,6 +81,7 @@ pub struct RedisStore {
     lanes: Vec<mpsc::Sender<lane::Job>>,
     next_lane: AtomicUsize,
     redacted_url: String,
+    keys: KeyBuilder,
 }
 
 impl StoreError {
@@ -93,7 +100,12 @@ impl RedisStore {
     /// Builds the pool and starts the lanes (so it needs a Tokio runtime).
     /// Connects lazily: the service starts even while Redis
     /// is down, and health reports NOT_SERVING until it answers.
-    pub fn new(url: &str, redacted_url: String, s: &RedisSettings) -> Result<Self, StoreError> {
+    pub fn new(
+        url: &str,
+        redacted_url: String,
+        s: &RedisSettings,
+        keys: KeyBuilder,
+    ) -> Result<Self, StoreError> {
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(s.connect_timeout))
             .set_response_timeout(Some(s.response_timeout));
@@ -114,6 +126,7 @@ impl RedisStore {
             pool,
             next_lane: AtomicUsize::new(0),
             redacted_url,
+            keys,
         })
     }
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test of the project, from a fresh clone:
+#   1. installs what the suites need (scripts/setup.sh: .venv, node_modules);
+#   2. the Rust suites: unit tests, and integration tests that start their
+#      own redis-server on free ports and the service on port 0;
+#   3. end-to-end: reflection + `buf curl` + health against the real binary;
+#   4. the Python and TypeScript clients against the real binary;
+#   5. the Dockerfile and Helm chart checks.
+# Needs redis-server, python3, node/npm and cargo on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "setup"
+bash scripts/setup.sh
+
+step "cargo test"
+cargo build --locked --bins
+cargo test --locked --all-targets
+
+export DATALAYER_BIN="$PWD/target/debug/datalayer"
+
+step "end-to-end (reflection, buf curl, health)"
+bash tests/e2e/run.sh
+
+if [ -f scripts/test-clients.sh ]; then
+  step "clients (Python, TypeScript)"
+  bash scripts/test-clients.sh
+fi
+
+step "deploy (Dockerfile, Helm chart)"
+bash tests/deploy/run.sh
+
+step "all tests passed"

@@ -1,0 +1,227 @@
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::MemoryStore;
+use crate::cache::{Condition, Found, LeaseResult, SetOp, SetOutcome, SetResult};
+use crate::store::{CacheStore, StoreError};
+
+/// How long an invalidation is remembered, to void leases granted before
+/// it; longer than any lease may live.
+pub(crate) const TAG_INVALIDATION_MEMORY_US: u64 = 3600 * 1_000_000;
+/// The longest a caller is told to wait for someone else's lease.
+pub(crate) const MAX_WAIT_HINT_US: u64 = 100_000;
+
+struct Entry {
+    value: Vec<u8>,
+    content_type: String,
+    version: u64,
+    fresh_until: u64,
+    expires_at: u64,
+    tags: Vec<String>,
+}
+
+struct Lease {
+    token: String,
+    issued_at: u64,
+    expires_at: u64,
+}
+
+/// All cache state under one lock: a write touches an entry, its lease and
+/// its tags' indexes together, as one Redis script plus index updates do.
+#[derive(Default)]
+pub(crate) struct CacheState {
+    entries: HashMap<String, Entry>,
+    leases: HashMap<String, Lease>,
+    /// tag → key → when that key's entry expires.
+    tag_index: HashMap<String, HashMap<String, u64>>,
+    /// tag → when it was last invalidated.
+    tag_invalidated: HashMap<String, u64>,
+}
+
+impl CacheState {
+    pub(crate) fn sweep(&mut self, now: u64) {
+        self.entries.retain(|_, e| e.expires_at > now);
+        self.leases.retain(|_, l| l.expires_at > now);
+        self.tag_index.retain(|_, keys| {
+            keys.retain(|_, expires_at| *expires_at > now);
+            !keys.is_empty()
+        });
+        self.tag_invalidated
+            .retain(|_, at| *at + TAG_INVALIDATION_MEMORY_US > now);
+    }
+
+    fn live_entry(&self, key: &str, now: u64) -> Option<&Entry> {
+        self.entries.get(key).filter(|e| e.expires_at > now)
+    }
+
+    fn live_lease(&self, key: &str, now: u64) -> Option<&Lease> {
+        self.leases.get(key).filter(|l| l.expires_at > now)
+    }
+
+    fn found(&self, key: &str, now: u64) -> Option<Found> {
+        self.live_entry(key, now).map(|e| Found {
+            value: e.value.clone(),
+            content_type: e.content_type.clone(),
+            version: e.version,
+            ttl_us: e.fresh_until.saturating_sub(now),
+            stale: now >= e.fresh_until,
+            expires_in_us: e.expires_at - now,
+            tags: e.tags.clone(),
+        })
+    }
+
+    fn set(&mut self, op: &SetOp, now: u64) -> SetResult {
+        let current = self.live_entry(&op.key, now).map(|e| e.version);
+        let refuse = |outcome| SetResult {
+            outcome,
+            version: current.unwrap_or(0),
+        };
+        match (op.condition, current) {
+            (Condition::IfAbsent, Some(_)) | (Condition::IfPresent, None) => {
+                return refuse(SetOutcome::ConditionFailed);
+            }
+            _ => {}
+        }
+        if let Some(expected) = op.expected_version
+            && current.unwrap_or(0) != expected
+        {
+            return refuse(SetOutcome::VersionMismatch);
+        }
+        if let Some(token) = &op.lease_token {
+            let invalidated_at = op
+                .tags
+                .iter()
+                .filter_map(|t| self.tag_invalidated.get(t).copied())
+                .max()
+                .unwrap_or(0);
+            let valid = self
+                .live_lease(&op.key, now)
+                .is_some_and(|l| &l.token == token && l.issued_at > invalidated_at);
+            if !valid {
+                return refuse(SetOutcome::LeaseInvalid);
+            }
+        }
+        // Any write voids an outstanding lease: its value would be older.
+        self.leases.remove(&op.key);
+        let version = (current.unwrap_or(0) + 1).max(now);
+        let expires_at = now + op.ttl_us + op.stale_us;
+        for tag in &op.tags {
+            let keys = self.tag_index.entry(tag.clone()).or_default();
+            keys.retain(|_, at| *at > now);
+            keys.insert(op.key.clone(), expires_at);
+        }
+        self.entries.insert(
+            op.key.clone(),
+            Entry {
+                value: op.value.clone(),
+                content_type: op.content_type.clone(),
+                version,
+                fresh_until: now + op.ttl_us,
+                expires_at,
+                tags: op.tags.clone(),
+            },
+        );
+        SetResult {
+            outcome: SetOutcome::Stored,
+            version,
+        }
+    }
+
+    fn delete(&mut self, key: &str, now: u64) -> bool {
+        self.leases.remove(key);
+        match self.entries.remove(key) {
+            Some(entry) => {
+                for tag in &entry.tags {
+                    if let Some(keys) = self.tag_index.get_mut(tag) {
+                        keys.remove(key);
+                    }
+                }
+                entry.expires_at > now
+            }
+            None => false,
+        }
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryStore {
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Found>>, StoreError> {
+        let state = self.cache_state();
+        let now = self.clock.now_us();
+        Ok(keys.iter().map(|k| state.found(k, now)).collect())
+    }
+
+    async fn set_many(&self, ops: &[SetOp]) -> Result<Vec<SetResult>, StoreError> {
+        let mut state = self.cache_state();
+        let now = self.clock.now_us();
+        Ok(ops.iter().map(|op| state.set(op, now)).collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut state = self.cache_state();
+        let now = self.clock.now_us();
+        Ok(state.delete(key, now))
+    }
+
+    async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, StoreError> {
+        let mut state = self.cache_state();
+        let now = self.clock.now_us();
+        let mut invalidated = 0;
+        for tag in tags {
+            state.tag_invalidated.insert(tag.clone(), now);
+            let keys = state.tag_index.remove(tag).unwrap_or_default();
+            for key in keys.into_keys() {
+                match state.live_entry(&key, now) {
+                    // Its holder may be computing a value tagged so.
+                    None => {
+                        state.leases.remove(&key);
+                    }
+                    Some(e) if e.tags.contains(tag) => {
+                        if state.delete(&key, now) {
+                            invalidated += 1;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(invalidated)
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_ttl_us: u64,
+        new_token: &str,
+    ) -> Result<LeaseResult, StoreError> {
+        let mut state = self.cache_state();
+        let now = self.clock.now_us();
+        let found = state.found(key, now);
+        if let Some(found) = &found
+            && !found.stale
+        {
+            return Ok(LeaseResult::Hit(found.clone()));
+        }
+        if let Some(lease) = state.live_lease(key, now) {
+            return Ok(match found {
+                Some(stale) => LeaseResult::Stale(stale),
+                None => LeaseResult::Wait {
+                    retry_after_us: (lease.expires_at - now).min(MAX_WAIT_HINT_US),
+                },
+            });
+        }
+        state.leases.insert(
+            key.to_owned(),
+            Lease {
+                token: new_token.to_owned(),
+                issued_at: now,
+                expires_at: now + lease_ttl_us,
+            },
+        );
+        Ok(LeaseResult::Leased {
+            token: new_token.to_owned(),
+            stale: found,
+        })
+    }
+}

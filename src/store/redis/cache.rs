@@ -1,0 +1,294 @@
+//! Cache entries on Redis. An entry and its lease share the caller key's
+//! slot; a tag's index and invalidation time share the tag's slot. So every
+//! script touches one slot, and the multi-slot steps (index the tags, then
+//! write; take the index, then delete each entry) are ordered so that a
+//! concurrent invalidation is never missed: see `cache_tag_add.lua`.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, FromRedisValue, Value};
+
+use super::{NamedScript, RedisStore, ScriptCall, lua_script};
+use crate::cache::{self, Found, LeaseResult, SetOp, SetOutcome, SetResult};
+use crate::keys::Service;
+use crate::store::memory::cache::{MAX_WAIT_HINT_US, TAG_INVALIDATION_MEMORY_US};
+use crate::store::{CacheStore, StoreError};
+
+struct Scripts {
+    get: NamedScript,
+    set: NamedScript,
+    delete: NamedScript,
+    get_or_lease: NamedScript,
+    tag_add: NamedScript,
+    tag_take: NamedScript,
+    invalidate_entry: NamedScript,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    get: lua_script!("cache_get", "cache_prelude"),
+    set: lua_script!("cache_set", "cache_prelude"),
+    delete: lua_script!("cache_delete", "cache_prelude"),
+    get_or_lease: lua_script!("cache_get_or_lease", "cache_prelude"),
+    tag_add: lua_script!("cache_tag_add"),
+    tag_take: lua_script!("cache_tag_take"),
+    invalidate_entry: lua_script!("cache_invalidate_entry", "cache_prelude"),
+});
+
+/// Index scores outlive the entry a little, so clock rounding never drops a
+/// live key from its tags.
+const TAG_INDEX_SLACK_MS: u64 = 60_000;
+
+impl RedisStore {
+    fn entry_key(&self, key: &str) -> String {
+        self.keys.key(Service::Cache, key, &[])
+    }
+
+    fn lease_key(&self, key: &str) -> String {
+        self.keys.key(Service::Cache, key, &["lease"])
+    }
+
+    fn tag_index_key(&self, tag: &str) -> String {
+        self.keys.key(Service::CacheTag, tag, &["idx"])
+    }
+
+    fn tag_invalidated_key(&self, tag: &str) -> String {
+        self.keys.key(Service::CacheTag, tag, &["inv"])
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("cache script reply ({what}): {e}"))
+}
+
+/// Reads the entry fields `value, content_type, version, ttl, stale,
+/// expires_in, tags` that follow a status in a script reply.
+fn found(fields: &[Value]) -> Result<Found, StoreError> {
+    let [value, content_type, version, ttl, stale, expires_in, tags] = fields else {
+        return Err(internal("entry", format!("{} fields", fields.len())));
+    };
+    let text = |v: &Value| String::from_redis_value(v.clone()).map_err(|e| internal("text", e));
+    let number = |v: &Value| i64::from_redis_value(v.clone()).map_err(|e| internal("number", e));
+    Ok(Found {
+        value: Vec::<u8>::from_redis_value(value.clone()).map_err(|e| internal("value", e))?,
+        content_type: text(content_type)?,
+        version: text(version)?.parse().map_err(|e| internal("version", e))?,
+        ttl_us: number(ttl)?.max(0) as u64,
+        stale: number(stale)? == 1,
+        expires_in_us: number(expires_in)?.max(0) as u64,
+        tags: cache::split_tags(&text(tags)?),
+    })
+}
+
+fn status_and_fields(value: Value) -> Result<(i64, Vec<Value>), StoreError> {
+    let mut items = Vec::<Value>::from_redis_value(value).map_err(|e| internal("array", e))?;
+    if items.is_empty() {
+        return Err(internal("array", "empty"));
+    }
+    let status = i64::from_redis_value(items.remove(0)).map_err(|e| internal("status", e))?;
+    Ok((status, items))
+}
+
+#[async_trait]
+impl CacheStore for RedisStore {
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Found>>, StoreError> {
+        let entry_keys: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
+        let calls: Vec<ScriptCall<'_>> = entry_keys
+            .iter()
+            .map(|k| SCRIPTS.get.call(&[k.as_str()], &[]))
+            .collect();
+        self.eval_batch(&calls)
+            .await?
+            .into_iter()
+            .map(|reply| {
+                let (status, fields) = status_and_fields(reply)?;
+                match status {
+                    0 => Ok(None),
+                    _ => found(&fields).map(Some),
+                }
+            })
+            .collect()
+    }
+
+    async fn set_many(&self, ops: &[SetOp]) -> Result<Vec<SetResult>, StoreError> {
+        // 1. Index every tag first and learn when each was last invalidated.
+        let index_keys: Vec<(String, String)> = ops
+            .iter()
+            .flat_map(|op| op.tags.iter())
+            .map(|tag| (self.tag_index_key(tag), self.tag_invalidated_key(tag)))
+            .collect();
+        let mut tag_calls = Vec::with_capacity(index_keys.len());
+        let mut keys_iter = index_keys.iter();
+        for op in ops {
+            let lifetime_ms = (op.ttl_us + op.stale_us).div_ceil(1000) + TAG_INDEX_SLACK_MS;
+            for _ in &op.tags {
+                let (index, invalidated) = keys_iter
+                    .next()
+                    .ok_or_else(|| StoreError::Internal("tag keys out of step".to_owned()))?;
+                let mut call = SCRIPTS.tag_add.call(&[index, invalidated], &[]);
+                call.cmd.arg(&op.key).arg(lifetime_ms);
+                tag_calls.push(call);
+            }
+        }
+        let mut invalidated_at = if tag_calls.is_empty() {
+            Vec::new()
+        } else {
+            self.eval_batch(&tag_calls).await?
+        }
+        .into_iter();
+
+        // 2. Write each entry, refusing a lease older than an invalidation.
+        let entry_keys: Vec<(String, String)> = ops
+            .iter()
+            .map(|op| (self.entry_key(&op.key), self.lease_key(&op.key)))
+            .collect();
+        let mut calls = Vec::with_capacity(ops.len());
+        for (op, (entry, lease)) in ops.iter().zip(&entry_keys) {
+            let mut last_invalidation: u64 = 0;
+            for _ in &op.tags {
+                let at = invalidated_at
+                    .next()
+                    .map(|v| u64::from_redis_value(v).map_err(|e| internal("tag time", e)))
+                    .transpose()?
+                    .unwrap_or(0);
+                last_invalidation = last_invalidation.max(at);
+            }
+            let mut call = SCRIPTS.set.call(&[entry, lease], &[]);
+            call.cmd
+                .arg(op.value.as_slice())
+                .arg(&op.content_type)
+                .arg(op.ttl_us)
+                .arg(op.stale_us)
+                .arg(op.condition.code())
+                .arg(op.expected_version.map_or(-1, |v| v as i64))
+                .arg(op.lease_token.as_deref().unwrap_or(""))
+                .arg(cache::join_tags(&op.tags))
+                .arg(last_invalidation);
+            calls.push(call);
+        }
+        self.eval_batch(&calls)
+            .await?
+            .into_iter()
+            .map(|reply| {
+                let (code, version): (i64, i64) =
+                    FromRedisValue::from_redis_value(reply).map_err(|e| internal("set", e))?;
+                let outcome = SetOutcome::from_code(code)
+                    .ok_or_else(|| internal("set", format!("outcome {code}")))?;
+                Ok(SetResult {
+                    outcome,
+                    version: version.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let (entry, lease) = (self.entry_key(key), self.lease_key(key));
+        let reply = self
+            .eval_batch(&[SCRIPTS.delete.call(&[&entry, &lease], &[])])
+            .await?
+            .pop()
+            .ok_or_else(|| internal("delete", "no reply"))?;
+        let (deleted, tags): (i64, String) =
+            FromRedisValue::from_redis_value(reply).map_err(|e| internal("delete", e))?;
+        // Leave the tag indexes; unindexed now rather than at expiry. Losing
+        // this step is harmless: invalidation re-checks each entry's tags.
+        let unindex: Vec<redis::Cmd> = cache::split_tags(&tags)
+            .iter()
+            .map(|tag| {
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(self.tag_index_key(tag)).arg(key);
+                zrem
+            })
+            .collect();
+        if !unindex.is_empty() {
+            for reply in self.exec("ZREM", unindex).await? {
+                reply.map_err(|e| StoreError::from_redis(&e))?;
+            }
+        }
+        Ok(deleted == 1)
+    }
+
+    async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, StoreError> {
+        let remember_ms = TAG_INVALIDATION_MEMORY_US / 1000;
+        let tag_keys: Vec<(String, String)> = tags
+            .iter()
+            .map(|t| (self.tag_index_key(t), self.tag_invalidated_key(t)))
+            .collect();
+        let takes: Vec<_> = tag_keys
+            .iter()
+            .map(|(index, invalidated)| {
+                SCRIPTS.tag_take.call(&[index, invalidated], &[remember_ms])
+            })
+            .collect();
+        let taken = self.eval_batch(&takes).await?;
+
+        let mut targets: Vec<(String, String, &str)> = Vec::new();
+        for (tag, members) in tags.iter().zip(taken) {
+            let members =
+                Vec::<String>::from_redis_value(members).map_err(|e| internal("members", e))?;
+            for member in members {
+                targets.push((self.entry_key(&member), self.lease_key(&member), tag));
+            }
+        }
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let calls: Vec<_> = targets
+            .iter()
+            .map(|(entry, lease, tag)| {
+                let mut call = SCRIPTS.invalidate_entry.call(&[entry, lease], &[]);
+                call.cmd.arg(*tag);
+                call
+            })
+            .collect();
+        let mut invalidated = 0;
+        for reply in self.eval_batch(&calls).await? {
+            invalidated +=
+                i64::from_redis_value(reply).map_err(|e| internal("invalidate", e))? as u64;
+        }
+        Ok(invalidated)
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_ttl_us: u64,
+        new_token: &str,
+    ) -> Result<LeaseResult, StoreError> {
+        let (entry, lease) = (self.entry_key(key), self.lease_key(key));
+        let mut call = SCRIPTS
+            .get_or_lease
+            .call(&[&entry, &lease], &[lease_ttl_us]);
+        call.cmd.arg(new_token).arg(MAX_WAIT_HINT_US);
+        let reply = self
+            .eval_batch(&[call])
+            .await?
+            .pop()
+            .ok_or_else(|| internal("lease", "no reply"))?;
+        let (status, fields) = status_and_fields(reply)?;
+        Ok(match status {
+            1 => LeaseResult::Hit(found(&fields)?),
+            2 => LeaseResult::Leased {
+                token: new_token.to_owned(),
+                stale: if fields.is_empty() {
+                    None
+                } else {
+                    Some(found(&fields)?)
+                },
+            },
+            3 => LeaseResult::Stale(found(&fields)?),
+            4 => {
+                let [wait] = fields.as_slice() else {
+                    return Err(internal("lease", "wait without a hint"));
+                };
+                LeaseResult::Wait {
+                    retry_after_us: i64::from_redis_value(wait.clone())
+                        .map_err(|e| internal("lease", e))?
+                        .max(0) as u64,
+                }
+            }
+            other => return Err(internal("lease", format!("status {other}"))),
+        })
+    }
+}
