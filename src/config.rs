@@ -26,6 +26,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub ratelimit: RateLimitSettings,
     pub cache: CacheSettings,
+    pub session: SessionSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +325,94 @@ impl CacheSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// Largest session data (keys and values together), in bytes.
+    pub max_data_bytes: usize,
+    /// Idle TTL of a session created without one.
+    #[serde(with = "humantime_serde")]
+    pub default_idle_ttl: Duration,
+    /// Absolute TTL of a session created without one.
+    #[serde(with = "humantime_serde")]
+    pub default_absolute_ttl: Duration,
+    /// Longest idle or absolute TTL a caller may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_absolute_ttl: Duration,
+    /// Live sessions per user: the default and the upper bound of a
+    /// request's `max_sessions_per_user`. Bounds each user's index.
+    pub max_sessions_per_user: u32,
+    /// Longest one-time token TTL.
+    #[serde(with = "humantime_serde")]
+    pub max_one_time_ttl: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            max_data_bytes: 64 * 1024,
+            default_idle_ttl: Duration::from_secs(30 * 60),
+            default_absolute_ttl: Duration::from_secs(24 * 3600),
+            max_absolute_ttl: Duration::from_secs(90 * 24 * 3600),
+            max_sessions_per_user: 100,
+            max_one_time_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl SessionSettings {
+    pub fn bounds(&self) -> crate::session::Bounds {
+        crate::session::Bounds {
+            max_data_bytes: self.max_data_bytes,
+            default_idle_ttl: self.default_idle_ttl,
+            default_absolute_ttl: self.default_absolute_ttl,
+            max_absolute_ttl: self.max_absolute_ttl,
+            max_sessions_per_user: self.max_sessions_per_user,
+            max_one_time_ttl: self.max_one_time_ttl,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1024 * 1024).contains(&self.max_data_bytes) {
+            return Err(invalid(
+                "session.max_data_bytes",
+                "must be between 1 and 1048576 (1 MiB)",
+            ));
+        }
+        let year = Duration::from_secs(366 * 24 * 3600);
+        if self.max_absolute_ttl < Duration::from_secs(1) || self.max_absolute_ttl > year {
+            return Err(invalid(
+                "session.max_absolute_ttl",
+                "must be between 1s and 366 days",
+            ));
+        }
+        for (key, ttl) in [
+            ("session.default_idle_ttl", self.default_idle_ttl),
+            ("session.default_absolute_ttl", self.default_absolute_ttl),
+        ] {
+            if ttl < Duration::from_millis(1) || ttl > self.max_absolute_ttl {
+                return Err(invalid(
+                    key,
+                    "must be between 1ms and session.max_absolute_ttl",
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.max_sessions_per_user) {
+            return Err(invalid(
+                "session.max_sessions_per_user",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.max_one_time_ttl < Duration::from_secs(1) || self.max_one_time_ttl > year {
+            return Err(invalid(
+                "session.max_one_time_ttl",
+                "must be between 1s and 366 days",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A start-up error that names the configuration key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -436,6 +525,7 @@ impl Settings {
         }
         self.policies()?;
         self.cache.validate()?;
+        self.session.validate()?;
         Ok(())
     }
 

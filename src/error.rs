@@ -46,6 +46,9 @@ pub enum Error {
     InvalidArgument(Vec<FieldViolation>),
     #[error("{0}")]
     NotFound(String),
+    /// The request is well-formed but the state forbids it (e.g. a cap).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -98,6 +101,7 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             Error::NotFound(msg) => Status::not_found(msg),
+            Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
             Error::Unavailable(msg) => Status::with_error_details(
                 Code::Unavailable,
                 format!("store unavailable: {msg}"),

@@ -13,6 +13,10 @@ pub enum Service {
     Cache,
     /// Cache tag indexes, tagged by the tag (a different slot than entries).
     CacheTag,
+    /// Sessions and their user index, tagged by the user's slot tag.
+    Session,
+    /// One-time tokens, tagged by the token's hash.
+    OneTime,
 }
 
 impl Service {
@@ -21,6 +25,8 @@ impl Service {
             Service::RateLimit => "rl",
             Service::Cache => "c",
             Service::CacheTag => "ct",
+            Service::Session => "s",
+            Service::OneTime => "ot",
         }
     }
 }

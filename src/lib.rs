@@ -30,6 +30,7 @@ pub mod keys;
 pub mod ratelimit;
 pub mod rpc;
 pub mod services;
+pub mod session;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

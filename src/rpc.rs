@@ -129,6 +129,7 @@ fn code_of(error: &Error) -> Code {
     match error {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
     }
@@ -169,7 +170,9 @@ where
     span.record("rpc.grpc.status_code", code as i64);
     match &result {
         Ok(_) => {}
-        Err(e @ (Error::InvalidArgument(_) | Error::NotFound(_))) => {
+        Err(
+            e @ (Error::InvalidArgument(_) | Error::NotFound(_) | Error::FailedPrecondition(_)),
+        ) => {
             tracing::debug!(parent: &span, error = %e, "rejected");
         }
         Err(e) => {

@@ -14,7 +14,7 @@ use crate::{
     keys::KeyBuilder,
     proto,
     rpc::Deadlines,
-    services::{cache::CacheHandler, ratelimit::RateLimitHandler},
+    services::{cache::CacheHandler, ratelimit::RateLimitHandler, session::SessionHandler},
     store::{Stores, memory::MemoryStore, redis::RedisStore},
 };
 
@@ -150,6 +150,11 @@ impl Application {
             deadlines,
         );
         let cache = CacheHandler::new(stores.cache.clone(), settings.cache.bounds(), deadlines);
+        let sessions = SessionHandler::new(
+            stores.sessions.clone(),
+            settings.session.bounds(),
+            deadlines,
+        );
 
         // Every service gets the same message limits and compression.
         macro_rules! configured {
@@ -166,6 +171,10 @@ impl Application {
             ratelimit
         );
         let cache = configured!(proto::cache_service_server::CacheServiceServer<_>, cache);
+        let sessions = configured!(
+            proto::session_service_server::SessionServiceServer<_>,
+            sessions
+        );
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -184,6 +193,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(ratelimit)
             .add_service(cache)
+            .add_service(sessions)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 signal,

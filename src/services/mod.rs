@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod ratelimit;
+pub mod session;
 
 use std::time::Duration;
 

@@ -11,6 +11,9 @@ use async_trait::async_trait;
 
 use crate::cache::{Found, LeaseResult, SetOp, SetResult};
 use crate::ratelimit::{Decision, RateCheck};
+use crate::session::{
+    CreateOutcome, DataUpdate, NewSession, SessionRecord, TokenRef, UpdateOutcome,
+};
 
 /// Why the store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,6 +58,56 @@ pub trait CacheStore: Send + Sync {
     ) -> Result<LeaseResult, StoreError>;
 }
 
+/// Sessions by token hash, indexed per user; one-time tokens by hash.
+/// `None` answers mean the session is unknown, expired or revoked.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Creates the session, evicting or refusing at the user's cap, in one
+    /// atomic step.
+    async fn create(&self, new: &NewSession) -> Result<CreateOutcome, StoreError>;
+    /// The session; with `touch`, its idle expiry slides first.
+    async fn get(&self, token: &TokenRef, touch: bool)
+    -> Result<Option<SessionRecord>, StoreError>;
+    async fn update(
+        &self,
+        token: &TokenRef,
+        update: &DataUpdate,
+        expected_version: Option<u64>,
+        max_data_bytes: usize,
+    ) -> Result<Option<UpdateOutcome>, StoreError>;
+    /// Moves the session to `new`; `old` is dead once this returns.
+    async fn rotate(
+        &self,
+        old: &TokenRef,
+        new: &TokenRef,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    async fn revoke(&self, token: &TokenRef) -> Result<bool, StoreError>;
+    /// The user's live sessions, oldest first.
+    async fn list(&self, user_tag: &str, user_id: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Revokes the user's sessions but `except` (a token hash); returns how many.
+    async fn revoke_user(
+        &self,
+        user_tag: &str,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<u64, StoreError>;
+    async fn count(&self, user_tag: &str, user_id: &str) -> Result<u64, StoreError>;
+    /// Stores a one-time token's purpose and subject; returns its expiry (us).
+    async fn issue_one_time(
+        &self,
+        hash: &str,
+        purpose: &str,
+        subject: &str,
+        ttl_us: u64,
+    ) -> Result<u64, StoreError>;
+    /// The subject, if the token is live and for `purpose`; it is then dead.
+    async fn consume_one_time(
+        &self,
+        hash: &str,
+        purpose: &str,
+    ) -> Result<Option<String>, StoreError>;
+}
+
 /// The capabilities of one backing store, shared by all services.
 #[derive(Clone)]
 pub struct Stores {
@@ -62,6 +115,7 @@ pub struct Stores {
     pub health: Arc<dyn StoreHealth>,
     pub ratelimit: Arc<dyn RateLimitStore>,
     pub cache: Arc<dyn CacheStore>,
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 impl Stores {
@@ -70,7 +124,8 @@ impl Stores {
             kind: "memory",
             health: store.clone(),
             ratelimit: store.clone(),
-            cache: store,
+            cache: store.clone(),
+            sessions: store,
         }
     }
 
@@ -79,7 +134,8 @@ impl Stores {
             kind: "redis",
             health: store.clone(),
             ratelimit: store.clone(),
-            cache: store,
+            cache: store.clone(),
+            sessions: store,
         }
     }
 }

@@ -13,7 +13,9 @@ use std::{
 use datalayer::{
     config::{RedisUrl, Settings},
     proto::{
-        cache_service_client::CacheServiceClient, rate_limit_service_client::RateLimitServiceClient,
+        cache_service_client::CacheServiceClient,
+        rate_limit_service_client::RateLimitServiceClient,
+        session_service_client::SessionServiceClient,
     },
     ratelimit::PolicyLimitSpec,
     startup::Application,
@@ -175,6 +177,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub ratelimit: RateLimitServiceClient<Channel>,
     pub cache: CacheServiceClient<Channel>,
+    pub sessions: SessionServiceClient<Channel>,
     pub health: HealthClient<Channel>,
     pub redis: Option<RedisServer>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -261,6 +264,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
         addr,
         ratelimit: RateLimitServiceClient::new(channel.clone()),
         cache: CacheServiceClient::new(channel.clone()),
+        sessions: SessionServiceClient::new(channel.clone()),
         health: HealthClient::new(channel),
         redis,
         shutdown: Some(tx),

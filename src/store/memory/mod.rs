@@ -6,6 +6,7 @@
 
 pub(crate) mod cache;
 mod ratelimit;
+mod session;
 
 use std::{
     collections::HashMap,
@@ -50,6 +51,7 @@ pub struct MemoryStore {
     // deadlock the runtime.
     shards: Vec<Mutex<HashMap<String, Entry>>>,
     cache: Mutex<cache::CacheState>,
+    sessions: Mutex<session::SessionState>,
 }
 
 impl MemoryStore {
@@ -66,6 +68,7 @@ impl MemoryStore {
             clock,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             cache: Mutex::new(cache::CacheState::default()),
+            sessions: Mutex::new(session::SessionState::default()),
         })
     }
 
@@ -84,9 +87,16 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn session_state(&self) -> MutexGuard<'_, session::SessionState> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn sweep(&self) {
         let now = self.clock.now_us();
         self.cache_state().sweep(now);
+        self.session_state().sweep(now);
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, e| e.expires_at_us > now);

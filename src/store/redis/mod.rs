@@ -8,6 +8,7 @@
 mod cache;
 mod lane;
 mod ratelimit;
+mod session;
 
 pub use ratelimit::script_source;
 

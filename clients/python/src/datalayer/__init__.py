@@ -1,0 +1,61 @@
+"""Python client of the datalayer gRPC service.
+
+    from datalayer import Client
+    from datalayer.v1 import ratelimit_pb2
+
+    with Client("localhost:50051") as client:
+        answer = client.ratelimit.check(ratelimit_pb2.CheckRequest(key="user:42", policy="auth"))
+
+``Client`` blocks, ``AsyncClient`` is its asyncio twin. The generated
+messages and stubs live in ``datalayer.v1`` (``ratelimit_pb2``,
+``ratelimit_pb2_grpc``, ``cache_pb2``, ...) and can be used directly.
+"""
+
+from datalayer._client import DEFAULT_TIMEOUT, AsyncClient, Client
+from datalayer._invoke import Metadata, RetryPolicy
+from datalayer._services import SERVICES
+from datalayer.errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DatalayerError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "SERVICES",
+    "Aborted",
+    "AlreadyExists",
+    "AsyncClient",
+    "Cancelled",
+    "Client",
+    "DatalayerError",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FieldViolation",
+    "Internal",
+    "InvalidArgument",
+    "Metadata",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+]

@@ -1,0 +1,142 @@
+"""`Client` and `AsyncClient`: one channel, one typed attribute per service."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Sequence
+
+import grpc
+import grpc.aio
+
+from datalayer._invoke import AsyncInvoker, Metadata, RetryPolicy, SyncInvoker
+from datalayer._services import AsyncServices, SyncServices
+
+__all__ = ["AsyncClient", "Client", "DEFAULT_TIMEOUT"]
+
+#: Default deadline of a call, in seconds, covering its retries.
+DEFAULT_TIMEOUT = 5.0
+
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+def _metadata(token: str | None) -> Metadata:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+    if tls or root_certificates is not None:
+        return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return None
+
+
+class Client(SyncServices):
+    """A blocking client of the datalayer service.
+
+    Args:
+        target: ``host:port`` (any gRPC target, e.g. ``dns:///datalayer:50051``).
+        tls: use TLS (implied by ``root_certificates``); system roots by default.
+        root_certificates: PEM roots to verify the server with.
+        token: sent as ``authorization: Bearer <token>`` on every call.
+        timeout: default deadline of a call in seconds, covering its retries
+            (``None``: no client deadline; the service then applies its own
+            ``server.default_timeout``). Each method takes ``timeout=`` too.
+        retries: how many times UNAVAILABLE is retried (exponential backoff
+            with jitter, never sooner than the error's ``RetryInfo``).
+        retry_policy: the full backoff settings; overrides ``retries``.
+        options: extra gRPC channel options.
+        interceptors: gRPC client interceptors wrapped around the channel
+            (``grpc.aio`` interceptors for :class:`AsyncClient`).
+
+    Services: ``client.ratelimit``, ``client.cache`` (and one attribute per
+    service of ``proto/``), each with one typed method per RPC taking the
+    request message, e.g. ``client.ratelimit.check(CheckRequest(...))``.
+    Errors raise :class:`datalayer.errors.DatalayerError` subclasses.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        retry_policy: RetryPolicy | None = None,
+        options: ChannelOptions = (),
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+    ) -> None:
+        self.target = target
+        creds = _credentials(tls, root_certificates)
+        channel = (
+            grpc.secure_channel(target, creds, options=list(options))
+            if creds is not None
+            else grpc.insecure_channel(target, options=list(options))
+        )
+        self.channel: grpc.Channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+        self._invoker = SyncInvoker(
+            timeout=timeout,
+            metadata=_metadata(token),
+            policy=retry_policy or RetryPolicy(retries=retries),
+        )
+        self._bind_services(self.channel, self._invoker)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(AsyncServices):
+    """The asyncio twin of :class:`Client` (same arguments), on ``grpc.aio``.
+    Create it inside a running event loop; methods are coroutines."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        retry_policy: RetryPolicy | None = None,
+        options: ChannelOptions = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        self.target = target
+        creds = _credentials(tls, root_certificates)
+        self.channel: grpc.aio.Channel = (
+            grpc.aio.secure_channel(target, creds, options=list(options), interceptors=list(interceptors))
+            if creds is not None
+            else grpc.aio.insecure_channel(target, options=list(options), interceptors=list(interceptors))
+        )
+        self._invoker = AsyncInvoker(
+            timeout=timeout,
+            metadata=_metadata(token),
+            policy=retry_policy or RetryPolicy(retries=retries),
+        )
+        self._bind_services(self.channel, self._invoker)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,225 @@
+"""Harness: a real `redis-server` on a free port and the real service binary
+(`DATALAYER_BIN`, default target/debug/datalayer) pointed at it, started once
+per session; health must say SERVING before any test runs.
+
+Every unary call made through a client built by the `client` /
+`async_client` fixtures is recorded, and `test_zz_coverage.py` checks that
+every RPC the running binary serves (asked by reflection) was called.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from datalayer import AsyncClient, Client
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("DATALAYER_BIN", REPO / "target" / "debug" / "datalayer"))
+PACKAGE = "datalayer.v1."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class Redis:
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not redis_ping(self.port):
+            assert time.monotonic() < deadline, f"redis-server did not start on port {self.port}"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> int | None:
+    """grpc.health.v1.Health/Check with hand-encoded messages: the status
+    number (1 = SERVING), or None for an unknown service / no answer."""
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    name = service.encode()
+    request = (b"\x0a" + bytes([len(name)]) + name) if name else b""
+    try:
+        reply: bytes = check(request, timeout=1)
+    except grpc.RpcError:
+        return None
+    return reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
+
+
+@dataclass
+class Stack:
+    addr: str
+    redis: Redis
+    proc: subprocess.Popen[bytes]
+    served: dict[str, list[str]] = field(default_factory=dict)  # service -> methods
+    called: set[str] = field(default_factory=set)  # "/pkg.Service/Method"
+
+    def pause_service(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume_service(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def serves(self, service: str) -> bool:
+        return service in self.served
+
+    def wait_serving(self, timeout: float = 15.0) -> None:
+        with grpc.insecure_channel(self.addr) as ch:
+            deadline = time.monotonic() + timeout
+            while health_status(ch) != 1:
+                assert self.proc.poll() is None, "the service exited"
+                assert time.monotonic() < deadline, "health never became SERVING"
+                time.sleep(0.05)
+
+
+def reflect_services(addr: str) -> dict[str, list[str]]:
+    with grpc.insecure_channel(addr) as ch:
+        db = ProtoReflectionDescriptorDatabase(ch)
+        from google.protobuf.descriptor_pool import DescriptorPool
+
+        pool = DescriptorPool(db)
+        out: dict[str, list[str]] = {}
+        for name in db.get_services():
+            if name.startswith(PACKAGE):
+                out[name] = [m.name for m in pool.FindServiceByName(name).methods]
+        return out
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    if not BIN.exists():
+        pytest.fail(f"service binary {BIN} not found (build it, or set DATALAYER_BIN)")
+    redis = Redis(free_port())
+    redis.start()
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        DATALAYER__SERVER__ADDR=f"127.0.0.1:{port}",
+        DATALAYER__REDIS__URL=f"redis://127.0.0.1:{redis.port}",
+        DATALAYER__HEALTH__PROBE_INTERVAL="100ms",
+        DATALAYER__HEALTH__PROBE_TIMEOUT="100ms",
+        DATALAYER__TELEMETRY__LOG_LEVEL="warn",
+    )
+    log = open(Path(os.environ.get("DATALAYER_LOG", os.devnull)), "ab")
+    proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=log)
+    s = Stack(addr=f"127.0.0.1:{port}", redis=redis, proc=proc)
+    try:
+        s.wait_serving()
+        s.served = reflect_services(s.addr)
+        yield s
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        redis.kill()
+        log.close()
+
+
+class _Recorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, called: set[str]) -> None:
+        self.called = called
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        self.called.add(details.method)
+        return continuation(details, request)
+
+
+class _AsyncRecorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, called: set[str]) -> None:
+        self.called = called
+
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        m = details.method
+        self.called.add(m.decode() if isinstance(m, bytes) else m)
+        return await continuation(details, request)
+
+
+@pytest.fixture
+def make_client(stack: Stack) -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def make(**kwargs: Any) -> Client:
+        c = Client(kwargs.pop("target", stack.addr), interceptors=[_Recorder(stack.called)], **kwargs)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Client]) -> Client:
+    return make_client()
+
+
+@pytest.fixture
+async def async_client(stack: Stack) -> AsyncIterator[AsyncClient]:
+    c = AsyncClient(stack.addr, interceptors=[_AsyncRecorder(stack.called)])
+    yield c
+    await c.close()
+
+
+def require(stack: Stack, service: str) -> None:
+    """Skips the test when the running binary does not serve `service` yet."""
+    if not stack.serves(service):
+        pytest.skip(f"{service} is not served by {BIN}")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}:{time.monotonic_ns()}"

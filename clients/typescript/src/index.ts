@@ -1,0 +1,193 @@
+/**
+ * TypeScript client of the datalayer gRPC service, over
+ * `@connectrpc/connect-node`'s gRPC transport.
+ *
+ * ```ts
+ * import { createClient } from "@datalayer/client";
+ * const dl = createClient({ baseUrl: "http://localhost:50051" });
+ * const answer = await dl.ratelimit.check({ key: "user:42", limitSource: { case: "policy", value: "auth" } });
+ * ```
+ *
+ * Each service of `proto/datalayer` is a property (`ratelimit`, `cache`, ...)
+ * holding a typed Connect client; errors are `ConnectError`s whose rich
+ * details are read with `err.findDetails(BadRequestSchema)` or the helpers
+ * `fieldViolations(err)` / `retryAfterMs(err)`.
+ */
+import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
+import type { CallOptions, Client, Interceptor, Transport } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import type { DescService } from "@bufbuild/protobuf";
+import type { SecureClientSessionOptions } from "node:http2";
+import { BadRequestSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import { services } from "./gen/services.js";
+
+export * from "./gen/services.js";
+export {
+  BadRequestSchema,
+  RetryInfoSchema,
+  ErrorInfoSchema,
+  DebugInfoSchema,
+  QuotaFailureSchema,
+  PreconditionFailureSchema,
+  ResourceInfoSchema,
+  RequestInfoSchema,
+  HelpSchema,
+  LocalizedMessageSchema,
+} from "./gen/google/rpc/error_details_pb.js";
+export type { BadRequest, BadRequest_FieldViolation, RetryInfo } from "./gen/google/rpc/error_details_pb.js";
+export { Code, ConnectError } from "@connectrpc/connect";
+export type { CallOptions, Interceptor } from "@connectrpc/connect";
+
+/** Default deadline of a call, covering its retries. */
+export const DEFAULT_TIMEOUT_MS = 5000;
+
+export interface RetryOptions {
+  /** Retries of UNAVAILABLE after the first attempt. Default 3; 0 disables. */
+  retries?: number;
+  /** First backoff cap in ms (default 50), doubled per attempt... */
+  initialBackoffMs?: number;
+  /** ...up to this cap (default 2000). */
+  maxBackoffMs?: number;
+  /** Growth of the cap per attempt (default 2). */
+  multiplier?: number;
+}
+
+export interface ClientOptions extends RetryOptions {
+  /**
+   * `http://host:port` (plaintext HTTP/2) or `https://host:port` (TLS). A bare
+   * `host:port` uses TLS when `tls` is set, plaintext otherwise.
+   */
+  baseUrl: string;
+  /** Sent as `authorization: Bearer <token>` on every call. */
+  token?: string;
+  /**
+   * Default deadline of a call in ms, covering its retries (default 5000).
+   * A call's own `{ timeoutMs }` overrides it. 0 or a negative value: no
+   * client deadline (the service applies `server.default_timeout`).
+   */
+  timeoutMs?: number;
+  /** Use TLS; an object gives Node's TLS options (e.g. `{ ca }`). */
+  tls?: boolean | SecureClientSessionOptions;
+  /** More Connect interceptors, run inside the token interceptor. */
+  interceptors?: Interceptor[];
+}
+
+type Services = typeof services;
+
+/** One typed Connect client per service, plus `close()`. */
+export type DatalayerClient = { readonly [K in keyof Services]: Client<Services[K]> } & {
+  /** The underlying transport, for `createClient(Service, transport)` from Connect. */
+  readonly transport: Transport;
+  /** Closes the HTTP/2 connection; calls after it fail. */
+  close(): void;
+};
+
+function normalizeBaseUrl(baseUrl: string, tls: ClientOptions["tls"]): string {
+  if (/^https?:\/\//.test(baseUrl)) return baseUrl;
+  return `${tls ? "https" : "http"}://${baseUrl}`;
+}
+
+/** The wait before retry number `attempt` (0-based), in ms. */
+export function backoffMs(attempt: number, retryAfter: number | undefined, opts: RetryOptions = {}): number {
+  const initial = opts.initialBackoffMs ?? 50;
+  const max = opts.maxBackoffMs ?? 2000;
+  const multiplier = opts.multiplier ?? 2;
+  const cap = Math.min(max, initial * multiplier ** attempt);
+  return (retryAfter ?? 0) + Math.random() * cap;
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(ConnectError.from(signal.reason));
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(ConnectError.from(signal?.reason));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+
+/**
+ * Wraps every unary method of a Connect client: a default deadline covering
+ * all attempts, and retries of UNAVAILABLE with exponential backoff and full
+ * jitter, never sooner than the error's `google.rpc.RetryInfo`. A retry that
+ * would pass the deadline is not made: the last error is thrown.
+ */
+function withRetries<S extends DescService>(service: S, client: Client<S>, opts: ClientOptions): Client<S> {
+  const retries = opts.retries ?? 3;
+  const defaultTimeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const wrapped: Record<string, unknown> = {};
+  const raw = client as unknown as Record<string, (req: unknown, options?: CallOptions) => Promise<unknown>>;
+  for (const method of service.methods) {
+    const call = raw[method.localName];
+    if (method.methodKind !== "unary") {
+      wrapped[method.localName] = call;
+      continue;
+    }
+    wrapped[method.localName] = async (request: unknown, options: CallOptions = {}) => {
+      const budget = options.timeoutMs ?? defaultTimeout;
+      const deadline = budget > 0 ? Date.now() + budget : undefined;
+      for (let attempt = 0; ; attempt++) {
+        const remaining = deadline === undefined ? undefined : deadline - Date.now();
+        if (remaining !== undefined && remaining <= 0) {
+          throw new ConnectError("deadline exceeded before the call could be retried", Code.DeadlineExceeded);
+        }
+        try {
+          return await call(request, { ...options, timeoutMs: remaining });
+        } catch (e) {
+          const err = ConnectError.from(e);
+          if (err.code !== Code.Unavailable || attempt >= retries) throw err;
+          const delay = backoffMs(attempt, retryAfterMs(err), opts);
+          if (deadline !== undefined && Date.now() + delay >= deadline) throw err;
+          await sleep(delay, options.signal);
+        }
+      }
+    };
+  }
+  return wrapped as Client<S>;
+}
+
+/** Creates a client with one typed property per service (`ratelimit`, `cache`, ...). */
+export function createClient(options: ClientOptions): DatalayerClient {
+  const baseUrl = normalizeBaseUrl(options.baseUrl, options.tls);
+  const nodeOptions = typeof options.tls === "object" ? options.tls : {};
+  const sessionManager = new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 60_000 }, nodeOptions);
+  const interceptors: Interceptor[] = [];
+  if (options.token) {
+    const value = `Bearer ${options.token}`;
+    interceptors.push((next) => (req) => {
+      req.header.set("authorization", value);
+      return next(req);
+    });
+  }
+  interceptors.push(...(options.interceptors ?? []));
+  const transport = createGrpcTransport({ baseUrl, sessionManager, interceptors });
+  const clients = Object.fromEntries(
+    Object.entries(services).map(([name, service]) => [
+      name,
+      withRetries(service, createConnectClient(service, transport), options),
+    ]),
+  );
+  return {
+    ...(clients as { [K in keyof Services]: Client<Services[K]> }),
+    transport,
+    close: () => sessionManager.abort(),
+  };
+}
+
+/** The `google.rpc.BadRequest` field violations of an error (empty if none). */
+export function fieldViolations(err: unknown): { field: string; description: string }[] {
+  return ConnectError.from(err)
+    .findDetails(BadRequestSchema)
+    .flatMap((d) => d.fieldViolations.map((v) => ({ field: v.field, description: v.description })));
+}
+
+/** The `google.rpc.RetryInfo` delay of an error in ms, or undefined. */
+export function retryAfterMs(err: unknown): number | undefined {
+  const [info] = ConnectError.from(err).findDetails(RetryInfoSchema);
+  if (!info?.retryDelay) return undefined;
+  return Number(info.retryDelay.seconds) * 1000 + info.retryDelay.nanos / 1e6;
+}

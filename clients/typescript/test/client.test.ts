@@ -1,0 +1,47 @@
+// One suite per service, run against one real Redis and one real service
+// binary; then a check that every RPC the binary serves (by reflection) was
+// called. To cover a new service: write test/<name>.suite.ts and add it below.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { services } from "@datalayer/client";
+import { Stack } from "./harness.js";
+import { rateLimitSuite } from "./ratelimit.suite.js";
+import { cacheSuite } from "./cache.suite.js";
+import { sessionsSuite } from "./sessions.suite.js";
+import { examplesSuite } from "./examples.suite.js";
+
+let stack: Stack | undefined;
+const current = () => {
+  assert.ok(stack, "the stack is running");
+  return stack;
+};
+
+before(async () => {
+  stack = await Stack.start();
+});
+
+after(async () => {
+  await stack?.stop();
+});
+
+rateLimitSuite(current);
+cacheSuite(current);
+sessionsSuite(current);
+examplesSuite(current);
+
+describe("coverage", () => {
+  test("every served RPC was called", () => {
+    const s = current();
+    assert.ok(s.serves("datalayer.v1.RateLimitService"));
+    const missing = [...s.served].flatMap(([svc, methods]) =>
+      methods.map((m) => `${svc}/${m}`).filter((name) => !s.called.has(name)),
+    );
+    assert.deepEqual(missing, [], "served but never called by the TypeScript tests");
+  });
+
+  test("the client knows every served service", () => {
+    const known = new Set(Object.values(services).map((svc) => svc.typeName));
+    const unknown = [...current().served.keys()].filter((name) => !known.has(name));
+    assert.deepEqual(unknown, [], "served but not generated (run scripts/gen-clients.sh)");
+  });
+});

@@ -1,0 +1,10 @@
+-- KEYS[1]: the user's index. ARGV: user id, session key prefix, token hash
+-- to keep ('' : none). Returns how many sessions were revoked.
+local revoked = 0
+for _, h in ipairs(session_members(KEYS[1], ARGV[2], ARGV[1])) do
+  if h ~= ARGV[3] then
+    revoked = revoked + redis.call('DEL', ARGV[2] .. h)
+    redis.call('ZREM', KEYS[1], h)
+  end
+end
+return revoked
