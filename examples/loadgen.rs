@@ -1,32 +1,39 @@
-//! Load generator: `Check` through gRPC versus the same Lua straight on
-//! Redis, at the same concurrency, on the same machine.
+//! Load generator: a workload through gRPC versus its raw Redis equivalent,
+//! at the same concurrency, on the same machine.
 //!
 //! ```text
 //! cargo build --release --bin datalayer --example loadgen
-//! target/release/examples/loadgen --concurrency 64 --seconds 10
+//! target/release/examples/loadgen --workload check --concurrency 64 --seconds 10
+//! target/release/examples/loadgen --workload cache-get
+//! target/release/examples/loadgen --workload cache-set
 //! ```
 //!
 //! It starts its own `redis-server` and the service binary, measures
 //! start-up (spawn → health SERVING) and idle memory, then runs, for the
 //! same duration and number of concurrent callers:
-//! 1. `service`: `Check` (GCRA, one key per caller) over gRPC;
-//! 2. `raw`: `EVALSHA` of the same script, one connection per caller, as a
-//!    Redis client library would do it;
-//! 3. `service @ 50%`: `Check` paced at half the rate measured in (1), for
-//!    the p99 at half load.
+//! 1. `service`: the workload over gRPC, one key per caller — `Check`
+//!    (GCRA), cache `Get` of a 100-byte value, or cache `Set` of one;
+//! 2. `raw`: the Redis equivalent, one connection per caller as a Redis
+//!    client library would do it — `EVALSHA` of the same GCRA script, or
+//!    plain `GET` / `SET ... PX`;
+//! 3. `service @ 50%`: the workload paced at half the rate measured in (1),
+//!    for the p99 at half load.
 
 use std::{
+    future::Future,
     net::TcpListener,
     path::PathBuf,
+    pin::Pin,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use datalayer::{
     proto::{
-        CheckRequest, Gcra, Limit, check_request::LimitSource, limit,
+        CheckRequest, Gcra, GetRequest, Limit, SetRequest,
+        cache_service_client::CacheServiceClient, check_request::LimitSource, limit,
         rate_limit_service_client::RateLimitServiceClient,
     },
     ratelimit::Algorithm,
@@ -37,9 +44,27 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Workload {
+    /// RateLimitService.Check (GCRA) vs raw EVALSHA of the same script.
+    Check,
+    /// CacheService.Get of a 100-byte value vs raw GET.
+    CacheGet,
+    /// CacheService.Set of a 100-byte value vs raw SET PX.
+    CacheSet,
+}
+
+/// One call of a phase: true if it succeeded.
+type CallFn = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+const VALUE: [u8; 100] = [b'x'; 100];
+
 #[derive(Parser, Debug)]
-#[command(about = "Benchmark Check through gRPC against raw EVALSHA")]
+#[command(about = "Benchmark a workload through gRPC against raw Redis")]
 struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Workload::Check)]
+    workload: Workload,
     /// Concurrent callers.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -220,6 +245,18 @@ fn check_request(caller: usize) -> CheckRequest {
     }
 }
 
+fn set_request(caller: usize) -> SetRequest {
+    SetRequest {
+        key: format!("bench-{caller}"),
+        value: VALUE.to_vec(),
+        ttl: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -254,6 +291,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = Guard(
         Command::new(&args.service_bin)
             .env("DATALAYER__SERVER__ADDR", format!("127.0.0.1:{port}"))
+            .env("DATALAYER__METRICS__ADDR", "127.0.0.1:0")
             .env("DATALAYER__REDIS__URL", &redis_url)
             .env("DATALAYER__TELEMETRY__LOG_LEVEL", "warn")
             .env("DATALAYER__SERVER__DEFAULT_TIMEOUT", "5s")
@@ -282,7 +320,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let idle_rss = rss_kib(service.0.id());
 
     println!(
-        "machine: {} cores; concurrency {}; {} s per phase; {} gRPC connections",
+        "workload {:?}; machine: {} cores; concurrency {}; {} s per phase; {} gRPC connections",
+        args.workload,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -303,19 +342,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..args.grpc_connections.max(1) {
         channels.push(Channel::from_shared(endpoint.clone())?.connect().await?);
     }
-    let clients: Arc<Vec<RateLimitServiceClient<Channel>>> = Arc::new(
-        channels
-            .into_iter()
-            .map(RateLimitServiceClient::new)
-            .collect(),
-    );
-    let grpc_call = {
-        let clients = clients.clone();
-        move |caller: usize| {
-            let mut client = clients[caller % clients.len()].clone();
-            async move { client.check(check_request(caller)).await.is_ok() }
+    let channels = Arc::new(channels);
+    let grpc_call: CallFn = match args.workload {
+        Workload::Check => Arc::new(move |caller| {
+            let mut client = RateLimitServiceClient::new(channels[caller % channels.len()].clone());
+            Box::pin(async move { client.check(check_request(caller)).await.is_ok() })
+        }),
+        Workload::CacheGet => {
+            // One entry per caller, read back on every call.
+            for caller in 0..args.concurrency {
+                let mut client = CacheServiceClient::new(channels[0].clone());
+                client.set(set_request(caller)).await?;
+            }
+            Arc::new(move |caller| {
+                let mut client = CacheServiceClient::new(channels[caller % channels.len()].clone());
+                Box::pin(async move {
+                    client
+                        .get(GetRequest {
+                            key: format!("bench-{caller}"),
+                        })
+                        .await
+                        .is_ok_and(|r| r.into_inner().found)
+                })
+            })
         }
+        Workload::CacheSet => Arc::new(move |caller| {
+            let mut client = CacheServiceClient::new(channels[caller % channels.len()].clone());
+            Box::pin(async move {
+                client
+                    .set(set_request(caller))
+                    .await
+                    .is_ok_and(|r| r.into_inner().stored)
+            })
+        }),
     };
+    let grpc_call = move |caller: usize| grpc_call(caller);
     // Warm up connections, scripts and caches.
     drive(
         args.concurrency,
@@ -332,36 +393,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("service RSS after load: {:.1} MiB", kib as f64 / 1024.0);
     }
 
-    // 2. Raw EVALSHA of the same script, one connection per caller.
+    // 2. The raw Redis equivalent, one connection per caller.
     let (source, sha) = script_source(Algorithm::Gcra);
     let _: String = redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(source)
         .query_async(&mut admin)
         .await?;
-    let _: () = admin.del("dl:bench:warm").await?;
     let mut raw_conns = Vec::new();
-    for _ in 0..args.concurrency {
+    for caller in 0..args.concurrency {
         // Multiplexed connections used one call at a time each: the
         // request/response pattern of a connection-per-caller client.
         raw_conns.push(client.get_multiplexed_async_connection().await?);
+        let _: () = admin.set(format!("bench-raw-{caller}"), &VALUE[..]).await?;
     }
     let raw_conns = Arc::new(raw_conns);
     let sha = sha.to_owned();
+    let workload = args.workload;
     let raw_call = move |caller: usize| {
         let mut conn = raw_conns[caller].clone();
-        let sha = sha.clone();
+        let cmd = match workload {
+            Workload::Check => {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(&sha)
+                    .arg(1)
+                    .arg(format!("dl:default:rl:{{bench-{caller}}}:inline:gcra-raw"))
+                    .arg(1_000_000u64)
+                    .arg(1_000_000u64)
+                    .arg(1u64);
+                cmd
+            }
+            Workload::CacheGet => {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(format!("bench-raw-{caller}"));
+                cmd
+            }
+            Workload::CacheSet => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(format!("bench-raw-{caller}"))
+                    .arg(&VALUE[..])
+                    .arg("PX")
+                    .arg(60_000);
+                cmd
+            }
+        };
         async move {
-            let r: redis::RedisResult<redis::Value> = redis::cmd("EVALSHA")
-                .arg(&sha)
-                .arg(1)
-                .arg(format!("dl:default:rl:{{bench-{caller}}}:inline:gcra-raw"))
-                .arg(1_000_000u64)
-                .arg(1_000_000u64)
-                .arg(1u64)
-                .query_async(&mut conn)
-                .await;
-            r.is_ok()
+            let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+            matches!(r, Ok(v) if v != redis::Value::Nil)
         }
     };
     drive(
@@ -373,7 +451,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await;
     let cpu = CpuSplit::start(service.0.id(), redis.0.id());
     let raw_report = drive(args.concurrency, duration, None, raw_call).await;
-    raw_report.print("raw EVALSHA");
+    raw_report.print(match args.workload {
+        Workload::Check => "raw EVALSHA",
+        Workload::CacheGet => "raw GET",
+        Workload::CacheSet => "raw SET",
+    });
     cpu.print(&raw_report);
 
     println!(

@@ -27,6 +27,7 @@ pub struct Settings {
     pub ratelimit: RateLimitSettings,
     pub cache: CacheSettings,
     pub session: SessionSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,17 +80,30 @@ impl RedisUrl {
         self.0.expose_secret()
     }
 
-    /// The URL with any password replaced by `***`, for logs and errors.
+    /// The comma-separated URLs (one, unless it lists cluster seeds).
+    pub fn seeds(&self) -> Vec<&str> {
+        self.expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// The URL(s) with any password replaced by `***`, for logs and errors.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(self.expose()) {
-            Ok(mut url) => {
-                if url.password().is_some() {
-                    let _ = url.set_password(Some("***"));
+        self.seeds()
+            .into_iter()
+            .map(|seed| match url::Url::parse(seed) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    url.to_string()
                 }
-                url.to_string()
-            }
-            Err(_) => "<unparsable url>".to_owned(),
-        }
+                Err(_) => "<unparsable url>".to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -99,12 +113,25 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One Redis server (or a primary behind one address).
+    #[default]
+    Standalone,
+    /// Redis Cluster; `redis.url` lists seed nodes, comma-separated.
+    Cluster,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://[:password@]host:port[/db]` or `rediss://` for TLS. Unset: the
-    /// in-process memory store serves instead.
+    /// in-process memory store serves instead. In cluster mode: seed nodes,
+    /// comma-separated.
     pub url: Option<RedisUrl>,
+    /// `standalone` or `cluster`.
+    pub mode: RedisMode,
     /// Multiplexed connections shared by all calls. Each pipelines many
     /// concurrent commands, so a handful is plenty.
     pub connections: usize,
@@ -126,6 +153,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
+            mode: RedisMode::Standalone,
             connections: 2,
             pool_size: 16,
             connect_timeout: Duration::from_millis(500),
@@ -327,6 +355,24 @@ impl CacheSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve Prometheus metrics at all.
+    pub enabled: bool,
+    /// Address of the `/metrics` HTTP endpoint (its own port, not gRPC's).
+    pub addr: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionSettings {
     /// Largest session data (keys and values together), in bytes.
     pub max_data_bytes: usize,
@@ -471,15 +517,33 @@ impl Settings {
         }
         let r = &self.redis;
         if let Some(url) = &r.url {
-            let scheme_ok = url::Url::parse(url.expose())
-                .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
-                .unwrap_or(false);
-            if !scheme_ok {
+            let seeds = url.seeds();
+            if r.mode == RedisMode::Standalone && seeds.len() > 1 {
                 return Err(invalid(
                     "redis.url",
-                    format!("`{}` is not a redis:// or rediss:// URL", url.redacted()),
+                    "lists several servers; set redis.mode = \"cluster\" for a Redis Cluster",
                 ));
             }
+            for seed in seeds {
+                let scheme_ok = url::Url::parse(seed)
+                    .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+                    .unwrap_or(false);
+                if !scheme_ok {
+                    return Err(invalid(
+                        "redis.url",
+                        format!(
+                            "`{}` is not a redis:// or rediss:// URL",
+                            RedisUrl::new(seed).redacted()
+                        ),
+                    ));
+                }
+            }
+        }
+        if r.pool_size < r.connections {
+            return Err(invalid(
+                "redis.pool_size",
+                "must be at least redis.connections (each holds a pooled connection)",
+            ));
         }
         if r.connections == 0 {
             return Err(invalid("redis.connections", "must be at least 1"));
@@ -526,6 +590,15 @@ impl Settings {
         self.policies()?;
         self.cache.validate()?;
         self.session.validate()?;
+        if self.metrics.enabled
+            && self.metrics.addr.port() != 0
+            && self.metrics.addr.port() == self.server.addr.port()
+        {
+            return Err(invalid(
+                "metrics.addr",
+                "must use another port than server.addr",
+            ));
+        }
         Ok(())
     }
 

@@ -14,6 +14,21 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::store::StoreError;
 
+/// Versions are exact in Lua's doubles up to 2^53; no version the service
+/// issues is larger, so a larger `expected_version` is a caller's mistake.
+pub const MAX_VERSION: u64 = 1 << 53;
+
+/// An `expected_version` as sent, checked against [`MAX_VERSION`].
+pub fn expected_version(v: Option<u64>, field: &str) -> Result<Option<u64>, FieldViolation> {
+    match v {
+        Some(v) if v > MAX_VERSION => Err(FieldViolation::new(
+            field,
+            format!("must be at most 2^53 ({MAX_VERSION}); use a version this service returned"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// One bad field: the field's path in the request (`checks[2].key`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

@@ -4,6 +4,9 @@
 //! status ("") and every service's status together, so a Kubernetes
 //! readiness probe takes a pod out of rotation while its Redis is away and
 //! puts it back, with no restart, when Redis returns.
+//!
+//! [`LIVENESS`] is SERVING whenever the process serves at all: a liveness
+//! probe must not restart pods because Redis is down.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +14,9 @@ use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::store::StoreHealth;
+
+/// The health service name a liveness probe asks for.
+pub const LIVENESS: &str = "liveness";
 
 pub struct Probe {
     pub reporter: HealthReporter,
@@ -40,6 +46,9 @@ impl Probe {
     /// then probes in the background; the first probe runs at once.
     pub async fn start(self, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         self.set_all(ServingStatus::NotServing).await;
+        self.reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         tokio::spawn(self.run(stop))
     }
 
@@ -55,6 +64,7 @@ impl Probe {
                 _ = stop.wait_for(|stopped| *stopped) => break,
             }
             let ok = self.store_answers().await;
+            metrics::gauge!(crate::metrics::STORE_UP).set(if ok { 1.0 } else { 0.0 });
             if serving != Some(ok) {
                 if ok {
                     tracing::info!("store answers; health SERVING");
@@ -67,5 +77,8 @@ impl Probe {
             }
         }
         self.set_all(ServingStatus::NotServing).await;
+        self.reporter
+            .set_service_status(LIVENESS, ServingStatus::NotServing)
+            .await;
     }
 }

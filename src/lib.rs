@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod keys;
+pub mod metrics;
 pub mod ratelimit;
 pub mod rpc;
 pub mod services;

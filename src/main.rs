@@ -55,7 +55,11 @@ fn main() -> ExitCode {
                 "no redis.url: using the in-process memory store; state is per process \
                  and lost on restart (set DATALAYER__REDIS__URL to use Redis)"
             ),
-            Some(url) => tracing::info!(url = %url.redacted(), "using Redis"),
+            Some(url) => tracing::info!(
+                url = %url.redacted(),
+                mode = ?settings.redis.mode,
+                "using Redis"
+            ),
         }
         let app = match Application::build(settings).await {
             Ok(app) => app,

@@ -162,11 +162,25 @@ where
     let _ = span.set_parent(parent);
 
     let call = Call::new(deadlines.for_metadata(request.metadata()));
+    let started = Instant::now();
     let result = handler(request.into_inner(), call)
         .instrument(span.clone())
         .await;
 
     let code = result.as_ref().err().map_or(Code::Ok, code_of);
+    metrics::counter!(
+        crate::metrics::RPC_REQUESTS,
+        "service" => method.service,
+        "method" => method.method,
+        "code" => crate::metrics::code_label(code),
+    )
+    .increment(1);
+    metrics::histogram!(
+        crate::metrics::RPC_DURATION,
+        "service" => method.service,
+        "method" => method.method,
+    )
+    .record(started.elapsed().as_secs_f64());
     span.record("rpc.grpc.status_code", code as i64);
     match &result {
         Ok(_) => {}

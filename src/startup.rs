@@ -9,7 +9,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::{codec::CompressionEncoding, transport::Server};
 
 use crate::{
-    config::Settings,
+    config::{RedisMode, Settings},
     health::Probe,
     keys::KeyBuilder,
     proto,
@@ -19,7 +19,11 @@ use crate::{
 };
 
 /// Fully-qualified names of the services health reports on.
-pub const SERVICE_NAMES: &[&str] = &["datalayer.v1.RateLimitService", "datalayer.v1.CacheService"];
+pub const SERVICE_NAMES: &[&str] = &[
+    "datalayer.v1.RateLimitService",
+    "datalayer.v1.CacheService",
+    "datalayer.v1.SessionService",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -32,6 +36,13 @@ pub enum StartupError {
     Redis(String),
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("`metrics.addr`: cannot bind {addr}: {source}")]
+    BindMetrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("server: {0}")]
@@ -41,6 +52,8 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The `/metrics` listener, unless `metrics.enabled` is false.
+    metrics: Option<(TcpListener, SocketAddr)>,
     settings: Settings,
     stores: Stores,
 }
@@ -52,15 +65,19 @@ impl Application {
         settings.validate()?;
         let stores = match &settings.redis.url {
             None => Stores::memory(MemoryStore::new()),
-            Some(url) => Stores::redis(Arc::new(
-                RedisStore::new(
-                    url.expose(),
-                    url.redacted(),
-                    &settings.redis,
-                    KeyBuilder::new(&settings.keys.namespace),
-                )
-                .map_err(|e| StartupError::Redis(e.to_string()))?,
-            )),
+            Some(url) => {
+                let keys = KeyBuilder::new(&settings.keys.namespace);
+                let store = match settings.redis.mode {
+                    RedisMode::Standalone => {
+                        RedisStore::new(url.expose(), url.redacted(), &settings.redis, keys)
+                    }
+                    RedisMode::Cluster => {
+                        RedisStore::cluster(&url.seeds(), url.redacted(), &settings.redis, keys)
+                    }
+                }
+                .map_err(|e| StartupError::Redis(e.to_string()))?;
+                Stores::redis(Arc::new(store))
+            }
         };
         Self::build_with_stores(settings, stores).await
     }
@@ -77,9 +94,19 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let metrics = if settings.metrics.enabled {
+            let addr = settings.metrics.addr;
+            let bind_error = |source| StartupError::BindMetrics { addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let local = listener.local_addr().map_err(bind_error)?;
+            Some((listener, local))
+        } else {
+            None
+        };
         Ok(Self {
             listener,
             local_addr,
+            metrics,
             settings,
             stores,
         })
@@ -87,6 +114,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn store_kind(&self) -> &'static str {
@@ -102,6 +134,7 @@ impl Application {
         let Self {
             listener,
             local_addr,
+            metrics,
             settings,
             stores,
         } = self;
@@ -120,7 +153,20 @@ impl Application {
             interval: settings.health.probe_interval,
             timeout: settings.health.probe_timeout,
         };
-        let probe_task = probe.start(stop_rx).await;
+        let probe_task = probe.start(stop_rx.clone()).await;
+        let metrics_task = match metrics {
+            Some((listener, addr)) => {
+                let handle = crate::metrics::recorder().map_err(StartupError::Metrics)?;
+                tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+                Some(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    handle,
+                    stores.health.clone(),
+                    stop_rx,
+                )))
+            }
+            None => None,
+        };
 
         // grpcurl speaks v1alpha, newer tools v1: serve both.
         let reflection = || {
@@ -214,6 +260,9 @@ impl Application {
             }
         };
         probe_task.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         tracing::info!("stopped");
         result
     }

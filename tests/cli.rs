@@ -19,7 +19,9 @@ fn datalayer(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("RUST_LOG")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        // Tests run in parallel: never the fixed default metrics port.
+        .env("DATALAYER__METRICS__ADDR", "127.0.0.1:0");
     for (key, value) in env {
         cmd.env(key, value);
     }

@@ -10,6 +10,7 @@ use datalayer::proto::{
     self, CheckBatchRequest, CheckRequest, CheckResponse, FixedWindow, Gcra, Limit, Reason,
     ResetRequest, SlidingWindow, TokenBucket, check_request::LimitSource, limit::Algorithm,
 };
+use tonic_types::StatusExt;
 
 fn dur(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -417,6 +418,19 @@ async fn bad_input_names_the_field(backend: Backend) {
     let mut client = app.ratelimit.clone();
     let minute = Duration::from_secs(60);
     let ok = gcra(5, minute);
+    // Every bad field of one request is reported, not just the first.
+    let both = client
+        .check(request("", &gcra(5, Duration::ZERO), None))
+        .await
+        .expect_err("two bad fields");
+    let fields: Vec<String> = both
+        .get_details_bad_request()
+        .expect("BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, vec!["key", "limit.gcra.period"]);
     let cases: Vec<(CheckRequest, &str)> = vec![
         (request("", &ok, None), "key"),
         (request(&"k".repeat(513), &ok, None), "key"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::FieldViolation;
 
-/// Longest caller key, in bytes (`cache.max_key_bytes` may lower it).
+/// Longest tag, in bytes.
 pub const MAX_TAG_BYTES: usize = 128;
 /// Lease tokens are 128 random bits, hex-encoded.
 pub const LEASE_TOKEN_LEN: usize = 32;
@@ -185,7 +185,7 @@ impl Bounds {
             return Err(FieldViolation::new(
                 field,
                 format!(
-                    "must be between 1ms and {}",
+                    "must be between 1ms and {} (cache.max_ttl)",
                     humantime::format_duration(self.max_ttl)
                 ),
             ));

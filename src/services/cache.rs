@@ -81,6 +81,7 @@ impl CacheHandler {
                 Condition::Always
             }
         };
+        check(crate::error::expected_version(req.expected_version, "expected_version").map(|_| ()));
         let lease_token = if req.lease_token.is_empty() {
             None
         } else if cache::is_valid_lease_token(&req.lease_token) {

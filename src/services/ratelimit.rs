@@ -44,6 +44,8 @@ pub struct RateLimitHandler {
 struct ParsedCheck {
     check: RateCheck,
     requested_cost: u64,
+    /// The policy's name, or "inline": a metrics label of bounded variety.
+    policy: String,
 }
 
 impl RateLimitHandler {
@@ -65,14 +67,31 @@ impl RateLimitHandler {
 
     /// Resolves `limit | policy` and names the store key. State is scoped by
     /// policy (or "inline") and algorithm, so one caller key can carry
-    /// several independent limits.
+    /// several independent limits. Reports the key's and the limit's
+    /// violations together.
     fn resolve(
         &self,
         key: &str,
         source: Option<LimitSource<'_>>,
+    ) -> Result<(String, Limit), Vec<FieldViolation>> {
+        let key_ok = ratelimit::validate_key(key, "key");
+        let limit = self.resolve_limit(source);
+        let (scope, limit) = match (key_ok, limit) {
+            (Ok(()), Ok(resolved)) => resolved,
+            (k, l) => return Err(k.err().into_iter().chain(l.err()).collect()),
+        };
+        let store_key = self
+            .keys
+            .key(Service::RateLimit, key, &[&scope, limit.algorithm.as_str()]);
+        Ok((store_key, limit))
+    }
+
+    /// The limit and the scope its state lives under.
+    fn resolve_limit(
+        &self,
+        source: Option<LimitSource<'_>>,
     ) -> Result<(String, Limit), FieldViolation> {
-        ratelimit::validate_key(key, "key")?;
-        let (scope, limit) = match source {
+        Ok(match source {
             None => {
                 return Err(FieldViolation::new(
                     "limit",
@@ -97,18 +116,19 @@ impl RateLimitHandler {
                 })?;
                 (format!("p={name}"), *limit)
             }
-        };
-        let store_key = self
-            .keys
-            .key(Service::RateLimit, key, &[&scope, limit.algorithm.as_str()]);
-        Ok((store_key, limit))
+        })
     }
 
-    fn parse_check(&self, req: &CheckRequest) -> Result<ParsedCheck, FieldViolation> {
+    fn parse_check(&self, req: &CheckRequest) -> Result<ParsedCheck, Vec<FieldViolation>> {
         let source = req.limit_source.as_ref().map(LimitSource::from_check);
         let (key, limit) = self.resolve(&req.key, source)?;
         let requested_cost = req.cost.unwrap_or(1);
+        let policy = match &req.limit_source {
+            Some(proto::check_request::LimitSource::Policy(name)) => name.clone(),
+            _ => "inline".to_owned(),
+        };
         Ok(ParsedCheck {
+            policy,
             check: RateCheck {
                 key,
                 cost: limit.clamp_cost(requested_cost),
@@ -128,7 +148,10 @@ impl RateLimitHandler {
             Ok(decisions) => Ok(parsed
                 .iter()
                 .zip(decisions)
-                .map(|(p, d)| answer(p, d))
+                .map(|(p, d)| {
+                    record_decision(p, if d.allowed { "allowed" } else { "rejected" });
+                    answer(p, d)
+                })
                 .collect()),
             Err(StoreError::Unavailable(reason))
                 if parsed
@@ -136,6 +159,9 @@ impl RateLimitHandler {
                     .all(|p| p.check.limit.fail_mode == FailMode::Open) =>
             {
                 tracing::warn!(%reason, "store unavailable; failing open");
+                for p in parsed {
+                    record_decision(p, "fail_open");
+                }
                 Ok(parsed.iter().map(fail_open).collect())
             }
             Err(e) => Err(e.into()),
@@ -162,6 +188,15 @@ impl<'a> LimitSource<'a> {
             proto::reset_request::LimitSource::Policy(p) => Self::Policy(p),
         }
     }
+}
+
+fn record_decision(parsed: &ParsedCheck, result: &'static str) {
+    metrics::counter!(
+        crate::metrics::RATELIMIT_DECISIONS,
+        "policy" => parsed.policy.clone(),
+        "result" => result,
+    )
+    .increment(1);
 }
 
 fn answer(parsed: &ParsedCheck, d: Decision) -> CheckResponse {
@@ -201,7 +236,7 @@ impl RateLimitService for RateLimitHandler {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         rpc::serve(&CHECK, self.deadlines, request, |req, call| async move {
-            let parsed = self.parse_check(&req)?;
+            let parsed = self.parse_check(&req).map_err(Error::InvalidArgument)?;
             let mut answers = self.apply(std::slice::from_ref(&parsed), call).await?;
             answers
                 .pop()
@@ -237,7 +272,8 @@ impl RateLimitService for RateLimitHandler {
                 for (i, check) in req.checks.iter().enumerate() {
                     match self.parse_check(check) {
                         Ok(p) => parsed.push(p),
-                        Err(v) => violations.push(v.under(&format!("checks[{i}]"))),
+                        Err(vs) => violations
+                            .extend(vs.into_iter().map(|v| v.under(&format!("checks[{i}]")))),
                     }
                 }
                 if !violations.is_empty() {
@@ -256,7 +292,9 @@ impl RateLimitService for RateLimitHandler {
     ) -> Result<Response<ResetResponse>, Status> {
         rpc::serve(&RESET, self.deadlines, request, |req, call| async move {
             let source = req.limit_source.as_ref().map(LimitSource::from_reset);
-            let (key, _) = self.resolve(&req.key, source)?;
+            let (key, _) = self
+                .resolve(&req.key, source)
+                .map_err(Error::InvalidArgument)?;
             call.store(self.store.reset(&key)).await?;
             Ok(ResetResponse {})
         })

@@ -230,6 +230,10 @@ impl SessionService for SessionHandler {
             let token = bad.check(session::parse_session_token(&req.token, "token"));
             let data = req.data.into_iter().collect();
             bad.check(self.bounds.data(&data, "data"));
+            bad.check(crate::error::expected_version(
+                req.expected_version,
+                "expected_version",
+            ));
             let update = match proto::UpdateMode::try_from(req.mode) {
                 Ok(proto::UpdateMode::Replace) => {
                     if !req.remove_keys.is_empty() {

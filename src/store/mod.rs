@@ -26,10 +26,23 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Occupancy of a connection pool, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStatus {
+    pub size: usize,
+    pub in_use: usize,
+    pub waiting: usize,
+}
+
 /// Liveness of the backing store, polled by the health probe.
 #[async_trait]
 pub trait StoreHealth: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The connection pool's occupancy, where there is a pool.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 }
 
 #[async_trait]

@@ -167,19 +167,121 @@ impl Drop for RedisServer {
     }
 }
 
+/// A 3-master Redis Cluster of `redis-server` processes on free ports, made
+/// with `redis-cli --cluster create`; killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                let node_dir = dir.path().join(format!("node{i}"));
+                std::fs::create_dir_all(&node_dir).expect("node dir");
+                let node_dir = node_dir.to_string_lossy().into_owned();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // Slots of a dead master fail; the others keep serving.
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--dir",
+                    &node_dir,
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli on PATH");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self) {
+        let started = Instant::now();
+        for node in &self.nodes {
+            while !node.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Seed URLs, comma-separated, as `redis.url` takes them.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node serving `key`'s slot.
+    pub fn node_for(&mut self, key: &str) -> &mut RedisServer {
+        let slot = self.nodes[0].int(&["CLUSTER", "KEYSLOT", key]);
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| {
+                // `CLUSTER MYSHARDID` is 7.2+; read our own slot ranges instead.
+                let nodes = n.cmd(&["CLUSTER", "NODES"]);
+                nodes
+                    .lines()
+                    .find(|l| l.contains("myself"))
+                    .map(|l| {
+                        l.split_whitespace().skip(8).any(|range| {
+                            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                            match (lo.parse::<i64>(), hi.parse::<i64>()) {
+                                (Ok(lo), Ok(hi)) => (lo..=hi).contains(&slot),
+                                _ => false,
+                            }
+                        })
+                    })
+                    .unwrap_or(false)
+            })
+            .expect("a node serves every slot");
+        &mut self.nodes[index]
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Memory,
     Redis,
+    Cluster,
 }
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub ratelimit: RateLimitServiceClient<Channel>,
     pub cache: CacheServiceClient<Channel>,
     pub sessions: SessionServiceClient<Channel>,
     pub health: HealthClient<Channel>,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -229,24 +331,32 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::default();
     settings.server.addr = "127.0.0.1:0".parse().unwrap();
+    settings.metrics.addr = "127.0.0.1:0".parse().unwrap();
     settings.health.probe_interval = Duration::from_millis(100);
     settings.health.probe_timeout = Duration::from_millis(100);
     settings.redis.connect_timeout = Duration::from_millis(200);
     settings.redis.wait_timeout = Duration::from_millis(200);
     settings.redis.response_timeout = Duration::from_millis(500);
     test_policies(&mut settings);
-    let redis = match backend {
-        Backend::Memory => None,
+    let (redis, cluster) = match backend {
+        Backend::Memory => (None, None),
         Backend::Redis => {
             let redis = RedisServer::start();
             settings.redis.url = Some(RedisUrl::new(redis.url()));
-            Some(redis)
+            (Some(redis), None)
+        }
+        Backend::Cluster => {
+            let cluster = RedisCluster::start();
+            settings.redis.url = Some(RedisUrl::new(cluster.url()));
+            settings.redis.mode = datalayer::config::RedisMode::Cluster;
+            (None, Some(cluster))
         }
     };
     tweak(&mut settings);
 
     let app = Application::build(settings).await.expect("app builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -262,11 +372,13 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
         .expect("connects to the service");
     TestApp {
         addr,
+        metrics_addr,
         ratelimit: RateLimitServiceClient::new(channel.clone()),
         cache: CacheServiceClient::new(channel.clone()),
         sessions: SessionServiceClient::new(channel.clone()),
         health: HealthClient::new(channel),
         redis,
+        cluster,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -325,7 +437,8 @@ impl Drop for TestApp {
 
 /// Generates one `#[tokio::test]` per backend for each listed case:
 /// `conformance!(case_a, case_b)` runs `case_a(Backend::Memory)` as
-/// `memory::case_a` and `case_a(Backend::Redis)` as `redis::case_a`.
+/// `memory::case_a`, `case_a(Backend::Redis)` as `redis::case_a`, and
+/// `case_a(Backend::Cluster)` as `cluster::case_a` (a 3-master cluster).
 #[macro_export]
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -342,6 +455,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::$case($crate::common::Backend::Redis).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::common::Backend::Cluster).await;
                 }
             )*
         }

@@ -613,13 +613,15 @@ def test_notes_show_port_forward_and_grpcurl(default_render: dict[str, str]) -> 
 
 def _yaml_blocks(path: Path) -> list[dict[str, Any]]:
     text = path.read_text()
+    if path == REPO / "README.md":
+        # Only the Helm section's YAML blocks are chart values.
+        text = text.split("\n## Deploy with Helm\n", 1)[1].split("\n## ", 1)[0]
     return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", text, re.S)]
 
 
 DOC_EXAMPLES = [
     (doc, i, block)
-    for doc in (REPO / "helm" / "README-sections.md", CHART / "README.md")
-    if doc.exists()
+    for doc in (REPO / "README.md", CHART / "README.md")
     for i, block in enumerate(_yaml_blocks(doc))
 ]
 

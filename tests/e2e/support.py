@@ -199,6 +199,8 @@ class Service:
             if not k.startswith("DATALAYER") and not k.startswith("OTEL_")
         }
         env["DATALAYER__SERVER__ADDR"] = self.target
+        # Several services run at once: never the fixed default metrics port.
+        env["DATALAYER__METRICS__ADDR"] = "127.0.0.1:0"
         if self.redis_url is not None:
             env["DATALAYER__REDIS__URL"] = self.redis_url
         return env

@@ -146,6 +146,7 @@ def stack() -> Iterator[Stack]:
     env = dict(os.environ)
     env.update(
         DATALAYER__SERVER__ADDR=f"127.0.0.1:{port}",
+        DATALAYER__METRICS__ADDR="127.0.0.1:0",
         DATALAYER__REDIS__URL=f"redis://127.0.0.1:{redis.port}",
         DATALAYER__HEALTH__PROBE_INTERVAL="100ms",
         DATALAYER__HEALTH__PROBE_TIMEOUT="100ms",

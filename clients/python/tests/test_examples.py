@@ -1,4 +1,4 @@
-"""The snippets of clients/README-sections.md, run as they are written."""
+"""The quickstart of the repository README.md, run as it is written."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_quickstart(stack: Stack) -> None:
     ], out
 
 
-def test_readme_section_shows_the_quickstart_verbatim() -> None:
-    doc = (EXAMPLES.parents[1] / "README-sections.md").read_text()
+def test_readme_shows_the_quickstart_verbatim() -> None:
+    doc = (EXAMPLES.parents[2] / "README.md").read_text()
     block = doc.split("```python quickstart\n", 1)[1].split("```\n", 1)[0]
     assert block == (EXAMPLES / "quickstart.py").read_text()

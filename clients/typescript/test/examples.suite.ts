@@ -1,4 +1,4 @@
-// The snippets of clients/README-sections.md, run as they are written.
+// The quickstart of the repository README.md, run as it is written.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -12,8 +12,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 
 export function examplesSuite(stack: () => Stack) {
   describe("examples", () => {
-    test("README-sections.md shows quickstart.ts verbatim", () => {
-      const doc = readFileSync(path.join(here, "../../README-sections.md"), "utf8");
+    test("README.md shows quickstart.ts verbatim", () => {
+      const doc = readFileSync(path.join(here, "../../../README.md"), "utf8");
       const block = doc.split("```ts quickstart\n")[1]?.split("```\n")[0];
       assert.equal(block, readFileSync(path.join(here, "../examples/quickstart.ts"), "utf8"));
     });

@@ -129,6 +129,7 @@ export class Stack {
       env: {
         ...process.env,
         DATALAYER__SERVER__ADDR: `127.0.0.1:${port}`,
+        DATALAYER__METRICS__ADDR: "127.0.0.1:0",
         DATALAYER__REDIS__URL: `redis://127.0.0.1:${redis.port}`,
         DATALAYER__HEALTH__PROBE_INTERVAL: "100ms",
         DATALAYER__HEALTH__PROBE_TIMEOUT: "100ms",

@@ -9,6 +9,8 @@ use crate::store::{CacheStore, StoreError};
 /// How long an invalidation is remembered, to void leases granted before
 /// it; longer than any lease may live.
 pub(crate) const TAG_INVALIDATION_MEMORY_US: u64 = 3600 * 1_000_000;
+/// Tag index entries outlive their entry by this much (as on Redis).
+pub(crate) const TAG_INDEX_SLACK_US: u64 = 60_000_000;
 /// The longest a caller is told to wait for someone else's lease.
 pub(crate) const MAX_WAIT_HINT_US: u64 = 100_000;
 
@@ -72,6 +74,14 @@ impl CacheState {
     }
 
     fn set(&mut self, op: &SetOp, now: u64) -> SetResult {
+        // Tags are indexed before any check, as the Redis store does in a
+        // step of its own.
+        let expires_at = now + op.ttl_us + op.stale_us;
+        for tag in &op.tags {
+            let keys = self.tag_index.entry(tag.clone()).or_default();
+            keys.retain(|_, at| *at > now);
+            keys.insert(op.key.clone(), expires_at + TAG_INDEX_SLACK_US);
+        }
         let current = self.live_entry(&op.key, now).map(|e| e.version);
         let refuse = |outcome| SetResult {
             outcome,
@@ -105,12 +115,6 @@ impl CacheState {
         // Any write voids an outstanding lease: its value would be older.
         self.leases.remove(&op.key);
         let version = (current.unwrap_or(0) + 1).max(now);
-        let expires_at = now + op.ttl_us + op.stale_us;
-        for tag in &op.tags {
-            let keys = self.tag_index.entry(tag.clone()).or_default();
-            keys.retain(|_, at| *at > now);
-            keys.insert(op.key.clone(), expires_at);
-        }
         self.entries.insert(
             op.key.clone(),
             Entry {
@@ -128,19 +132,10 @@ impl CacheState {
         }
     }
 
+    /// Tag indexes keep the key until it expires from them, as on Redis.
     fn delete(&mut self, key: &str, now: u64) -> bool {
         self.leases.remove(key);
-        match self.entries.remove(key) {
-            Some(entry) => {
-                for tag in &entry.tags {
-                    if let Some(keys) = self.tag_index.get_mut(tag) {
-                        keys.remove(key);
-                    }
-                }
-                entry.expires_at > now
-            }
-            None => false,
-        }
+        self.entries.remove(key).is_some_and(|e| e.expires_at > now)
     }
 }
 
@@ -172,17 +167,14 @@ impl CacheStore for MemoryStore {
             state.tag_invalidated.insert(tag.clone(), now);
             let keys = state.tag_index.remove(tag).unwrap_or_default();
             for key in keys.into_keys() {
-                match state.live_entry(&key, now) {
-                    // Its holder may be computing a value tagged so.
-                    None => {
-                        state.leases.remove(&key);
-                    }
-                    Some(e) if e.tags.contains(tag) => {
-                        if state.delete(&key, now) {
-                            invalidated += 1;
-                        }
-                    }
-                    Some(_) => {}
+                // Any lease is void: its holder may be computing a value
+                // tagged so.
+                state.leases.remove(&key);
+                let tagged = state
+                    .live_entry(&key, now)
+                    .is_some_and(|e| e.tags.contains(tag));
+                if tagged && state.delete(&key, now) {
+                    invalidated += 1;
                 }
             }
         }

@@ -7,12 +7,14 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, FromRedisValue, Value};
+use deadpool_redis::redis::{FromRedisValue, Value};
 
 use super::{NamedScript, RedisStore, ScriptCall, lua_script};
 use crate::cache::{self, Found, LeaseResult, SetOp, SetOutcome, SetResult};
 use crate::keys::Service;
-use crate::store::memory::cache::{MAX_WAIT_HINT_US, TAG_INVALIDATION_MEMORY_US};
+use crate::store::memory::cache::{
+    MAX_WAIT_HINT_US, TAG_INDEX_SLACK_US, TAG_INVALIDATION_MEMORY_US,
+};
 use crate::store::{CacheStore, StoreError};
 
 struct Scripts {
@@ -22,6 +24,7 @@ struct Scripts {
     get_or_lease: NamedScript,
     tag_add: NamedScript,
     tag_take: NamedScript,
+    tag_done: NamedScript,
     invalidate_entry: NamedScript,
 }
 
@@ -32,12 +35,13 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     get_or_lease: lua_script!("cache_get_or_lease", "cache_prelude"),
     tag_add: lua_script!("cache_tag_add"),
     tag_take: lua_script!("cache_tag_take"),
+    tag_done: lua_script!("cache_tag_done"),
     invalidate_entry: lua_script!("cache_invalidate_entry", "cache_prelude"),
 });
 
 /// Index scores outlive the entry a little, so clock rounding never drops a
 /// live key from its tags.
-const TAG_INDEX_SLACK_MS: u64 = 60_000;
+const TAG_INDEX_SLACK_MS: u64 = TAG_INDEX_SLACK_US / 1000;
 
 impl RedisStore {
     fn entry_key(&self, key: &str) -> String {
@@ -189,23 +193,10 @@ impl CacheStore for RedisStore {
             .await?
             .pop()
             .ok_or_else(|| internal("delete", "no reply"))?;
-        let (deleted, tags): (i64, String) =
+        // Its tag indexes keep the key until it expires from them: taking
+        // it out here could race a concurrent re-Set of the same key.
+        let (deleted, _tags): (i64, String) =
             FromRedisValue::from_redis_value(reply).map_err(|e| internal("delete", e))?;
-        // Leave the tag indexes; unindexed now rather than at expiry. Losing
-        // this step is harmless: invalidation re-checks each entry's tags.
-        let unindex: Vec<redis::Cmd> = cache::split_tags(&tags)
-            .iter()
-            .map(|tag| {
-                let mut zrem = redis::cmd("ZREM");
-                zrem.arg(self.tag_index_key(tag)).arg(key);
-                zrem
-            })
-            .collect();
-        if !unindex.is_empty() {
-            for reply in self.exec("ZREM", unindex).await? {
-                reply.map_err(|e| StoreError::from_redis(&e))?;
-            }
-        }
         Ok(deleted == 1)
     }
 
@@ -223,12 +214,17 @@ impl CacheStore for RedisStore {
             .collect();
         let taken = self.eval_batch(&takes).await?;
 
-        let mut targets: Vec<(String, String, &str)> = Vec::new();
+        let mut targets: Vec<(String, String, &str, String)> = Vec::new();
         for (tag, members) in tags.iter().zip(taken) {
             let members =
                 Vec::<String>::from_redis_value(members).map_err(|e| internal("members", e))?;
             for member in members {
-                targets.push((self.entry_key(&member), self.lease_key(&member), tag));
+                targets.push((
+                    self.entry_key(&member),
+                    self.lease_key(&member),
+                    tag,
+                    member,
+                ));
             }
         }
         if targets.is_empty() {
@@ -236,7 +232,7 @@ impl CacheStore for RedisStore {
         }
         let calls: Vec<_> = targets
             .iter()
-            .map(|(entry, lease, tag)| {
+            .map(|(entry, lease, tag, _)| {
                 let mut call = SCRIPTS.invalidate_entry.call(&[entry, lease], &[]);
                 call.cmd.arg(*tag);
                 call
@@ -247,6 +243,27 @@ impl CacheStore for RedisStore {
             invalidated +=
                 i64::from_redis_value(reply).map_err(|e| internal("invalidate", e))? as u64;
         }
+        // Only now leave the indexes: a call cut off before this point is
+        // completed by a retry, which finds the same members.
+        let done: Vec<_> = tag_keys
+            .iter()
+            .zip(tags)
+            .filter_map(|((index, _), tag)| {
+                let members: Vec<&str> = targets
+                    .iter()
+                    .filter(|(_, _, t, _)| *t == tag.as_str())
+                    .map(|(_, _, _, member)| member.as_str())
+                    .collect();
+                (!members.is_empty()).then(|| {
+                    let mut call = SCRIPTS.tag_done.call(&[index], &[]);
+                    for member in members {
+                        call.cmd.arg(member);
+                    }
+                    call
+                })
+            })
+            .collect();
+        self.eval_batch(&done).await?;
         Ok(invalidated)
     }
 

@@ -13,10 +13,12 @@
 
 use deadpool_redis::{
     Connection, Pool,
-    redis::{self, RedisError, RedisResult, Value, aio::MultiplexedConnection},
+    redis::{self, RedisError, RedisResult, Value},
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
+use crate::metrics as metrics_names;
 use crate::store::StoreError;
 
 /// Replies of one job, in order, or why the batch could not run.
@@ -47,19 +49,22 @@ fn breaks_connection(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
-async fn connect(pool: &Pool) -> Result<MultiplexedConnection, StoreError> {
-    let pooled = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("redis connect: {e}")))?;
-    // Taken out of the pool: the lane owns it from now on, and the pool may
-    // open another for callers that need a connection of their own.
-    Ok(Connection::take(pooled))
+/// A connection from the pool, timing the wait.
+pub(super) async fn pooled(pool: &Pool) -> Result<Connection, StoreError> {
+    let started = Instant::now();
+    let result = pool.get().await;
+    metrics::histogram!(metrics_names::REDIS_POOL_WAIT).record(started.elapsed().as_secs_f64());
+    result.map_err(|e| {
+        metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => "unavailable").increment(1);
+        StoreError::Unavailable(format!("redis connect: {e}"))
+    })
 }
 
 /// Ends when every sender is gone (the store was dropped).
 async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    // Held, not taken, from the pool: the pool's size and in-use counts
+    // (metrics) include the lanes' connections.
+    let mut conn: Option<Connection> = None;
     let mut jobs: Vec<Job> = Vec::new();
     while let Some(first) = rx.recv().await {
         jobs.push(first);
@@ -82,7 +87,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
 
         let connection = match conn.as_mut() {
             Some(c) => Ok(c),
-            None => match connect(&pool).await {
+            None => match pooled(&pool).await {
                 Ok(c) => Ok(conn.insert(c)),
                 Err(e) => Err(e),
             },
@@ -106,10 +111,14 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
                 pipe.add_command(cmd);
             }
         }
-        match pipe
+        let total: usize = sizes.iter().sum();
+        metrics::histogram!(metrics_names::REDIS_PIPELINE_COMMANDS).record(total as f64);
+        let started = Instant::now();
+        let replies = pipe
             .query_async::<Vec<RedisResult<Value>>>(connection)
-            .await
-        {
+            .await;
+        metrics::histogram!(metrics_names::REDIS_ROUNDTRIP).record(started.elapsed().as_secs_f64());
+        match replies {
             Ok(replies) if replies.len() == sizes.iter().sum::<usize>() => {
                 let mut replies = replies.into_iter();
                 for (job, size) in jobs.drain(..).zip(sizes) {
@@ -127,9 +136,12 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
+                metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => "unavailable")
+                    .increment(1);
                 if breaks_connection(&e) {
                     tracing::warn!(error = %e, "redis connection lost; reconnecting");
-                    conn = None;
+                    // Detached, so the pool never hands out a broken one.
+                    drop(conn.take().map(Connection::take));
                 }
                 let e = StoreError::from_redis(&e);
                 for job in jobs.drain(..) {

@@ -6,6 +6,7 @@
 //! timeouts) and serves operations that need a connection of their own.
 
 mod cache;
+mod cluster;
 mod lane;
 mod ratelimit;
 mod session;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use deadpool_redis::{
-    Connection, Manager, Pool, Runtime,
+    Manager, Pool, Runtime,
     redis::{self, AsyncConnectionConfig, RedisError, RedisResult, Value},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +39,20 @@ pub(crate) struct NamedScript {
 pub(crate) struct ScriptCall<'a> {
     pub script: &'a NamedScript,
     pub cmd: redis::Cmd,
+}
+
+impl ScriptCall<'_> {
+    /// The same call as `EVAL <source> ...`, for a server without the script.
+    fn as_eval(&self) -> redis::Cmd {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(self.script.source);
+        for arg in self.cmd.args_iter().skip(2) {
+            if let redis::Arg::Simple(bytes) = arg {
+                eval.arg(bytes);
+            }
+        }
+        eval
+    }
 }
 
 impl NamedScript {
@@ -78,19 +93,42 @@ macro_rules! lua_script {
 pub(crate) use lua_script;
 
 pub struct RedisStore {
-    pool: Pool,
-    lanes: Vec<mpsc::Sender<lane::Job>>,
-    next_lane: AtomicUsize,
+    transport: Transport,
     redacted_url: String,
     keys: KeyBuilder,
+}
+
+/// How commands reach Redis.
+enum Transport {
+    /// One server: lanes pipeline every call onto a few pooled connections.
+    Lanes {
+        pool: Pool,
+        lanes: Vec<mpsc::Sender<lane::Job>>,
+        next: AtomicUsize,
+    },
+    /// A cluster: one pipeline per hash slot touched.
+    Cluster(Box<cluster::ClusterTransport>),
 }
 
 impl StoreError {
     fn from_redis(e: &RedisError) -> Self {
         use redis::ErrorKind;
+        use redis::ServerErrorKind as S;
         match e.kind() {
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
                 StoreError::Internal(format!("unexpected reply from Redis: {e}"))
+            }
+            // A script error, WRONGTYPE, CROSSSLOT or an ACL refusal happens
+            // again on retry: a bug or misconfiguration, not an outage.
+            // (Other ERRs, e.g. "max number of clients", can pass.)
+            ErrorKind::Server(S::ResponseError) if e.to_string().contains("script") => {
+                StoreError::Internal(format!("redis refused: {e}"))
+            }
+            ErrorKind::Server(S::CrossSlot | S::NoPerm) => {
+                StoreError::Internal(format!("redis refused: {e}"))
+            }
+            ErrorKind::Extension if e.code() == Some("WRONGTYPE") => {
+                StoreError::Internal(format!("redis refused: {e}"))
             }
             _ => StoreError::Unavailable(format!("redis: {e}")),
         }
@@ -121,11 +159,27 @@ impl RedisStore {
             .build()
             .map_err(|e| StoreError::Internal(format!("building the Redis pool: {e}")))?;
         Ok(Self {
-            lanes: (0..s.connections)
-                .map(|_| lane::spawn(pool.clone()))
-                .collect(),
-            pool,
-            next_lane: AtomicUsize::new(0),
+            transport: Transport::Lanes {
+                lanes: (0..s.connections)
+                    .map(|_| lane::spawn(pool.clone()))
+                    .collect(),
+                pool,
+                next: AtomicUsize::new(0),
+            },
+            redacted_url,
+            keys,
+        })
+    }
+
+    /// A store on a Redis Cluster reached through `seeds`; connects lazily.
+    pub fn cluster(
+        seeds: &[&str],
+        redacted_url: String,
+        s: &RedisSettings,
+        keys: KeyBuilder,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            transport: Transport::Cluster(Box::new(cluster::ClusterTransport::new(seeds, s)?)),
             redacted_url,
             keys,
         })
@@ -133,15 +187,6 @@ impl RedisStore {
 
     pub fn redacted_url(&self) -> &str {
         &self.redacted_url
-    }
-
-    /// A pooled connection for operations that must not share a socket.
-    #[allow(dead_code)]
-    pub(crate) async fn dedicated(&self) -> Result<Connection, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("redis pool: {e}")))
     }
 
     /// Runs `cmds` in the next pipeline of a lane inside a CLIENT span
@@ -168,9 +213,13 @@ impl RedisStore {
         &self,
         cmds: Vec<redis::Cmd>,
     ) -> Result<Vec<RedisResult<Value>>, StoreError> {
-        let index = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let (lanes, next) = match &self.transport {
+            Transport::Lanes { lanes, next, .. } => (lanes, next),
+            Transport::Cluster(cluster) => return cluster.exec(cmds).await,
+        };
+        let index = next.fetch_add(1, Ordering::Relaxed) % lanes.len();
         let (reply, answer) = oneshot::channel();
-        self.lanes[index]
+        lanes[index]
             .try_send(lane::Job { cmds, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => StoreError::Unavailable(format!(
@@ -219,20 +268,11 @@ impl RedisStore {
             }
         }
         if !missing.is_empty() {
-            let mut retry = Vec::new();
-            let mut loaded: Vec<&str> = Vec::new();
-            for &index in &missing {
-                let script = calls[index].script;
-                if !loaded.contains(&script.name) {
-                    loaded.push(script.name);
-                    let mut load = redis::cmd("SCRIPT");
-                    load.arg("LOAD").arg(script.source);
-                    retry.push(load);
-                }
-            }
-            retry.extend(missing.iter().map(|&index| calls[index].cmd.clone()));
-            let again = self.exec("SCRIPT LOAD + EVALSHA", retry).await?;
-            for (reply, &index) in again.into_iter().skip(loaded.len()).zip(&missing) {
+            // EVAL runs the source and caches it on the node that needed
+            // it, which on a cluster a keyless SCRIPT LOAD could not target.
+            let retry: Vec<redis::Cmd> = missing.iter().map(|&i| calls[i].as_eval()).collect();
+            let again = self.exec("EVAL (after NOSCRIPT)", retry).await?;
+            for (reply, &index) in again.into_iter().zip(&missing) {
                 values[index] = Some(reply.map_err(|e| StoreError::from_redis(&e))?);
             }
         }
@@ -245,6 +285,18 @@ impl RedisStore {
 
 #[async_trait]
 impl StoreHealth for RedisStore {
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let Transport::Lanes { pool, .. } = &self.transport else {
+            return None;
+        };
+        let status = pool.status();
+        Some(super::PoolStatus {
+            size: status.size,
+            in_use: status.size.saturating_sub(status.available),
+            waiting: status.waiting,
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut replies = self.exec_untraced(vec![redis::cmd("PING")]).await?;
         match replies.pop() {

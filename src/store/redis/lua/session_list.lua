@@ -1,7 +1,7 @@
 -- KEYS[1]: the user's index. ARGV: user id, session key prefix, 'count' or
 -- 'list'. Returns the count, or each live session's fields, oldest first.
 local now = now_us()
-local mine = session_members(KEYS[1], ARGV[2], ARGV[1])
+local mine = session_members(KEYS[1], ARGV[2], ARGV[1], now)
 if ARGV[3] == 'count' then return #mine end
 local out = {}
 for _, h in ipairs(mine) do

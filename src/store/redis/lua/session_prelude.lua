@@ -24,13 +24,13 @@ end
 
 -- The user's live token hashes, oldest first. Users whose ids share a slot
 -- tag share an index, so members are matched on the stored user id.
-local function session_members(index, prefix, uid)
+local function session_members(index, prefix, uid, now)
   local mine = {}
   for _, h in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    local owner = redis.call('HGET', prefix .. h, 'uid')
-    if not owner then
+    local s = session_read(prefix .. h, now)
+    if not s then
       redis.call('ZREM', index, h)
-    elseif owner == uid then
+    elseif s[2] == uid then
       mine[#mine + 1] = h
     end
   end

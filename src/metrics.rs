@@ -1,0 +1,173 @@
+//! Prometheus metrics, served as text at `/metrics` on their own port
+//! (`metrics.addr`), so scraping never competes with gRPC traffic.
+//!
+//! Code records through the `metrics` facade macros where things happen;
+//! one process-wide recorder (the facade's is global) renders them. Apps
+//! built in one test process therefore share counts, which only add up.
+
+use std::{convert::Infallible, sync::Arc, sync::OnceLock, time::Duration};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::store::StoreHealth;
+
+pub const RPC_REQUESTS: &str = "datalayer_rpc_requests_total";
+pub const RPC_DURATION: &str = "datalayer_rpc_duration_seconds";
+pub const RATELIMIT_DECISIONS: &str = "datalayer_ratelimit_decisions_total";
+pub const STORE_UP: &str = "datalayer_store_up";
+pub const REDIS_ERRORS: &str = "datalayer_redis_errors_total";
+pub const REDIS_ROUNDTRIP: &str = "datalayer_redis_roundtrip_seconds";
+pub const REDIS_PIPELINE_COMMANDS: &str = "datalayer_redis_pipeline_commands";
+pub const REDIS_POOL_WAIT: &str = "datalayer_redis_pool_wait_seconds";
+pub const REDIS_POOL_CONNECTIONS: &str = "datalayer_redis_pool_connections";
+pub const REDIS_POOL_IN_USE: &str = "datalayer_redis_pool_in_use_connections";
+pub const REDIS_POOL_WAITING: &str = "datalayer_redis_pool_waiting_calls";
+
+/// Seconds: 50 µs to 10 s, dense where calls usually land.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls share its handle.
+pub fn recorder() -> Result<PrometheusHandle, String> {
+    RECORDER
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(REDIS_PIPELINE_COMMANDS.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        RPC_REQUESTS,
+        "gRPC calls by service, method and status code."
+    );
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "gRPC call latency in the server."
+    );
+    describe_counter!(
+        RATELIMIT_DECISIONS,
+        "Rate-limit checks by policy (`inline` for inline limits) and result."
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 while the store answers the health probe, else 0."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis failures by kind (unavailable, internal)."
+    );
+    describe_histogram!(
+        REDIS_ROUNDTRIP,
+        Unit::Seconds,
+        "Time for one pipeline to Redis and back."
+    );
+    describe_histogram!(REDIS_PIPELINE_COMMANDS, "Commands carried per pipeline.");
+    describe_histogram!(
+        REDIS_POOL_WAIT,
+        Unit::Seconds,
+        "Time spent waiting for a pooled Redis connection."
+    );
+    describe_gauge!(REDIS_POOL_CONNECTIONS, "Connections the Redis pool holds.");
+    describe_gauge!(REDIS_POOL_IN_USE, "Pooled Redis connections in use.");
+    describe_gauge!(REDIS_POOL_WAITING, "Calls waiting for a pooled connection.");
+}
+
+/// A gRPC status code as Prometheus labels usually spell it.
+pub fn code_label(code: tonic::Code) -> String {
+    match code {
+        tonic::Code::Ok => "OK".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Serves `/metrics` on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    store: Arc<dyn StoreHealth>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Histograms are drained into their summaries by upkeep.
+    let upkeep = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let (handle, store) = (handle.clone(), store.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (handle, store) = (handle.clone(), store.clone());
+                async move { Ok::<_, Infallible>(respond(&req, &handle, store.as_ref())) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+    upkeep.abort();
+}
+
+fn respond(
+    req: &Request<hyper::body::Incoming>,
+    handle: &PrometheusHandle,
+    store: &dyn StoreHealth,
+) -> Response<Full<Bytes>> {
+    let mut response = if req.uri().path() == "/metrics" {
+        if let Some(pool) = store.pool_status() {
+            metrics::gauge!(REDIS_POOL_CONNECTIONS).set(pool.size as f64);
+            metrics::gauge!(REDIS_POOL_IN_USE).set(pool.in_use as f64);
+            metrics::gauge!(REDIS_POOL_WAITING).set(pool.waiting as f64);
+        }
+        let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"see /metrics\n")));
+        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+        r
+    };
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
