@@ -42,7 +42,7 @@ RUN cargo build --release --locked
 # --- runtime: distroless (glibc, libgcc, CA certificates; no shell) ---------
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 LABEL org.opencontainers.image.title="datalayer" \
-      org.opencontainers.image.description="Rate limiting, caching, sessions, feature flags, leaderboards and job queues over gRPC, backed by Redis" \
+      org.opencontainers.image.description="Rate limiting, caching and sessions for bots over gRPC, backed by Redis" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /app/target/release/datalayer /usr/local/bin/datalayer
 USER 65532:65532

@@ -29,6 +29,22 @@ pub fn expected_version(v: Option<u64>, field: &str) -> Result<Option<u64>, Fiel
     }
 }
 
+/// A protobuf `Duration` from a request: absent stays `None`; negative or
+/// malformed ones are the caller's mistake, named by `field`.
+pub fn proto_duration(
+    d: Option<&prost_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, FieldViolation> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(FieldViolation::new(
+            field,
+            "must be a non-negative duration with nanos in [0, 1e9)",
+        ));
+    }
+    Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32)))
+}
+
 /// One bad field: the field's path in the request (`checks[2].key`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

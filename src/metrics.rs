@@ -98,10 +98,26 @@ fn describe() {
 }
 
 /// A gRPC status code as Prometheus labels usually spell it.
-pub fn code_label(code: tonic::Code) -> String {
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
     match code {
-        tonic::Code::Ok => "OK".to_owned(),
-        other => format!("{other:?}"),
+        C::Ok => "OK",
+        C::Cancelled => "Cancelled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::FieldViolation;
+use crate::error::{FieldViolation, proto_duration};
 use crate::proto;
 
 /// Largest `limit` / `capacity`. GCRA keeps a fraction in units of 1/limit
@@ -142,21 +142,6 @@ fn check_period(value: Option<Duration>, field: &str) -> Result<u64, FieldViolat
         ));
     }
     Ok(value.as_micros() as u64)
-}
-
-/// A protobuf Duration, rejecting negative or malformed values.
-fn proto_duration(
-    value: Option<&prost_types::Duration>,
-    field: &str,
-) -> Result<Option<Duration>, FieldViolation> {
-    let Some(d) = value else { return Ok(None) };
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(FieldViolation::new(
-            field,
-            "must be a positive duration with 0 <= nanos < 1e9",
-        ));
-    }
-    Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32)))
 }
 
 impl Limit {

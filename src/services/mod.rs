@@ -5,10 +5,6 @@ pub mod cache;
 pub mod ratelimit;
 pub mod session;
 
-use std::time::Duration;
-
-use crate::error::FieldViolation;
-
 /// Microseconds as a protobuf `Duration`.
 pub(crate) fn duration(us: u64) -> prost_types::Duration {
     prost_types::Duration {
@@ -17,18 +13,4 @@ pub(crate) fn duration(us: u64) -> prost_types::Duration {
     }
 }
 
-/// A protobuf `Duration` from a request: absent stays `None`; negative or
-/// malformed ones are the caller's mistake, named by `field`.
-pub(crate) fn to_duration(
-    d: Option<&prost_types::Duration>,
-    field: &str,
-) -> Result<Option<Duration>, FieldViolation> {
-    let Some(d) = d else { return Ok(None) };
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(FieldViolation::new(
-            field,
-            "must be a non-negative duration with nanos in [0, 1e9)",
-        ));
-    }
-    Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32)))
-}
+pub(crate) use crate::error::proto_duration as to_duration;
