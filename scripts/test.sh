@@ -19,7 +19,8 @@ step "cargo test"
 cargo build --locked --bins
 cargo test --locked --all-targets
 
-export DATALAYER_BIN="$PWD/target/debug/datalayer"
+# Where cargo put it (CARGO_TARGET_DIR may point elsewhere).
+export DATALAYER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/datalayer"
 
 step "end-to-end (reflection, buf curl, health)"
 bash tests/e2e/run.sh
