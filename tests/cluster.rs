@@ -76,3 +76,72 @@ async fn a_dead_master_fails_only_its_slots() {
     let status = cache.get_many(request).await.expect_err("one slot is down");
     assert_eq!(status.code(), Code::Unavailable);
 }
+
+/// A master dies and its replica takes over: calls on its slots answer
+/// UNAVAILABLE meanwhile (never a wrong answer), then the service finds the
+/// new master by itself and serves the data the replica had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_recovers_by_itself() {
+    use datalayer::config::{RedisMode, RedisUrl};
+    let mut cluster = common::RedisCluster::start_with_replicas(1);
+    let url = cluster.url();
+    let app = common::spawn_app_with(Backend::Memory, move |s| {
+        s.redis.url = Some(RedisUrl::new(url));
+        s.redis.mode = RedisMode::Cluster;
+    })
+    .await;
+    let mut cache = app.cache.clone();
+    let key = "failover-key";
+    cache
+        .set(SetRequest {
+            key: key.into(),
+            value: b"before".to_vec(),
+            ttl: Some(pb_duration(Duration::from_secs(60))),
+            ..Default::default()
+        })
+        .await
+        .expect("set on a healthy cluster");
+    let master = cluster.node_for(key);
+    // The replica has the write before its master dies (its first sync
+    // may still be under way just after the cluster was made).
+    let synced = (0..20).any(|_| master.cmd(&["WAIT", "1", "500"]).starts_with(":1"));
+    assert!(synced, "the replica acknowledged the write");
+    master.kill();
+
+    let started = std::time::Instant::now();
+    let mut unavailable = 0;
+    loop {
+        let mut request = tonic::Request::new(GetRequest { key: key.into() });
+        request.set_timeout(Duration::from_millis(800));
+        match cache.get(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                assert!(reply.found, "the promoted replica holds the entry");
+                assert_eq!(reply.entry.unwrap().value, b"before");
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                unavailable += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the service never found the new master"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Writes reach the new master too.
+    let stored = cache
+        .set(SetRequest {
+            key: key.into(),
+            value: b"after".to_vec(),
+            ttl: Some(pb_duration(Duration::from_secs(60))),
+            ..Default::default()
+        })
+        .await
+        .expect("set after the failover")
+        .into_inner();
+    assert!(stored.stored);
+    eprintln!("failover: {unavailable} UNAVAILABLE answers before recovery");
+}

@@ -176,8 +176,13 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with_replicas(0)
+    }
+
+    /// 3 masters, each with `replicas` replicas.
+    pub fn start_with_replicas(replicas: usize) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let nodes: Vec<RedisServer> = (0..3)
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|i| {
                 let node_dir = dir.path().join(format!("node{i}"));
                 std::fs::create_dir_all(&node_dir).expect("node dir");
@@ -204,7 +209,7 @@ impl RedisCluster {
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -215,10 +220,10 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until every node reports `cluster_state:ok`.
+    /// Waits until every running node reports `cluster_state:ok`.
     pub fn wait_until_ok(&self) {
         let started = Instant::now();
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             while !node.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(
                     started.elapsed() < Duration::from_secs(20),
