@@ -63,6 +63,9 @@ impl Application {
     /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         settings.validate()?;
+        // rustls needs one process-wide crypto provider for `rediss://`; a
+        // second install (another app in this process) is refused, harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let stores = match &settings.redis.url {
             None => Stores::memory(MemoryStore::new()),
             Some(url) => {
