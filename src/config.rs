@@ -132,6 +132,9 @@ pub struct RedisSettings {
     pub url: Option<RedisUrl>,
     /// `standalone` or `cluster`.
     pub mode: RedisMode,
+    /// PEM file of the CA that signed Redis's certificate, for `rediss://`
+    /// behind a private CA. Unset: the public web roots are trusted.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Multiplexed connections shared by all calls. Each pipelines many
     /// concurrent commands, so a handful is plenty.
     pub connections: usize,
@@ -154,6 +157,7 @@ impl Default for RedisSettings {
         Self {
             url: None,
             mode: RedisMode::Standalone,
+            tls_ca_file: None,
             connections: 2,
             pool_size: 16,
             connect_timeout: Duration::from_millis(500),
@@ -538,6 +542,17 @@ impl Settings {
                     ));
                 }
             }
+        }
+        if r.tls_ca_file.is_some()
+            && !r
+                .url
+                .as_ref()
+                .is_some_and(|u| u.seeds().iter().all(|s| s.starts_with("rediss://")))
+        {
+            return Err(invalid(
+                "redis.tls_ca_file",
+                "needs redis.url with rediss:// (TLS) URLs",
+            ));
         }
         if r.pool_size < r.connections {
             return Err(invalid(

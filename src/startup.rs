@@ -5,6 +5,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use deadpool_redis::redis::TlsCertificates;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{codec::CompressionEncoding, transport::Server};
 
@@ -32,7 +33,7 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("`redis.url`: {0}")]
+    #[error("{0}")]
     Redis(String),
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
@@ -70,13 +71,28 @@ impl Application {
             None => Stores::memory(MemoryStore::new()),
             Some(url) => {
                 let keys = KeyBuilder::new(&settings.keys.namespace);
-                let store = match settings.redis.mode {
-                    RedisMode::Standalone => {
-                        RedisStore::new(url.expose(), url.redacted(), &settings.redis, keys)
-                    }
-                    RedisMode::Cluster => {
-                        RedisStore::cluster(&url.seeds(), url.redacted(), &settings.redis, keys)
-                    }
+                let tls = settings
+                    .redis
+                    .tls_ca_file
+                    .as_ref()
+                    .map(|path| {
+                        std::fs::read(path)
+                            .map(|pem| TlsCertificates {
+                                client_tls: None,
+                                root_cert: Some(pem),
+                            })
+                            .map_err(|e| {
+                                StartupError::Redis(format!(
+                                    "`redis.tls_ca_file`: cannot read {}: {e}",
+                                    path.display()
+                                ))
+                            })
+                    })
+                    .transpose()?;
+                let (r, redacted) = (&settings.redis, url.redacted());
+                let store = match r.mode {
+                    RedisMode::Standalone => RedisStore::new(url.expose(), redacted, r, keys, tls),
+                    RedisMode::Cluster => RedisStore::cluster(&url.seeds(), redacted, r, keys, tls),
                 }
                 .map_err(|e| StartupError::Redis(e.to_string()))?;
                 Stores::redis(Arc::new(store))

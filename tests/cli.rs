@@ -85,6 +85,21 @@ fn invalid_settings_name_the_key_and_exit_2() {
             vec![("DATALAYER__SERVER__ADDR", "not-an-address")],
             "server.addr",
         ),
+        (
+            vec![
+                ("DATALAYER__REDIS__URL", "redis://127.0.0.1:1"),
+                ("DATALAYER__REDIS__TLS_CA_FILE", "/etc/ca.pem"),
+            ],
+            "redis.tls_ca_file",
+        ),
+        (
+            vec![("DATALAYER__REDIS__URL", "redis://a:1,redis://b:2")],
+            "redis.url",
+        ),
+        (
+            vec![("DATALAYER__METRICS__ADDR", "0.0.0.0:50051")],
+            "metrics.addr",
+        ),
     ];
     for (env, key) in cases {
         let output = run(&[], &env);

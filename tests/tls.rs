@@ -136,6 +136,31 @@ async fn calls_work_over_tls() {
     assert!(got.found);
 }
 
+/// A private CA given as `redis.tls_ca_file` is trusted: verified TLS,
+/// no `#insecure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_is_trusted_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let (_redis, tls_port) = tls_redis(dir.path());
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca = dir.path().join("ca.crt");
+    let app = spawn_app_with(Backend::Memory, move |s| {
+        s.redis.url = Some(RedisUrl::new(url));
+        s.redis.tls_ca_file = Some(ca);
+    })
+    .await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    let got = app
+        .cache
+        .clone()
+        .get(GetRequest { key: "k".into() })
+        .await
+        .expect("get over verified TLS")
+        .into_inner();
+    assert!(!got.found);
+}
+
 /// Certificates are verified by default: a server whose CA is not trusted
 /// is never used (health NOT_SERVING, calls UNAVAILABLE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -642,3 +642,24 @@ def test_documented_values_render_and_validate(doc: Path, index: int, values: di
 
 def test_there_are_documented_examples() -> None:
     assert len(DOC_EXAMPLES) >= 4
+
+
+def test_a_private_redis_ca_can_be_mounted_and_configured() -> None:
+    docs = manifests(
+        render(
+            {
+                "redis": {"url": "rediss://redis.data.svc:6380"},
+                "config": {"redis": {"tls_ca_file": "/etc/datalayer/redis-ca/ca.crt"}},
+                "extraVolumes": [{"name": "redis-ca", "secret": {"secretName": "redis-ca"}}],
+                "extraVolumeMounts": [
+                    {"name": "redis-ca", "mountPath": "/etc/datalayer/redis-ca", "readOnly": True}
+                ],
+            }
+        )
+    )
+    assert config_file(docs)["redis"]["tls_ca_file"] == "/etc/datalayer/redis-ca/ca.crt"
+    mounts = {m["name"]: m["mountPath"] for m in container(docs)["volumeMounts"]}
+    assert mounts["redis-ca"] == "/etc/datalayer/redis-ca"
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["redis-ca"]["secret"] == {"secretName": "redis-ca"}
+    assert "config" in volumes, "the chart's own config volume stays"

@@ -65,11 +65,19 @@ pub(super) struct ClusterTransport {
 
 impl ClusterTransport {
     /// Connects lazily, so the service starts while the cluster is away.
-    pub fn new(seeds: &[&str], s: &RedisSettings) -> Result<Self, StoreError> {
-        let client = ClusterClientBuilder::new(seeds.to_vec())
+    pub fn new(
+        seeds: &[&str],
+        s: &RedisSettings,
+        tls: Option<redis::TlsCertificates>,
+    ) -> Result<Self, StoreError> {
+        let mut builder = ClusterClientBuilder::new(seeds.to_vec())
             .connection_timeout(s.connect_timeout)
             .response_timeout(s.response_timeout)
-            .retries(2)
+            .retries(2);
+        if let Some(certs) = tls {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .build()
             .map_err(|e| StoreError::Unavailable(format!("redis.url (cluster seeds): {e}")))?;
         Ok(Self {

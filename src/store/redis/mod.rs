@@ -144,12 +144,20 @@ impl RedisStore {
         redacted_url: String,
         s: &RedisSettings,
         keys: KeyBuilder,
+        tls: Option<redis::TlsCertificates>,
     ) -> Result<Self, StoreError> {
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(s.connect_timeout))
             .set_response_timeout(Some(s.response_timeout));
-        let manager = Manager::new_with_config(url, connection_config)
-            .map_err(|e| StoreError::Unavailable(format!("redis.url: {e}")))?;
+        let bad_url = |e: RedisError| StoreError::Unavailable(format!("redis.url: {e}"));
+        let manager = match tls {
+            None => Manager::new_with_config(url, connection_config),
+            // The connection info then carries the CA to trust.
+            Some(certs) => redis::Client::build_with_tls(url, certs).and_then(|client| {
+                Manager::new_with_config(client.get_connection_info().clone(), connection_config)
+            }),
+        }
+        .map_err(bad_url)?;
         let pool = Pool::builder(manager)
             .max_size(s.pool_size)
             .wait_timeout(Some(s.wait_timeout))
@@ -177,9 +185,10 @@ impl RedisStore {
         redacted_url: String,
         s: &RedisSettings,
         keys: KeyBuilder,
+        tls: Option<redis::TlsCertificates>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
-            transport: Transport::Cluster(Box::new(cluster::ClusterTransport::new(seeds, s)?)),
+            transport: Transport::Cluster(Box::new(cluster::ClusterTransport::new(seeds, s, tls)?)),
             redacted_url,
             keys,
         })
