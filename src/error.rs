@@ -100,6 +100,34 @@ impl Error {
     }
 }
 
+/// Collects every bad field of a request, so one answer names them all.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Keeps the violation, if any; passes the value on.
+    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
+        result.map_err(|v| self.0.push(v)).ok()
+    }
+
+    pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    pub fn into_result(self) -> Result<(), Vec<FieldViolation>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+
+    /// `INVALID_ARGUMENT` with every violation, or nothing to answer.
+    pub fn finish(self) -> Result<(), Error> {
+        self.into_result().map_err(Error::InvalidArgument)
+    }
+}
+
 impl From<FieldViolation> for Error {
     fn from(v: FieldViolation) -> Self {
         Self::InvalidArgument(vec![v])

@@ -511,6 +511,9 @@ async fn bad_input_names_the_field(backend: Backend) {
     let mut bad_tag = set("k", "v", MINUTE);
     bad_tag.tags = vec!["ok".into(), "new\nline".into()];
     assert_bad_field(c.set(bad_tag).await, "tags[1]");
+    let mut huge = set("k", "v", MINUTE);
+    huge.expected_version = Some(u64::MAX);
+    assert_bad_field(c.set(huge).await, "expected_version");
     let mut condition = set("k", "v", MINUTE);
     condition.condition = 9;
     assert_bad_field(c.set(condition).await, "condition");

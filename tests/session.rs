@@ -536,6 +536,15 @@ async fn bad_input_names_the_field(backend: Backend) {
         .await,
         "remove_keys",
     );
+    assert_bad_field(
+        c.update_session(UpdateSessionRequest {
+            token: token.clone(),
+            expected_version: Some(u64::MAX),
+            ..Default::default()
+        })
+        .await,
+        "expected_version",
+    );
     // Growing data past the bound by merges is refused too.
     let half = HashMap::from([("a".to_owned(), "v".repeat(40 * 1024))]);
     let first = c

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 use crate::cache::{self, Bounds, Condition, Found, LeaseResult, SetOp, SetOutcome, SetResult};
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, FieldViolation, Violations, expected_version};
 use crate::methods;
 use crate::proto::{
     self, CacheEntry, DeleteRequest, DeleteResponse, GetManyRequest, GetManyResponse,
@@ -45,69 +45,58 @@ impl CacheHandler {
     /// Validates one write; every bad field is reported, not just the first.
     fn parse_set(&self, req: SetRequest) -> Result<SetOp, Vec<FieldViolation>> {
         let b = &self.bounds;
-        let mut bad = Vec::new();
-        let mut check = |r: Result<(), FieldViolation>| {
-            if let Err(v) = r {
-                bad.push(v);
-            }
-        };
-        check(b.key(&req.key, "key"));
+        let mut bad = Violations::default();
+        bad.check(b.key(&req.key, "key"));
         if req.value.len() > b.max_value_bytes {
-            check(Err(FieldViolation::new(
+            bad.push(
                 "value",
                 format!(
                     "must be at most {} bytes (cache.max_value_bytes), got {}",
                     b.max_value_bytes,
                     req.value.len()
                 ),
-            )));
+            );
         }
         if req.content_type.len() > 255 || req.content_type.chars().any(char::is_control) {
-            check(Err(FieldViolation::new(
+            bad.push(
                 "content_type",
                 "must be at most 255 bytes without control characters",
-            )));
+            );
         }
-        check(b.tags(&req.tags, "tags"));
+        bad.check(b.tags(&req.tags, "tags"));
         let condition = match proto::SetCondition::try_from(req.condition) {
             Ok(proto::SetCondition::Unspecified) => Condition::Always,
             Ok(proto::SetCondition::IfAbsent) => Condition::IfAbsent,
             Ok(proto::SetCondition::IfPresent) => Condition::IfPresent,
             Err(_) => {
-                check(Err(FieldViolation::new(
+                bad.push(
                     "condition",
                     format!("unknown SetCondition {}", req.condition),
-                )));
+                );
                 Condition::Always
             }
         };
-        check(crate::error::expected_version(req.expected_version, "expected_version").map(|_| ()));
+        bad.check(expected_version(req.expected_version, "expected_version"));
         let lease_token = if req.lease_token.is_empty() {
             None
         } else if cache::is_valid_lease_token(&req.lease_token) {
             Some(req.lease_token)
         } else {
-            check(Err(FieldViolation::new(
-                "lease_token",
-                "is not a token GetOrLease issued",
-            )));
+            bad.push("lease_token", "is not a token GetOrLease issued");
             None
         };
-        let ttl = to_duration(req.ttl.as_ref(), "ttl")
-            .and_then(|ttl| b.ttl(ttl, b.default_ttl, false, "ttl"));
-        let stale = to_duration(req.stale_ttl.as_ref(), "stale_ttl")
-            .and_then(|stale| b.ttl(stale, Some(Duration::ZERO), true, "stale_ttl"));
-        let (ttl_us, stale_us) = match (ttl, stale) {
-            (Ok(t), Ok(s)) => (t, s),
-            (t, s) => {
-                bad.extend(t.err());
-                bad.extend(s.err());
-                (0, 0)
-            }
+        let ttl = bad.check(
+            to_duration(req.ttl.as_ref(), "ttl")
+                .and_then(|ttl| b.ttl(ttl, b.default_ttl, false, "ttl")),
+        );
+        let stale = bad.check(
+            to_duration(req.stale_ttl.as_ref(), "stale_ttl")
+                .and_then(|stale| b.ttl(stale, Some(Duration::ZERO), true, "stale_ttl")),
+        );
+        bad.into_result()?;
+        let (Some(ttl_us), Some(stale_us)) = (ttl, stale) else {
+            return Err(vec![FieldViolation::new("ttl", "could not be read")]);
         };
-        if !bad.is_empty() {
-            return Err(bad);
-        }
         Ok(SetOp {
             key: req.key,
             value: req.value.to_vec(),

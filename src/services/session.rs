@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, Violations};
 use crate::methods;
 use crate::proto::{
     self, ConsumeOneTimeTokenRequest, ConsumeOneTimeTokenResponse, CountUserSessionsRequest,
@@ -43,24 +43,6 @@ pub struct SessionHandler {
     store: Arc<dyn SessionStore>,
     bounds: Bounds,
     deadlines: Deadlines,
-}
-
-/// Collects every bad field of a request before answering.
-#[derive(Default)]
-struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
-        result.map_err(|v| self.0.push(v)).ok()
-    }
-
-    fn finish(self) -> Result<(), Error> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
-    }
 }
 
 fn randomness(e: getrandom::Error) -> Error {
@@ -138,22 +120,22 @@ impl SessionHandler {
                 ))
             });
         if req.max_sessions_per_user > b.max_sessions_per_user {
-            bad.0.push(FieldViolation::new(
+            bad.push(
                 "max_sessions_per_user",
                 format!(
                     "must be at most {} (session.max_sessions_per_user)",
                     b.max_sessions_per_user
                 ),
-            ));
+            );
         }
         let on_limit = match proto::OnSessionLimit::try_from(req.on_limit) {
             Ok(proto::OnSessionLimit::Reject) => OnLimit::Reject,
             Ok(_) => OnLimit::EvictOldest,
             Err(_) => {
-                bad.0.push(FieldViolation::new(
+                bad.push(
                     "on_limit",
                     format!("unknown OnSessionLimit {}", req.on_limit),
-                ));
+                );
                 OnLimit::EvictOldest
             }
         };
@@ -237,8 +219,7 @@ impl SessionService for SessionHandler {
             let update = match proto::UpdateMode::try_from(req.mode) {
                 Ok(proto::UpdateMode::Replace) => {
                     if !req.remove_keys.is_empty() {
-                        bad.0
-                            .push(FieldViolation::new("remove_keys", "only with mode MERGE"));
+                        bad.push("remove_keys", "only with mode MERGE");
                     }
                     DataUpdate::Replace(data)
                 }
@@ -247,10 +228,7 @@ impl SessionService for SessionHandler {
                     remove: req.remove_keys,
                 },
                 Err(_) => {
-                    bad.0.push(FieldViolation::new(
-                        "mode",
-                        format!("unknown UpdateMode {}", req.mode),
-                    ));
+                    bad.push("mode", format!("unknown UpdateMode {}", req.mode));
                     DataUpdate::Replace(data)
                 }
             };

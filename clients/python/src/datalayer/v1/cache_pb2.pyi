@@ -221,7 +221,9 @@ class SetRequest(_message.Message):
     content_type: _builtins.str
     condition: Global___SetCondition.ValueType
     expected_version: _builtins.int
-    """Store only if the entry's version is this one (0: only if absent)."""
+    """Store only if the entry's version is this one (0: only if absent).
+    At most 2^53, as every version the service returns is.
+    """
     lease_token: _builtins.str
     """A token from GetOrLease: the write succeeds only while that lease is
     valid, so a value computed before a Delete or InvalidateTags cannot

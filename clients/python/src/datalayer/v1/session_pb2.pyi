@@ -330,7 +330,7 @@ class UpdateSessionRequest(_message.Message):
     token: _builtins.str
     mode: Global___UpdateMode.ValueType
     expected_version: _builtins.int
-    """Update only if the session is at this version."""
+    """Update only if the session is at this version (at most 2^53)."""
     @_builtins.property
     def data(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property

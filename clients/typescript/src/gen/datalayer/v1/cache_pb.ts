@@ -154,6 +154,7 @@ export type SetRequest = Message<"datalayer.v1.SetRequest"> & {
 
   /**
    * Store only if the entry's version is this one (0: only if absent).
+   * At most 2^53, as every version the service returns is.
    *
    * @generated from field: optional uint64 expected_version = 7;
    */

@@ -251,7 +251,7 @@ export type UpdateSessionRequest = Message<"datalayer.v1.UpdateSessionRequest"> 
   removeKeys: string[];
 
   /**
-   * Update only if the session is at this version.
+   * Update only if the session is at this version (at most 2^53).
    *
    * @generated from field: optional uint64 expected_version = 5;
    */
