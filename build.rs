@@ -1,16 +1,43 @@
-//! Compiles `proto/datalayer/v1/*.proto` with the protoc shipped inside
-//! `protoc-bin-vendored`, so no system protoc is needed, and writes the
+//! Compiles every `.proto` under `proto/` (every package: `datalayer.*.v1`
+//! and the ecosystem protocols served beside them) with the protoc shipped
+//! inside `protoc-bin-vendored`, so no system protoc is needed. Writes one
+//! module tree (`proto::<package path>`, see `_includes.rs`) and one
 //! descriptor set that server reflection serves.
 
-use std::{env, error::Error, fs, path::PathBuf};
+use std::{
+    env,
+    error::Error,
+    fs,
+    path::{Path, PathBuf},
+};
+
+/// Every `.proto` file below `dir`, sorted so builds are reproducible.
+fn protos(dir: &Path) -> Result<Vec<PathBuf>, Box<dyn Error>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(protos(&path)?);
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
 
 fn main() -> Result<(), Box<dyn Error>> {
     let proto_dir = PathBuf::from("proto");
-    let mut protos: Vec<PathBuf> = fs::read_dir(proto_dir.join("datalayer/v1"))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
-        .collect();
-    protos.sort();
+    let mut files = protos(&proto_dir)?;
+    let mut includes = vec![proto_dir];
+    // The example service (`--features echo`) is not part of the product's
+    // API, so its proto lives apart.
+    let examples = PathBuf::from("proto-examples");
+    if env::var_os("CARGO_FEATURE_ECHO").is_some() {
+        files.extend(protos(&examples)?);
+        includes.push(examples);
+    }
+    includes.push(protoc_bin_vendored::include_path()?);
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
@@ -18,12 +45,13 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("datalayer_descriptor.bin"))
-        .compile_with_config(
-            config,
-            &protos,
-            &[proto_dir, protoc_bin_vendored::include_path()?],
-        )?;
+        .include_file("_includes.rs")
+        // Decode failures of a request are the caller's mistake: this codec
+        // answers INVALID_ARGUMENT where the stock one answers INTERNAL.
+        .codec_path("crate::grpc::codec::Codec")
+        .compile_with_config(config, &files, &includes)?;
 
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=proto-examples");
     Ok(())
 }

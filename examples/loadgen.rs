@@ -31,13 +31,14 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use datalayer::{
-    proto::{
-        CheckRequest, Gcra, GetRequest, Limit, SetRequest,
-        cache_service_client::CacheServiceClient, check_request::LimitSource, limit,
-        rate_limit_service_client::RateLimitServiceClient,
+    proto::datalayer::{
+        cache::v1::{GetRequest, SetRequest, cache_service_client::CacheServiceClient},
+        ratelimit::v1::{
+            CheckRequest, Gcra, Limit, check_request::LimitSource, limit,
+            rate_limit_service_client::RateLimitServiceClient,
+        },
     },
-    ratelimit::Algorithm,
-    store::redis::script_source,
+    services::ratelimit::{Algorithm, script_source},
 };
 use deadpool_redis::redis::{self, AsyncCommands as _};
 use hdrhistogram::Histogram;

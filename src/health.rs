@@ -8,19 +8,30 @@
 //! [`LIVENESS`] is SERVING whenever the process serves at all: a liveness
 //! probe must not restart pods because Redis is down.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::store::StoreHealth;
+use crate::settings::{ms, secs};
+use crate::store::Backend;
+
+crate::section! {
+    /// The health probe behind `grpc.health.v1`.
+    pub struct HealthSettings {
+        /// How often the background probe checks the store.
+        pub probe_interval: Duration = ms(1000), range(ms(10), secs(3600));
+        /// How long one probe may take before the store counts as down.
+        pub probe_timeout: Duration = ms(500), range(ms(1), secs(60));
+    }
+}
 
 /// The health service name a liveness probe asks for.
 pub const LIVENESS: &str = "liveness";
 
 pub struct Probe {
     pub reporter: HealthReporter,
-    pub store: Arc<dyn StoreHealth>,
+    pub store: Backend,
     /// Fully-qualified service names reported besides "".
     pub services: Vec<&'static str>,
     pub interval: Duration,
@@ -37,7 +48,7 @@ impl Probe {
 
     async fn store_answers(&self) -> bool {
         matches!(
-            tokio::time::timeout(self.timeout, self.store.ping()).await,
+            tokio::time::timeout(self.timeout, self.store.probe()).await,
             Ok(Ok(()))
         )
     }

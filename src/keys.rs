@@ -1,73 +1,142 @@
-//! The one place that names Redis keys.
+//! The one place that spells Redis keys, and the tenant they belong to.
 //!
-//! Every key is `dl:<namespace>:<service>:{<hash tag>}:<part>...`. The hash
-//! tag is the caller's key, so every key one script touches for one caller
-//! lands in the same Redis Cluster slot, and the namespace lets tenants share
-//! a Redis without touching callers.
+//! Every key is `dl:<tenant>:<space>:{<hash tag>}:<part>...`:
+//!
+//! * the **tenant** comes with each call ([`crate::grpc::Ctx`]): today the
+//!   configured `keys.namespace`, later the caller's API key. Nothing a
+//!   caller sends can reach another tenant's keys;
+//! * the **space** is a service's short name for one kind of key (`rl`,
+//!   `c`, `ct`, ...), declared by the service and unique across services
+//!   (a test checks every registered one);
+//! * the **hash tag** is what must share a Redis Cluster slot (a caller's
+//!   key, a user's tag, a queue): every key one script touches carries it.
 
-/// The services that own keys; the short names keep keys small.
+use std::{fmt, sync::Arc};
+
+/// A tenant: the namespace of every key a call writes. 1 to 64 characters
+/// of `[A-Za-z0-9_-]`, so it can never contain `:` or a brace.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tenant(Arc<str>);
+
+impl Tenant {
+    pub const RULE: &'static str = "1 to 64 characters of [A-Za-z0-9_-]";
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(Arc::from(name)))
+        } else {
+            Err(format!("must be {}", Self::RULE))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tenant({})", self.0)
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A service's name for one kind of key. Short: it is in every key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    RateLimit,
-    /// Cache entries and their leases, tagged by the caller's key.
-    Cache,
-    /// Cache tag indexes, tagged by the tag (a different slot than entries).
-    CacheTag,
-    /// Sessions and their user index, tagged by the user's slot tag.
-    Session,
-    /// One-time tokens, tagged by the token's hash.
-    OneTime,
+pub struct Space {
+    pub name: &'static str,
+    /// Durable keys (definitions, queues) carry no TTL; every other key
+    /// does (the invariant tests check it), and the start-up check warns
+    /// when Redis's eviction policy could drop durable ones.
+    pub durable: bool,
 }
 
-impl Service {
-    fn as_str(self) -> &'static str {
-        match self {
-            Service::RateLimit => "rl",
-            Service::Cache => "c",
-            Service::CacheTag => "ct",
-            Service::Session => "s",
-            Service::OneTime => "ot",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct KeyBuilder {
-    prefix: String,
-}
-
-impl KeyBuilder {
-    pub fn new(namespace: &str) -> Self {
+impl Space {
+    /// Keys that always carry a TTL.
+    pub const fn expiring(name: &'static str) -> Self {
         Self {
-            prefix: format!("dl:{namespace}:"),
+            name,
+            durable: false,
         }
     }
 
-    /// `dl:<ns>:<service>:{<tag>}:<parts joined by ':'>`.
-    ///
-    /// `{`, `}` and `%` in `tag` are percent-encoded: a caller's key can never
-    /// move the hash tag, and two different caller keys never share a key.
-    pub fn key(&self, service: Service, tag: &str, parts: &[&str]) -> String {
-        let mut key = String::with_capacity(
-            self.prefix.len() + 8 + tag.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
-        );
-        key.push_str(&self.prefix);
-        key.push_str(service.as_str());
-        key.push_str(":{");
-        for c in tag.chars() {
-            match c {
-                '{' => key.push_str("%7B"),
-                '}' => key.push_str("%7D"),
-                '%' => key.push_str("%25"),
-                c => key.push(c),
-            }
+    /// Keys that are data, kept until deleted.
+    pub const fn durable(name: &'static str) -> Self {
+        Self {
+            name,
+            durable: true,
         }
-        key.push('}');
-        for part in parts {
-            key.push(':');
-            key.push_str(part);
+    }
+}
+
+/// `dl:<tenant>:<space>:{<tag>}:<parts joined by ':'>`.
+///
+/// `{`, `}` and `%` in `tag` are percent-encoded: a caller's key can never
+/// move the hash tag, and two different caller keys never share a key.
+pub fn key(tenant: &Tenant, space: Space, tag: &str, parts: &[&str]) -> String {
+    let mut key = String::with_capacity(
+        8 + tenant.0.len()
+            + space.name.len()
+            + tag.len()
+            + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
+    );
+    key.push_str("dl:");
+    key.push_str(&tenant.0);
+    key.push(':');
+    key.push_str(space.name);
+    key.push_str(":{");
+    for c in tag.chars() {
+        match c {
+            '{' => key.push_str("%7B"),
+            '}' => key.push_str("%7D"),
+            '%' => key.push_str("%25"),
+            c => key.push(c),
         }
-        key
+    }
+    key.push('}');
+    for part in parts {
+        key.push(':');
+        key.push_str(part);
+    }
+    key
+}
+
+/// The pattern matching every key of `tenant` (for tests and operators).
+pub fn tenant_pattern(tenant: &Tenant) -> String {
+    format!("dl:{}:*", tenant.0)
+}
+
+crate::section! {
+    /// Where keys live in Redis.
+    pub struct KeySettings {
+        /// Tenant namespace of every key when calls carry no tenant of their
+        /// own; every key starts with `dl:<namespace>:`. 1 to 64 characters
+        /// of [A-Za-z0-9_-].
+        pub namespace: String = "default".to_owned();
+    }
+    check = KeySettings::rules;
+}
+
+impl KeySettings {
+    fn rules(&self, path: &str, problems: &mut crate::settings::Problems) {
+        if let Err(e) = Tenant::parse(&self.namespace) {
+            problems.push(crate::settings::join(path, "namespace"), e);
+        }
+    }
+
+    /// The configured namespace as the default tenant.
+    pub fn tenant(&self) -> Result<Tenant, String> {
+        Tenant::parse(&self.namespace)
     }
 }
 
@@ -75,27 +144,42 @@ impl KeyBuilder {
 mod tests {
     use super::*;
 
+    fn t(name: &str) -> Tenant {
+        Tenant::parse(name).unwrap()
+    }
+
     #[test]
-    fn keys_carry_namespace_service_and_hash_tag() {
-        let keys = KeyBuilder::new("tenant1");
+    fn keys_carry_tenant_space_and_hash_tag() {
         assert_eq!(
-            keys.key(Service::RateLimit, "user:42", &["p=auth", "gcra"]),
+            key(
+                &t("tenant1"),
+                Space::expiring("rl"),
+                "user:42",
+                &["p=auth", "gcra"]
+            ),
             "dl:tenant1:rl:{user:42}:p=auth:gcra"
         );
     }
 
     #[test]
     fn braces_in_caller_keys_cannot_move_the_hash_tag() {
-        let keys = KeyBuilder::new("ns");
-        let key = keys.key(Service::RateLimit, "a}b{c%", &["x"]);
-        assert_eq!(key, "dl:ns:rl:{a%7Db%7Bc%25}:x");
-        let open = key.find('{').unwrap();
-        let close = key[open..].find('}').unwrap() + open;
-        assert_eq!(&key[open + 1..close], "a%7Db%7Bc%25");
-        // Distinct caller keys stay distinct after encoding.
+        let ns = t("ns");
+        let k = key(&ns, Space::expiring("rl"), "a}b{c%", &["x"]);
+        assert_eq!(k, "dl:ns:rl:{a%7Db%7Bc%25}:x");
+        let open = k.find('{').unwrap();
+        let close = k[open..].find('}').unwrap() + open;
+        assert_eq!(&k[open + 1..close], "a%7Db%7Bc%25");
         assert_ne!(
-            keys.key(Service::RateLimit, "a}", &[]),
-            keys.key(Service::RateLimit, "a%7D", &[])
+            key(&ns, Space::expiring("rl"), "a}", &[]),
+            key(&ns, Space::expiring("rl"), "a%7D", &[])
         );
+    }
+
+    #[test]
+    fn tenants_are_validated() {
+        assert!(Tenant::parse("a-b_C9").is_ok());
+        for bad in ["", "a:b", "a{b", &"x".repeat(65)] {
+            assert!(Tenant::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -5,7 +5,12 @@
 //! one process-wide recorder (the facade's is global) renders them. Apps
 //! built in one test process therefore share counts, which only add up.
 
-use std::{convert::Infallible, sync::Arc, sync::OnceLock, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
@@ -13,10 +18,20 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::store::StoreHealth;
+crate::section! {
+    /// Prometheus metrics.
+    pub struct MetricsSettings {
+        /// Serve Prometheus metrics at all.
+        pub enabled: bool = true;
+        /// Address of the `/metrics` HTTP endpoint (its own port, not
+        /// gRPC's).
+        pub addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9090));
+    }
+}
 
 pub const RPC_REQUESTS: &str = "datalayer_rpc_requests_total";
 pub const RPC_DURATION: &str = "datalayer_rpc_duration_seconds";
+pub const RPC_STREAMS_ACTIVE: &str = "datalayer_rpc_streams_active";
 pub const RATELIMIT_DECISIONS: &str = "datalayer_ratelimit_decisions_total";
 pub const STORE_UP: &str = "datalayer_store_up";
 pub const REDIS_ERRORS: &str = "datalayer_redis_errors_total";
@@ -69,6 +84,10 @@ fn describe() {
         Unit::Seconds,
         "gRPC call latency in the server."
     );
+    describe_gauge!(
+        RPC_STREAMS_ACTIVE,
+        "Server streams open now, by service and method."
+    );
     describe_counter!(
         RATELIMIT_DECISIONS,
         "Rate-limit checks by policy (`inline` for inline limits) and result."
@@ -79,7 +98,7 @@ fn describe() {
     );
     describe_counter!(
         REDIS_ERRORS,
-        "Redis failures by kind (unavailable, internal)."
+        "Redis failures by kind (unavailable, full, misconfigured, internal)."
     );
     describe_histogram!(
         REDIS_ROUNDTRIP,
@@ -121,11 +140,19 @@ pub fn code_label(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Serves `/metrics` on `listener` until `stop` turns true.
+/// Sets the pool gauges (read when `/metrics` is scraped).
+pub fn record_pool(size: usize, in_use: usize, waiting: usize) {
+    metrics::gauge!(REDIS_POOL_CONNECTIONS).set(size as f64);
+    metrics::gauge!(REDIS_POOL_IN_USE).set(in_use as f64);
+    metrics::gauge!(REDIS_POOL_WAITING).set(waiting as f64);
+}
+
+/// Serves `/metrics` on `listener` until `stop` turns true; `before_render`
+/// refreshes gauges that are read rather than recorded (pool occupancy).
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    store: Arc<dyn StoreHealth>,
+    before_render: Arc<dyn Fn() + Send + Sync>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Histograms are drained into their summaries by upkeep.
@@ -145,11 +172,11 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let (handle, store) = (handle.clone(), store.clone());
+        let (handle, before) = (handle.clone(), before_render.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (handle, store) = (handle.clone(), store.clone());
-                async move { Ok::<_, Infallible>(respond(&req, &handle, store.as_ref())) }
+                let (handle, before) = (handle.clone(), before.clone());
+                async move { Ok::<_, Infallible>(respond(&req, &handle, before.as_ref())) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -162,14 +189,10 @@ pub async fn serve(
 fn respond(
     req: &Request<hyper::body::Incoming>,
     handle: &PrometheusHandle,
-    store: &dyn StoreHealth,
+    before_render: &(dyn Fn() + Send + Sync),
 ) -> Response<Full<Bytes>> {
     let mut response = if req.uri().path() == "/metrics" {
-        if let Some(pool) = store.pool_status() {
-            metrics::gauge!(REDIS_POOL_CONNECTIONS).set(pool.size as f64);
-            metrics::gauge!(REDIS_POOL_IN_USE).set(pool.in_use as f64);
-            metrics::gauge!(REDIS_POOL_WAITING).set(pool.waiting as f64);
-        }
+        before_render();
         let mut r = Response::new(Full::new(Bytes::from(handle.render())));
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,

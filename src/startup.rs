@@ -1,30 +1,22 @@
 //! Builds the [`Application`]: binds the listener (port 0 picks a free one,
-//! as tests do), chooses the store, registers the services with health and
-//! reflection, and serves until a shutdown signal, then drains in-flight
-//! calls for at most `server.shutdown_grace`.
+//! as tests do), chooses the backend, registers every service of the list
+//! (`services/mod.rs`) beside health and reflection, and serves until a
+//! shutdown signal, then drains in-flight calls for at most
+//! `server.shutdown_grace`.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use deadpool_redis::redis::TlsCertificates;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{codec::CompressionEncoding, transport::Server};
+use tonic::{service::RoutesBuilder, transport::Server};
 
 use crate::{
-    config::{RedisMode, Settings},
+    config::Settings,
+    grpc::{Deadlines, Shared},
     health::Probe,
-    keys::KeyBuilder,
     proto,
-    rpc::Deadlines,
-    services::{cache::CacheHandler, ratelimit::RateLimitHandler, session::SessionHandler},
-    store::{Stores, memory::MemoryStore, redis::RedisStore},
+    registry::{Limits, RegisterError, Registrar},
+    store::{Backend, memory::Memory, redis::Redis},
 };
-
-/// Fully-qualified names of the services health reports on.
-pub const SERVICE_NAMES: &[&str] = &[
-    "datalayer.v1.RateLimitService",
-    "datalayer.v1.CacheService",
-    "datalayer.v1.SessionService",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -34,8 +26,8 @@ pub enum StartupError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Redis(String),
-    #[error("invalid configuration: {0}")]
+    Redis(#[from] crate::store::StoreError),
+    #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("`metrics.addr`: cannot bind {addr}: {source}")]
     BindMetrics {
@@ -46,6 +38,10 @@ pub enum StartupError {
     Metrics(String),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("`keys.namespace`: {0}")]
+    Namespace(String),
+    #[error("{0}")]
+    Register(#[from] RegisterError),
     #[error("server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -56,7 +52,7 @@ pub struct Application {
     /// The `/metrics` listener, unless `metrics.enabled` is false.
     metrics: Option<(TcpListener, SocketAddr)>,
     settings: Settings,
-    stores: Stores,
+    backend: Backend,
 }
 
 impl Application {
@@ -67,44 +63,17 @@ impl Application {
         // rustls needs one process-wide crypto provider for `rediss://`; a
         // second install (another app in this process) is refused, harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let stores = match &settings.redis.url {
-            None => Stores::memory(MemoryStore::new()),
-            Some(url) => {
-                let keys = KeyBuilder::new(&settings.keys.namespace);
-                let tls = settings
-                    .redis
-                    .tls_ca_file
-                    .as_ref()
-                    .map(|path| {
-                        std::fs::read(path)
-                            .map(|pem| TlsCertificates {
-                                client_tls: None,
-                                root_cert: Some(pem),
-                            })
-                            .map_err(|e| {
-                                StartupError::Redis(format!(
-                                    "`redis.tls_ca_file`: cannot read {}: {e}",
-                                    path.display()
-                                ))
-                            })
-                    })
-                    .transpose()?;
-                let (r, redacted) = (&settings.redis, url.redacted());
-                let store = match r.mode {
-                    RedisMode::Standalone => RedisStore::new(url.expose(), redacted, r, keys, tls),
-                    RedisMode::Cluster => RedisStore::cluster(&url.seeds(), redacted, r, keys, tls),
-                }
-                .map_err(|e| StartupError::Redis(e.to_string()))?;
-                Stores::redis(Arc::new(store))
-            }
+        let backend = match &settings.redis.url {
+            None => Backend::Memory(Memory::new()),
+            Some(_) => Backend::Redis(Arc::new(Redis::connect(&settings.redis)?)),
         };
-        Self::build_with_stores(settings, stores).await
+        Self::build_with_backend(settings, backend).await
     }
 
-    /// As [`Application::build`], with a store made by the caller (tests).
-    pub async fn build_with_stores(
+    /// As [`Application::build`], on a backend made by the caller (tests).
+    pub async fn build_with_backend(
         settings: Settings,
-        stores: Stores,
+        backend: Backend,
     ) -> Result<Self, StartupError> {
         let addr = settings.server.addr;
         let listener = TcpListener::bind(addr)
@@ -127,7 +96,7 @@ impl Application {
             local_addr,
             metrics,
             settings,
-            stores,
+            backend,
         })
     }
 
@@ -141,7 +110,7 @@ impl Application {
     }
 
     pub fn store_kind(&self) -> &'static str {
-        self.stores.kind
+        self.backend.kind()
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets
@@ -155,20 +124,37 @@ impl Application {
             local_addr,
             metrics,
             settings,
-            stores,
+            backend,
         } = self;
         let s = &settings.server;
-        let deadlines = Deadlines {
-            default: s.default_timeout,
-            max: s.max_timeout,
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Shared {
+            deadlines: Deadlines {
+                default: s.default_timeout,
+                max: s.max_timeout,
+                store: settings.redis.command_timeout,
+            },
+            default_tenant: settings.keys.tenant().map_err(StartupError::Namespace)?,
+            shutdown: stop_rx.clone(),
+            compress_min_bytes: s.compress_min_bytes,
         };
 
+        let mut routes = RoutesBuilder::default();
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        routes.add_service(health_service);
+        add_reflection(&mut routes)?;
+        let limits = Limits {
+            max_request_bytes: s.max_request_bytes,
+            max_response_bytes: s.max_response_bytes,
+        };
+        let mut registrar = Registrar::new(&backend, shared, limits, &mut routes);
+        crate::services::register_all(&settings, &mut registrar)?;
+        let served = registrar.into_served();
+
         let probe = Probe {
             reporter: health_reporter,
-            store: stores.health.clone(),
-            services: SERVICE_NAMES.to_vec(),
+            store: backend.clone(),
+            services: served,
             interval: settings.health.probe_interval,
             timeout: settings.health.probe_timeout,
         };
@@ -177,69 +163,21 @@ impl Application {
             Some((listener, addr)) => {
                 let handle = crate::metrics::recorder().map_err(StartupError::Metrics)?;
                 tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+                let pool = backend.clone();
+                let before_render = Arc::new(move || {
+                    if let Some(p) = pool.pool_status() {
+                        crate::metrics::record_pool(p.size, p.in_use, p.waiting);
+                    }
+                });
                 Some(tokio::spawn(crate::metrics::serve(
                     listener,
                     handle,
-                    stores.health.clone(),
+                    before_render,
                     stop_rx,
                 )))
             }
             None => None,
         };
-
-        // grpcurl speaks v1alpha, newer tools v1: serve both.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        // Each builder adds its own protocol's descriptors; add the other's
-        // so both list both reflection services.
-        let reflection_v1 = reflection()
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
-            .build_v1()
-            .map_err(|e| StartupError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = reflection()
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| StartupError::Reflection(e.to_string()))?;
-
-        let policies = settings.policies()?;
-        let ratelimit = RateLimitHandler::new(
-            stores.ratelimit.clone(),
-            KeyBuilder::new(&settings.keys.namespace),
-            policies,
-            settings.ratelimit.max_batch,
-            deadlines,
-        );
-        let cache = CacheHandler::new(stores.cache.clone(), settings.cache.bounds(), deadlines);
-        let sessions = SessionHandler::new(
-            stores.sessions.clone(),
-            settings.session.bounds(),
-            deadlines,
-        );
-
-        // Every service gets the same message limits and compression.
-        macro_rules! configured {
-            ($server:ty, $handler:expr) => {
-                <$server>::new($handler)
-                    .max_decoding_message_size(s.max_request_bytes)
-                    .max_encoding_message_size(s.max_response_bytes)
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .send_compressed(CompressionEncoding::Gzip)
-            };
-        }
-        let ratelimit = configured!(
-            proto::rate_limit_service_server::RateLimitServiceServer<_>,
-            ratelimit
-        );
-        let cache = configured!(proto::cache_service_server::CacheServiceServer<_>, cache);
-        let sessions = configured!(
-            proto::session_service_server::SessionServiceServer<_>,
-            sessions
-        );
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -249,16 +187,11 @@ impl Application {
             let _ = drain_tx.send(());
         };
 
-        tracing::info!(addr = %local_addr, store = stores.kind, "datalayer serving gRPC");
+        tracing::info!(addr = %local_addr, store = backend.kind(), "datalayer serving gRPC");
         let server = Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(ratelimit)
-            .add_service(cache)
-            .add_service(sessions)
+            .add_routes(routes.routes())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 signal,
@@ -285,4 +218,25 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// Server reflection, v1 and v1alpha (grpcurl speaks v1alpha, newer tools
+/// v1), each listing both, over every package this binary serves.
+fn add_reflection(routes: &mut RoutesBuilder) -> Result<(), StartupError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartupError::Reflection(e.to_string()))?;
+    let v1alpha = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartupError::Reflection(e.to_string()))?;
+    routes.add_service(v1);
+    routes.add_service(v1alpha);
+    Ok(())
 }

@@ -8,7 +8,51 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
-use crate::config::{LogFormat, TelemetrySettings};
+crate::setting_enum! {
+    /// How log lines are written.
+    pub enum LogFormat {
+        /// Human-readable lines.
+        Text = "text",
+        /// One JSON object per line.
+        Json = "json",
+    }
+    default = Text;
+}
+
+crate::section! {
+    /// Logs and traces.
+    pub struct TelemetrySettings {
+        /// `text` (human-readable) or `json`.
+        pub log_format: LogFormat = LogFormat::Text;
+        /// An `EnvFilter` directive, e.g. `info` or `datalayer=debug`;
+        /// `RUST_LOG` overrides it.
+        pub log_level: String = "info".to_owned();
+        /// OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`.
+        /// Falls back to `OTEL_EXPORTER_OTLP_ENDPOINT`; unset: no traces
+        /// are exported.
+        pub otlp_endpoint: Option<String> = None;
+        /// `service.name` resource attribute of exported spans.
+        pub service_name: String = "datalayer".to_owned();
+    }
+    check = TelemetrySettings::rules;
+}
+
+impl TelemetrySettings {
+    fn rules(&self, path: &str, problems: &mut crate::settings::Problems) {
+        if self.log_level.trim().is_empty() {
+            problems.push(
+                crate::settings::join(path, "log_level"),
+                "must not be empty",
+            );
+        }
+        if self.service_name.trim().is_empty() {
+            problems.push(
+                crate::settings::join(path, "service_name"),
+                "must not be empty",
+            );
+        }
+    }
+}
 
 /// Flushes and stops the trace exporter when dropped; keep it alive for the
 /// life of the process.

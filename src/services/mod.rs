@@ -1,16 +1,14 @@
-//! One gRPC handler per service. Each one validates its request, calls its
-//! store trait and maps the answer; [`crate::rpc::serve`] does the rest.
+//! The registration list: every service of the product, one line each.
+//!
+//! A service is its folder here (domain, settings, handler, store trait,
+//! memory and Redis stores, Lua scripts), its proto under `proto/`, its
+//! tests under `tests/it/`, and one line below. Its configuration section,
+//! routes, health names, metrics labels and key spaces follow from the line.
 
-pub mod cache;
-pub mod ratelimit;
-pub mod session;
-
-/// Microseconds as a protobuf `Duration`.
-pub(crate) fn duration(us: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: (us / 1_000_000) as i64,
-        nanos: ((us % 1_000_000) * 1_000) as i32,
-    }
+crate::services! {
+    ratelimit,
+    cache,
+    session,
+    #[cfg(feature = "echo")]
+    echo,
 }
-
-pub(crate) use crate::error::proto_duration as to_duration;

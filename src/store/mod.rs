@@ -1,29 +1,82 @@
-//! Storage behind one trait per capability, with two implementations chosen
-//! at start-up: [`redis::RedisStore`] when `redis.url` is set, otherwise
-//! [`memory::MemoryStore`] (per process, for development and tests).
+//! What every service's storage shares. Each service declares its own store
+//! trait in `services/<name>/store.rs` and implements it twice, on the two
+//! backends here:
+//!
+//! * [`memory::Memory`]: the in-process default (no `redis.url`), with a
+//!   clock tests can move and one sweeper for every service's expired state;
+//! * [`redis::Redis`]: one pooled, pipelined connection to Redis (standalone,
+//!   TLS or Cluster) and the script machinery.
+//!
+//! [`StoreError`] is the one error of every store; its [`StoreErrorKind`]
+//! decides how a caller is answered (retry, or not).
 
 pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
+/// How a store failed, which decides the answer a caller gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Unreachable, too slow, overloaded or restarting: retrying may work.
+    Unavailable,
+    /// Out of memory: writes are refused until memory is freed or raised.
+    Full,
+    /// Refusing until an operator acts: a read-only replica, a wrong
+    /// password, an unknown database, a missing permission.
+    Misconfigured,
+    /// It answered something we cannot read: a bug on our side.
+    Internal,
+}
 
-use crate::cache::{Found, LeaseResult, SetOp, SetResult};
-use crate::ratelimit::{Decision, RateCheck};
-use crate::session::{
-    CreateOutcome, DataUpdate, NewSession, SessionRecord, TokenRef, UpdateOutcome,
-};
+impl StoreErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Full => "full",
+            StoreErrorKind::Misconfigured => "misconfigured",
+            StoreErrorKind::Internal => "internal",
+        }
+    }
+}
 
-/// Why the store could not answer.
+/// Why the store could not answer, with the error that caused it.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// Unreachable, too slow, or refusing for now: the caller may retry.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The store answered something we cannot read: a bug on our side.
-    #[error("{0}")]
-    Internal(String),
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Unavailable, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Internal, message)
+    }
+
+    /// Keeps `source` as the cause (logs print the chain).
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// A store that may answer if asked again soon.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == StoreErrorKind::Unavailable
+    }
 }
 
 /// Occupancy of a connection pool, for metrics.
@@ -34,121 +87,35 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
-/// Liveness of the backing store, polled by the health probe.
-#[async_trait]
-pub trait StoreHealth: Send + Sync {
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// The connection pool's occupancy, where there is a pool.
-    fn pool_status(&self) -> Option<PoolStatus> {
-        None
-    }
-}
-
-#[async_trait]
-pub trait RateLimitStore: Send + Sync {
-    /// Applies independent checks atomically each, answered in order.
-    async fn check(&self, checks: &[RateCheck]) -> Result<Vec<Decision>, StoreError>;
-    /// Forgets the state behind `key`.
-    async fn reset(&self, key: &str) -> Result<(), StoreError>;
-}
-
-/// Cache entries by caller key; the store names its own keys.
-#[async_trait]
-pub trait CacheStore: Send + Sync {
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Found>>, StoreError>;
-    async fn set_many(&self, ops: &[SetOp]) -> Result<Vec<SetResult>, StoreError>;
-    /// Deletes the entry and its lease; true if an entry was there.
-    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
-    /// Deletes every entry carrying any of `tags`; returns how many.
-    async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, StoreError>;
-    /// Hit, or a lease granted under `new_token`, or stale, or wait.
-    async fn get_or_lease(
-        &self,
-        key: &str,
-        lease_ttl_us: u64,
-        new_token: &str,
-    ) -> Result<LeaseResult, StoreError>;
-}
-
-/// Sessions by token hash, indexed per user; one-time tokens by hash.
-/// `None` answers mean the session is unknown, expired or revoked.
-#[async_trait]
-pub trait SessionStore: Send + Sync {
-    /// Creates the session, evicting or refusing at the user's cap, in one
-    /// atomic step.
-    async fn create(&self, new: &NewSession) -> Result<CreateOutcome, StoreError>;
-    /// The session; with `touch`, its idle expiry slides first.
-    async fn get(&self, token: &TokenRef, touch: bool)
-    -> Result<Option<SessionRecord>, StoreError>;
-    async fn update(
-        &self,
-        token: &TokenRef,
-        update: &DataUpdate,
-        expected_version: Option<u64>,
-        max_data_bytes: usize,
-    ) -> Result<Option<UpdateOutcome>, StoreError>;
-    /// Moves the session to `new`; `old` is dead once this returns.
-    async fn rotate(
-        &self,
-        old: &TokenRef,
-        new: &TokenRef,
-    ) -> Result<Option<SessionRecord>, StoreError>;
-    async fn revoke(&self, token: &TokenRef) -> Result<bool, StoreError>;
-    /// The user's live sessions, oldest first.
-    async fn list(&self, user_tag: &str, user_id: &str) -> Result<Vec<SessionRecord>, StoreError>;
-    /// Revokes the user's sessions but `except` (a token hash); returns how many.
-    async fn revoke_user(
-        &self,
-        user_tag: &str,
-        user_id: &str,
-        except: Option<&str>,
-    ) -> Result<u64, StoreError>;
-    async fn count(&self, user_tag: &str, user_id: &str) -> Result<u64, StoreError>;
-    /// Stores a one-time token's purpose and subject; returns its expiry (us).
-    async fn issue_one_time(
-        &self,
-        hash: &str,
-        purpose: &str,
-        subject: &str,
-        ttl_us: u64,
-    ) -> Result<u64, StoreError>;
-    /// The subject, if the token is live and for `purpose`; it is then dead.
-    async fn consume_one_time(
-        &self,
-        hash: &str,
-        purpose: &str,
-    ) -> Result<Option<String>, StoreError>;
-}
-
-/// The capabilities of one backing store, shared by all services.
+/// The backing store every service's store is built on, chosen at start-up.
 #[derive(Clone)]
-pub struct Stores {
-    pub kind: &'static str,
-    pub health: Arc<dyn StoreHealth>,
-    pub ratelimit: Arc<dyn RateLimitStore>,
-    pub cache: Arc<dyn CacheStore>,
-    pub sessions: Arc<dyn SessionStore>,
+pub enum Backend {
+    Memory(Arc<memory::Memory>),
+    Redis(Arc<redis::Redis>),
 }
 
-impl Stores {
-    pub fn memory(store: Arc<memory::MemoryStore>) -> Self {
-        Self {
-            kind: "memory",
-            health: store.clone(),
-            ratelimit: store.clone(),
-            cache: store.clone(),
-            sessions: store,
+impl Backend {
+    /// `memory` or `redis`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
         }
     }
 
-    pub fn redis(store: Arc<redis::RedisStore>) -> Self {
-        Self {
-            kind: "redis",
-            health: store.clone(),
-            ratelimit: store.clone(),
-            cache: store.clone(),
-            sessions: store,
+    /// Whether the store can serve reads and writes now (the health probe).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(redis) => redis.probe().await,
+        }
+    }
+
+    /// The connection pool's occupancy, where there is a pool.
+    pub fn pool_status(&self) -> Option<PoolStatus> {
+        match self {
+            Backend::Memory(_) => None,
+            Backend::Redis(redis) => redis.pool_status(),
         }
     }
 }

@@ -16,8 +16,8 @@ use deadpool_redis::redis::{
 use futures::future::join_all;
 use tokio::sync::Mutex;
 
+use super::RedisSettings;
 use super::lane::JobResult;
-use crate::config::RedisSettings;
 use crate::store::StoreError;
 
 const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
@@ -77,9 +77,13 @@ impl ClusterTransport {
         if let Some(certs) = tls {
             builder = builder.certs(certs);
         }
-        let client = builder
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("redis.url (cluster seeds): {e}")))?;
+        let client = builder.build().map_err(|e| {
+            StoreError::new(
+                crate::store::StoreErrorKind::Misconfigured,
+                format!("redis.url (cluster seeds): {e}"),
+            )
+            .caused_by(e)
+        })?;
         Ok(Self {
             client,
             connection: Mutex::new(None),
@@ -95,7 +99,7 @@ impl ClusterTransport {
         let connection =
             tokio::time::timeout(self.connect_timeout, self.client.get_async_connection())
                 .await
-                .map_err(|_| StoreError::Unavailable("redis cluster connect timed out".into()))?
+                .map_err(|_| StoreError::unavailable("redis cluster connect timed out"))?
                 .map_err(|e| StoreError::from_redis(&e))?;
         Ok(guard.insert(connection).clone())
     }
@@ -132,7 +136,7 @@ impl ClusterTransport {
                     }
                 }
                 Ok(values) => {
-                    return Err(StoreError::Internal(format!(
+                    return Err(StoreError::internal(format!(
                         "pipeline of {} commands answered {}",
                         members.len(),
                         values.len()
@@ -151,7 +155,7 @@ impl ClusterTransport {
         }
         replies
             .into_iter()
-            .map(|r| r.ok_or_else(|| StoreError::Internal("missing reply".to_owned())))
+            .map(|r| r.ok_or_else(|| StoreError::internal("missing reply")))
             .collect()
     }
 }

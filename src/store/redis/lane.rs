@@ -55,8 +55,14 @@ pub(super) async fn pooled(pool: &Pool) -> Result<Connection, StoreError> {
     let result = pool.get().await;
     metrics::histogram!(metrics_names::REDIS_POOL_WAIT).record(started.elapsed().as_secs_f64());
     result.map_err(|e| {
-        metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => "unavailable").increment(1);
-        StoreError::Unavailable(format!("redis connect: {e}"))
+        let e = match e {
+            // Redis itself refused (a wrong password, an unknown database):
+            // classified like any Redis error, so no retry is promised.
+            deadpool_redis::PoolError::Backend(e) => StoreError::from_redis(&e),
+            e => StoreError::unavailable(format!("redis connect: {e}")).caused_by(e),
+        };
+        metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => e.kind.as_str()).increment(1);
+        e
     })
 }
 
@@ -126,7 +132,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Ok(replies) => {
-                let e = StoreError::Internal(format!(
+                let e = StoreError::internal(format!(
                     "pipeline of {} commands answered {}",
                     sizes.iter().sum::<usize>(),
                     replies.len()

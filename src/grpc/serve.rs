@@ -1,0 +1,363 @@
+//! The call path every RPC shares, written once: the SERVER span (joining
+//! the caller's W3C trace), the tenant and deadline ([`Ctx`]), metrics, the
+//! log line of a failure, and the mapping of [`Error`] to a status.
+//! [`unary`] serves one answer; [`server_stream`] serves a stream that ends
+//! when the caller leaves, its `grpc-timeout` passes, or the server stops.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt, stream::BoxStream};
+use opentelemetry::propagation::Extractor;
+use prost::Message;
+use tokio::{sync::watch, time::Instant};
+use tonic::{Code, Request, Response, Status, codec::SingleMessageCompressionOverride};
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::context::{Ctx, Deadlines, parse_grpc_timeout};
+use super::status::code_of;
+use crate::error::Error;
+use crate::keys::Tenant;
+use crate::metrics as m;
+
+/// A gRPC method, named from the generated `SERVICE_NAME`.
+#[derive(Debug)]
+pub struct Method {
+    /// `datalayer.ratelimit.v1.RateLimitService`
+    pub service: &'static str,
+    /// `Check`
+    pub method: &'static str,
+    /// `datalayer.ratelimit.v1.RateLimitService/Check`, the span name.
+    pub full: &'static str,
+    failures: LogLimiter,
+}
+
+impl Method {
+    /// Made once per method (the service macros keep it in a `static`).
+    pub fn new(service: &'static str, method: &'static str) -> Self {
+        Self {
+            service,
+            method,
+            full: Box::leak(format!("{service}/{method}").into_boxed_str()),
+            failures: LogLimiter::default(),
+        }
+    }
+}
+
+/// What every handler of the application shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub deadlines: Deadlines,
+    /// The tenant of a call that carries none (`keys.namespace`).
+    pub default_tenant: Tenant,
+    /// Turns true when the server begins to shut down: streams end.
+    pub shutdown: watch::Receiver<bool>,
+    /// Answers smaller than this are sent uncompressed even when the
+    /// caller accepts gzip (`server.compress_min_bytes`).
+    pub compress_min_bytes: usize,
+}
+
+/// A handler with what it shares: the type the generated service traits
+/// are implemented for (see [`crate::grpc_service!`]).
+pub struct Served<H> {
+    pub handler: H,
+    pub shared: Shared,
+}
+
+/// At most one failure line per second per method; the rest are counted
+/// into the next line, so an outage does not write a line per call.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last_second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// `Some(suppressed since the last line)` when a line may be written.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last_second.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .last_second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+fn span_for<T>(method: &Method, request: &Request<T>) -> Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = method.full,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = method.service,
+        rpc.method = method.method,
+        rpc.grpc.status_code = Empty,
+        otel.status_code = Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&MetadataExtractor(request.metadata()))
+    });
+    // Fails only when no OpenTelemetry layer is installed: nothing to join.
+    let _ = span.set_parent(parent);
+    span
+}
+
+fn context<T>(shared: &Shared, request: &Request<T>, timeout: Duration) -> Ctx {
+    let tenant = request
+        .extensions()
+        .get::<Tenant>()
+        .cloned()
+        .unwrap_or_else(|| shared.default_tenant.clone());
+    Ctx::new(tenant, timeout, shared.deadlines.store)
+}
+
+/// Counts and logs the end of a call.
+fn finish(
+    method: &'static Method,
+    span: &Span,
+    started: Instant,
+    code: Code,
+    error: Option<&Error>,
+) {
+    metrics::counter!(
+        m::RPC_REQUESTS,
+        "service" => method.service,
+        "method" => method.method,
+        "code" => m::code_label(code),
+    )
+    .increment(1);
+    metrics::histogram!(
+        m::RPC_DURATION,
+        "service" => method.service,
+        "method" => method.method,
+    )
+    .record(started.elapsed().as_secs_f64());
+    span.record("rpc.grpc.status_code", code as i64);
+    match error {
+        None => {}
+        Some(e) if e.is_rejection() => tracing::debug!(parent: span, error = %e, "rejected"),
+        Some(e) => {
+            span.record("otel.status_code", "ERROR");
+            if let Some(suppressed) = method.failures.admit() {
+                tracing::warn!(
+                    parent: span,
+                    error = %e,
+                    similar_failures_not_logged = suppressed,
+                    "failed"
+                );
+            }
+        }
+    }
+}
+
+/// Serves one unary call: span, tenant, deadline, handler, metrics, status.
+pub async fn unary<Req, Resp, Fut>(
+    shared: &Shared,
+    method: &'static Method,
+    request: Request<Req>,
+    handler: impl FnOnce(Ctx, Req) -> Fut,
+) -> Result<Response<Resp>, Status>
+where
+    Fut: Future<Output = Result<Resp, Error>>,
+    Resp: Message,
+{
+    let span = span_for(method, &request);
+    let ctx = context(
+        shared,
+        &request,
+        shared.deadlines.for_metadata(request.metadata()),
+    );
+    let deadline = ctx.deadline();
+    let started = Instant::now();
+    let call = handler(ctx, request.into_inner()).instrument(span.clone());
+    let result = tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or(Err(Error::DeadlineExceeded));
+    let code = result.as_ref().err().map_or(Code::Ok, code_of);
+    finish(method, &span, started, code, result.as_ref().err());
+    let answer = result.map_err(Status::from)?;
+    let small = answer.encoded_len() < shared.compress_min_bytes;
+    let mut response = Response::new(answer);
+    if small {
+        response
+            .extensions_mut()
+            .insert(SingleMessageCompressionOverride::Disable);
+    }
+    Ok(response)
+}
+
+/// A server stream as the generated traits want it.
+pub type ServerStream<T> = BoxStream<'static, Result<T, Status>>;
+
+/// Serves a server-streaming call. The handler opens the stream within the
+/// call's deadline (as a unary call); the stream then runs until the caller
+/// leaves, the caller's own `grpc-timeout` passes (`DEADLINE_EXCEEDED`), or
+/// the server shuts down (the stream ends cleanly, so shutdown never waits
+/// on subscribers).
+pub async fn server_stream<Req, Item, S, Fut>(
+    shared: &Shared,
+    method: &'static Method,
+    request: Request<Req>,
+    handler: impl FnOnce(Ctx, Req) -> Fut,
+) -> Result<Response<ServerStream<Item>>, Status>
+where
+    Fut: Future<Output = Result<S, Error>>,
+    S: Stream<Item = Result<Item, Error>> + Send + 'static,
+    Item: Send + 'static,
+{
+    let span = span_for(method, &request);
+    let caller_timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    let ctx = context(
+        shared,
+        &request,
+        shared.deadlines.for_metadata(request.metadata()),
+    );
+    let setup_deadline = ctx.deadline();
+    let started = Instant::now();
+    let opened = tokio::time::timeout_at(
+        setup_deadline,
+        handler(ctx, request.into_inner()).instrument(span.clone()),
+    )
+    .await
+    .unwrap_or(Err(Error::DeadlineExceeded));
+    let stream = match opened {
+        Ok(stream) => stream,
+        Err(e) => {
+            finish(method, &span, started, code_of(&e), Some(&e));
+            return Err(Status::from(e));
+        }
+    };
+    metrics::gauge!(m::RPC_STREAMS_ACTIVE, "service" => method.service, "method" => method.method)
+        .increment(1.0);
+    let guarded = Guarded {
+        inner: stream.boxed(),
+        deadline: caller_timeout.map(|t| Box::pin(tokio::time::sleep_until(started + t))),
+        shutdown: Box::pin(wait_for_shutdown(shared.shutdown.clone())),
+        end: Some(End {
+            method,
+            span,
+            started,
+            code: Code::Cancelled,
+        }),
+        done: false,
+    };
+    Ok(Response::new(guarded.boxed()))
+}
+
+async fn wait_for_shutdown(mut shutdown: watch::Receiver<bool>) {
+    // An error means the sender is gone: the server has stopped too.
+    let _ = shutdown.wait_for(|stopped| *stopped).await;
+}
+
+/// Records a stream's end exactly once, whichever way it ends (a caller
+/// that leaves drops the stream: `CANCELLED`).
+struct End {
+    method: &'static Method,
+    span: Span,
+    started: Instant,
+    code: Code,
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        finish(self.method, &self.span, self.started, self.code, None);
+        metrics::gauge!(
+            m::RPC_STREAMS_ACTIVE,
+            "service" => self.method.service,
+            "method" => self.method.method
+        )
+        .decrement(1.0);
+    }
+}
+
+struct Guarded<T> {
+    inner: BoxStream<'static, Result<T, Error>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    end: Option<End>,
+    done: bool,
+}
+
+impl<T> Guarded<T> {
+    fn close(&mut self, code: Code) {
+        self.done = true;
+        if let Some(mut end) = self.end.take() {
+            end.code = code;
+        }
+    }
+}
+
+impl<T> Stream for Guarded<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            self.close(Code::Ok);
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            self.close(Code::DeadlineExceeded);
+            return Poll::Ready(Some(Err(Status::from(Error::DeadlineExceeded))));
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(Err(e))) => {
+                let code = code_of(&e);
+                if let Some(end) = &self.end {
+                    tracing::warn!(parent: &end.span, error = %e, "stream failed");
+                }
+                self.close(code);
+                Poll::Ready(Some(Err(Status::from(e))))
+            }
+            Poll::Ready(None) => {
+                self.close(Code::Ok);
+                Poll::Ready(None)
+            }
+        }
+    }
+}

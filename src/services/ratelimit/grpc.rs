@@ -1,0 +1,277 @@
+//! `datalayer.ratelimit.v1.RateLimitService`: the wire ↔ the domain, then
+//! the store.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use super::store::Store;
+use super::{
+    Algorithm, Decision, FailMode, Limit, LimitSpec, Limited, MAX_KEY_BYTES, RateCheck, Scope,
+    Settings,
+};
+use crate::error::Error;
+use crate::grpc::Ctx;
+use crate::grpc::convert::{duration_in, duration_out};
+use crate::proto::datalayer::ratelimit::v1 as pb;
+use crate::validate::{self, FieldViolation, Invalid, quote};
+
+pub struct Handler {
+    store: Arc<dyn Store>,
+    settings: Settings,
+    policies: BTreeMap<Arc<str>, Limit>,
+}
+
+crate::grpc_service! {
+    pb::rate_limit_service_server::{RateLimitService, RateLimitServiceServer} for Handler {
+        unary Check => check(pb::CheckRequest) -> pb::CheckResponse;
+        unary CheckBatch => check_batch(pb::CheckBatchRequest) -> pb::CheckBatchResponse;
+        unary Reset => reset(pb::ResetRequest) -> pb::ResetResponse;
+    }
+}
+
+/// A validated check and what its answer needs.
+struct Parsed {
+    check: RateCheck,
+    requested_cost: u64,
+}
+
+/// Where a request's limit comes from (Check and Reset spell it alike).
+enum Source<'a> {
+    Inline(&'a pb::Limit),
+    Policy(&'a str),
+}
+
+impl<'a> From<&'a pb::check_request::LimitSource> for Source<'a> {
+    fn from(source: &'a pb::check_request::LimitSource) -> Self {
+        match source {
+            pb::check_request::LimitSource::Limit(l) => Self::Inline(l),
+            pb::check_request::LimitSource::Policy(p) => Self::Policy(p),
+        }
+    }
+}
+
+impl<'a> From<&'a pb::reset_request::LimitSource> for Source<'a> {
+    fn from(source: &'a pb::reset_request::LimitSource) -> Self {
+        match source {
+            pb::reset_request::LimitSource::Limit(l) => Self::Inline(l),
+            pb::reset_request::LimitSource::Policy(p) => Self::Policy(p),
+        }
+    }
+}
+
+/// An inline limit; field names are relative to the `Limit` message.
+fn inline_limit(msg: &pb::Limit) -> Result<Limit, Invalid> {
+    use pb::limit::Algorithm as A;
+    let fail_mode = match pb::FailMode::try_from(msg.fail_mode) {
+        Ok(pb::FailMode::Unspecified | pb::FailMode::Closed) => Ok(FailMode::Closed),
+        Ok(pb::FailMode::Open) => Ok(FailMode::Open),
+        Err(_) => Err(FieldViolation::new(
+            "fail_mode",
+            format!("unknown value {}", msg.fail_mode),
+        )),
+    };
+    let spec = |algorithm, limit, (period, name), refill| {
+        duration_in(period, name).map(|period| LimitSpec {
+            algorithm,
+            limit,
+            period: (period, name),
+            refill,
+            fail_mode: FailMode::Closed,
+        })
+    };
+    let spec = match &msg.algorithm {
+        None => Err(FieldViolation::new(
+            "algorithm",
+            "set one of gcra, token_bucket, fixed_window, sliding_window",
+        )),
+        Some(A::Gcra(g)) => spec(
+            Algorithm::Gcra,
+            (Some(g.limit), "gcra.limit"),
+            (g.period.as_ref(), "gcra.period"),
+            None,
+        ),
+        Some(A::TokenBucket(t)) => spec(
+            Algorithm::TokenBucket,
+            (Some(t.capacity), "token_bucket.capacity"),
+            (t.refill_interval.as_ref(), "token_bucket.refill_interval"),
+            Some((Some(t.refill_amount), "token_bucket.refill_amount")),
+        ),
+        Some(A::FixedWindow(w)) => spec(
+            Algorithm::FixedWindow,
+            (Some(w.limit), "fixed_window.limit"),
+            (w.window.as_ref(), "fixed_window.window"),
+            None,
+        ),
+        Some(A::SlidingWindow(w)) => spec(
+            Algorithm::SlidingWindow,
+            (Some(w.limit), "sliding_window.limit"),
+            (w.window.as_ref(), "sliding_window.window"),
+            None,
+        ),
+    };
+    let (fail_mode, spec) = validate::all((fail_mode, spec))?;
+    Limit::parse(LimitSpec { fail_mode, ..spec })
+        .map_err(Invalid)
+}
+
+impl Handler {
+    pub fn new(store: Arc<dyn Store>, settings: Settings, policies: BTreeMap<Arc<str>, Limit>) -> Self {
+        Self {
+            store,
+            settings,
+            policies,
+        }
+    }
+
+    /// The limit and the scope its state lives under.
+    fn limit(&self, source: Option<Source<'_>>) -> Result<(Scope, Limit), Invalid> {
+        match source {
+            None => Err(Invalid::one(
+                "limit",
+                "set either `limit` (inline) or `policy` (configured)",
+            )),
+            Some(Source::Inline(limit)) => Ok((
+                Scope::Inline,
+                inline_limit(limit).map_err(|e| e.under("limit"))?,
+            )),
+            Some(Source::Policy(name)) => match self.policies.get_key_value(name) {
+                Some((name, limit)) => Ok((Scope::Policy(name.clone()), *limit)),
+                None => {
+                    let known: Vec<&str> = self.policies.keys().map(|k| &**k).collect();
+                    Err(Invalid::one(
+                        "policy",
+                        if known.is_empty() {
+                            format!("unknown policy {}: no policies are configured", quote(name))
+                        } else {
+                            format!("unknown policy {}; configured: {}", quote(name), known.join(", "))
+                        },
+                    ))
+                }
+            },
+        }
+    }
+
+    /// The caller's key and its limit, reporting both sides' violations.
+    fn target(&self, key: &str, source: Option<Source<'_>>) -> Result<Limited, Invalid> {
+        let (_, (scope, limit)) = validate::all((
+            validate::key(key, "key", MAX_KEY_BYTES),
+            self.limit(source),
+        ))?;
+        Ok(Limited {
+            key: key.to_owned(),
+            scope,
+            limit,
+        })
+    }
+
+    fn parse(&self, req: &pb::CheckRequest) -> Result<Parsed, Invalid> {
+        let target = self.target(&req.key, req.limit_source.as_ref().map(Source::from))?;
+        let requested_cost = req.cost.unwrap_or(1);
+        Ok(Parsed {
+            check: RateCheck {
+                cost: target.limit.clamp_cost(requested_cost),
+                target,
+            },
+            requested_cost,
+        })
+    }
+
+    /// Runs the checks; when the store is unavailable, limits that fail
+    /// open are allowed with `REASON_FAIL_OPEN`, and any that fails closed
+    /// makes the call `UNAVAILABLE`.
+    async fn apply(&self, ctx: &Ctx, parsed: &[Parsed]) -> Result<Vec<pb::CheckResponse>, Error> {
+        let checks: Vec<RateCheck> = parsed.iter().map(|p| p.check.clone()).collect();
+        match ctx.store(self.store.check(&ctx.tenant, &checks)).await {
+            Ok(decisions) => Ok(parsed
+                .iter()
+                .zip(decisions)
+                .map(|(p, d)| {
+                    record(p, if d.allowed { "allowed" } else { "rejected" });
+                    answer(p, d)
+                })
+                .collect()),
+            Err(Error::Store(e))
+                if e.is_unavailable()
+                    && parsed
+                        .iter()
+                        .all(|p| p.check.target.limit.fail_mode == FailMode::Open) =>
+            {
+                tracing::warn!(reason = %e, "store unavailable; failing open");
+                for p in parsed {
+                    record(p, "fail_open");
+                }
+                Ok(parsed.iter().map(fail_open).collect())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn check(&self, ctx: Ctx, req: pb::CheckRequest) -> Result<pb::CheckResponse, Error> {
+        let parsed = self.parse(&req)?;
+        self.apply(&ctx, std::slice::from_ref(&parsed))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("the store returned no decision".to_owned()))
+    }
+
+    async fn check_batch(
+        &self,
+        ctx: Ctx,
+        req: pb::CheckBatchRequest,
+    ) -> Result<pb::CheckBatchResponse, Error> {
+        validate::batch(
+            req.checks.len(),
+            "checks",
+            self.settings.max_batch,
+            "ratelimit.max_batch",
+        )?;
+        let parsed = validate::each(&req.checks, "checks", |c| self.parse(c))?;
+        Ok(pb::CheckBatchResponse {
+            results: self.apply(&ctx, &parsed).await?,
+        })
+    }
+
+    async fn reset(&self, ctx: Ctx, req: pb::ResetRequest) -> Result<pb::ResetResponse, Error> {
+        let target = self.target(&req.key, req.limit_source.as_ref().map(Source::from))?;
+        ctx.store(self.store.reset(&ctx.tenant, &target)).await?;
+        Ok(pb::ResetResponse {})
+    }
+}
+
+fn record(parsed: &Parsed, result: &'static str) {
+    metrics::counter!(
+        crate::metrics::RATELIMIT_DECISIONS,
+        "policy" => parsed.check.target.scope.label().to_owned(),
+        "result" => result,
+    )
+    .increment(1);
+}
+
+fn answer(parsed: &Parsed, d: Decision) -> pb::CheckResponse {
+    let limit = parsed.check.target.limit.limit;
+    let reason = if d.allowed {
+        pb::Reason::WithinLimit
+    } else if parsed.requested_cost > limit {
+        pb::Reason::CostExceedsLimit
+    } else {
+        pb::Reason::OverLimit
+    };
+    pb::CheckResponse {
+        allowed: d.allowed,
+        limit,
+        remaining: d.remaining,
+        reset_after: Some(duration_out(d.reset_after_us)),
+        retry_after: d.retry_after_us.map(duration_out),
+        reason: reason as i32,
+    }
+}
+
+fn fail_open(parsed: &Parsed) -> pb::CheckResponse {
+    pb::CheckResponse {
+        allowed: true,
+        limit: parsed.check.target.limit.limit,
+        remaining: 0,
+        reset_after: Some(duration_out(0)),
+        retry_after: None,
+        reason: pb::Reason::FailOpen as i32,
+    }
+}

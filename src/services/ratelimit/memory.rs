@@ -1,0 +1,103 @@
+//! Rate limits in process memory: the same algorithms as the Lua scripts
+//! (see [`super::algorithm`]), under a lock per shard of keys.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+};
+
+use async_trait::async_trait;
+
+use super::algorithm::{self, State};
+use super::store::{Store, state_key};
+use super::{Decision, Limited, RateCheck};
+use crate::keys::Tenant;
+use crate::store::StoreError;
+use crate::store::memory::{Memory, Sweep, lock};
+
+struct Entry {
+    state: State,
+    expires_at_us: u64,
+}
+
+/// Independently locked shards spread contention across keys.
+const SHARDS: usize = 16;
+
+/// Entries by their full key (which carries the tenant), as in Redis.
+pub struct MemoryRateLimits {
+    memory: Arc<Memory>,
+    shards: Vec<Mutex<HashMap<String, Entry>>>,
+}
+
+impl MemoryRateLimits {
+    pub fn new(memory: &Arc<Memory>) -> Arc<Self> {
+        let store = Arc::new(Self {
+            memory: memory.clone(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        });
+        let sweep: Weak<dyn Sweep> = Arc::downgrade(&store) as Weak<MemoryRateLimits>;
+        memory.register(sweep);
+        store
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
+        lock(&self.shards[(fnv1a(key) as usize) % self.shards.len()])
+    }
+
+    fn check_one(&self, tenant: &Tenant, check: &RateCheck) -> Decision {
+        let key = state_key(tenant, &check.target);
+        let mut shard = self.shard(&key);
+        // Read the clock under the lock so concurrent checks of one key see
+        // time move forward, as they would inside Redis.
+        let now = self.memory.now_us();
+        let state = shard
+            .get(&key)
+            .filter(|e| e.expires_at_us > now)
+            .map(|e| e.state);
+        let outcome = algorithm::apply(&check.target.limit, check.cost, now, state);
+        if let Some((state, ttl_us)) = outcome.write {
+            // Redis keys expire on whole milliseconds (PEXPIRE); match it.
+            let ttl_us = ttl_us.div_ceil(1000).max(1) * 1000;
+            shard.insert(
+                key,
+                Entry {
+                    state,
+                    expires_at_us: now + ttl_us,
+                },
+            );
+        }
+        outcome.decision
+    }
+}
+
+/// FNV-1a: a fixed, fast hash so a key always maps to the same shard.
+fn fnv1a(key: &str) -> u64 {
+    key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+impl Sweep for MemoryRateLimits {
+    fn sweep(&self, now_us: u64) {
+        for shard in &self.shards {
+            lock(shard).retain(|_, e| e.expires_at_us > now_us);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryRateLimits {
+    async fn check(
+        &self,
+        tenant: &Tenant,
+        checks: &[RateCheck],
+    ) -> Result<Vec<Decision>, StoreError> {
+        Ok(checks.iter().map(|c| self.check_one(tenant, c)).collect())
+    }
+
+    async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {
+        let key = state_key(tenant, target);
+        self.shard(&key).remove(&key);
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! [`Setting`] for the value types settings use: numbers, text, paths,
+//! addresses, durations (humantime strings), options and named maps.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+
+use super::{Bound, Bounded, Problems, Setting, join};
+
+macro_rules! plain_setting {
+    ($($ty:ty => $json:literal),* $(,)?) => {$(
+        impl Setting for $ty {
+            fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <$ty as Deserialize>::deserialize(d)
+            }
+            fn schema() -> Value {
+                json!({ "type": $json })
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+plain_setting!(bool => "boolean", u32 => "integer", u64 => "integer", usize => "integer");
+
+macro_rules! numeric_bound {
+    ($($ty:ty),*) => {$(
+        impl Bound for $ty {
+            fn describe(schema: &mut Value, min: Self, max: Self) {
+                schema["minimum"] = json!(min);
+                schema["maximum"] = json!(max);
+            }
+            fn show(self) -> String {
+                self.to_string()
+            }
+        }
+        impl Bounded<$ty> for $ty {
+            fn value(&self) -> Option<$ty> {
+                Some(*self)
+            }
+        }
+    )*};
+}
+numeric_bound!(u32, u64, usize);
+
+impl Setting for String {
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as Deserialize>::deserialize(d)
+    }
+    fn schema() -> Value {
+        json!({ "type": "string" })
+    }
+    fn show(&self) -> String {
+        format!("`\"{self}\"`")
+    }
+}
+
+impl Setting for PathBuf {
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <PathBuf as Deserialize>::deserialize(d)
+    }
+    fn schema() -> Value {
+        json!({ "type": "string", "minLength": 1 })
+    }
+    fn show(&self) -> String {
+        format!("`{}`", self.display())
+    }
+}
+
+impl Setting for SocketAddr {
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <SocketAddr as Deserialize>::deserialize(d)
+    }
+    fn schema() -> Value {
+        json!({ "type": "string", "minLength": 1 })
+    }
+    fn show(&self) -> String {
+        format!("`{self}`")
+    }
+}
+
+/// Durations are written as humantime strings: `500ms`, `2s`, `1m`, `1h30m`.
+pub const DURATION_PATTERN: &str = "^\\s*[0-9]+\\s*[a-zA-Zµ]+(\\s*[0-9]+\\s*[a-zA-Zµ]+)*\\s*$";
+
+impl Setting for Duration {
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+    fn schema() -> Value {
+        json!({ "type": "string", "pattern": DURATION_PATTERN })
+    }
+    fn show(&self) -> String {
+        format!("`{}`", humantime::format_duration(*self))
+    }
+}
+
+impl Bound for Duration {
+    fn describe(schema: &mut Value, min: Self, max: Self) {
+        schema["x-minimum"] = json!(humantime::format_duration(min).to_string());
+        schema["x-maximum"] = json!(humantime::format_duration(max).to_string());
+    }
+    fn show(self) -> String {
+        humantime::format_duration(self).to_string()
+    }
+}
+
+impl Bounded<Duration> for Duration {
+    fn value(&self) -> Option<Duration> {
+        Some(*self)
+    }
+}
+
+/// A field that may be left unset.
+impl<T: Setting> Setting for Option<T> {
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Inner<T>(T);
+        impl<'de, T: Setting> Deserialize<'de> for Inner<T> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                T::deserialize(d).map(Inner)
+            }
+        }
+        Ok(Option::<Inner<T>>::deserialize(d)?.map(|inner| inner.0))
+    }
+    fn schema() -> Value {
+        T::schema()
+    }
+    fn show(&self) -> String {
+        match self {
+            Some(v) => v.show(),
+            None => "unset".to_owned(),
+        }
+    }
+    fn check(&self, path: &str, problems: &mut Problems) {
+        if let Some(v) = self {
+            v.check(path, problems);
+        }
+    }
+}
+
+impl<B: Bound, T: Bounded<B>> Bounded<B> for Option<T> {
+    fn value(&self) -> Option<B> {
+        self.as_ref().and_then(Bounded::value)
+    }
+}
+
+/// Named entries, e.g. rate-limit policies.
+impl<T: Setting> Setting for BTreeMap<String, T> {
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Inner<T>(T);
+        impl<'de, T: Setting> Deserialize<'de> for Inner<T> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                T::deserialize(d).map(Inner)
+            }
+        }
+        Ok(BTreeMap::<String, Inner<T>>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect())
+    }
+    fn schema() -> Value {
+        json!({ "type": "object", "additionalProperties": T::schema() })
+    }
+    fn show(&self) -> String {
+        if self.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{} entries", self.len())
+        }
+    }
+    fn check(&self, path: &str, problems: &mut Problems) {
+        for (name, value) in self {
+            value.check(&join(path, name), problems);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The `datalayer` binary as an operator meets it: `--help`, `--version`,
+//! configuration layering (defaults < file < env), start-up errors that name
+//! the key, secrets that never print, and a clean exit on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use datalayer::proto::datalayer::ratelimit::v1::{
+    CheckRequest, check_request::LimitSource, rate_limit_service_client::RateLimitServiceClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_datalayer");
+
+fn datalayer(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        // Tests run in parallel: never the fixed default metrics port.
+        .env("DATALAYER__METRICS__ADDR", "127.0.0.1:0");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    datalayer(args, env).output().expect("binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_and_version() {
+    let version = run(&["--version"], &[]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("datalayer {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = run(&["--help"], &[]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--config <FILE>"), "{text}");
+    assert!(text.contains("DATALAYER_CONFIG"), "{text}");
+}
+
+#[test]
+fn invalid_settings_name_the_key_and_exit_2() {
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![("DATALAYER__REDIS__POOL_SIZE", "0")],
+            "redis.pool_size",
+        ),
+        (
+            vec![("DATALAYER__SERVER__DEFAULT_TIMEOUT", "0s")],
+            "server.default_timeout",
+        ),
+        (
+            vec![("DATALAYER__KEYS__NAMESPACE", "has space")],
+            "keys.namespace",
+        ),
+        (
+            vec![
+                (
+                    "DATALAYER__RATELIMIT__POLICIES__AUTH__ALGORITHM",
+                    "fixed_window",
+                ),
+                ("DATALAYER__RATELIMIT__POLICIES__AUTH__LIMIT", "0"),
+                ("DATALAYER__RATELIMIT__POLICIES__AUTH__WINDOW", "1m"),
+            ],
+            "ratelimit.policies.auth.limit",
+        ),
+        (
+            vec![("DATALAYER__RATELIMIT__POLICIES__AUTH__ALGORITHM", "leaky")],
+            "ratelimit.policies.auth.algorithm",
+        ),
+        (
+            vec![("DATALAYER__SERVER__ADDR", "not-an-address")],
+            "server.addr",
+        ),
+        (
+            vec![
+                ("DATALAYER__REDIS__URL", "redis://127.0.0.1:1"),
+                ("DATALAYER__REDIS__TLS_CA_FILE", "/etc/ca.pem"),
+            ],
+            "redis.tls_ca_file",
+        ),
+        (
+            vec![("DATALAYER__REDIS__URL", "redis://a:1,redis://b:2")],
+            "redis.url",
+        ),
+        (
+            vec![("DATALAYER__METRICS__ADDR", "0.0.0.0:50051")],
+            "metrics.addr",
+        ),
+    ];
+    for (env, key) in cases {
+        let output = run(&[], &env);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{env:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(key),
+            "{env:?} should name {key}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_config_file_is_validated_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("datalayer.toml");
+    std::fs::write(&file, "[server]\nadress = \"127.0.0.1:0\"\n").unwrap();
+    let output = run(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("adress"), "{}", stderr(&output));
+
+    let missing = run(&["--config", "/nonexistent/datalayer.toml"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("/nonexistent/datalayer.toml"));
+}
+
+#[test]
+fn redis_passwords_never_print() {
+    let output = run(
+        &[],
+        &[("DATALAYER__REDIS__URL", "http://:hunter2@localhost:6379")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(err.contains("redis.url"), "{err}");
+    assert!(!err.contains("hunter2"), "password leaked: {err}");
+}
+
+/// A running binary, its stderr lines streamed to a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = datalayer(args, env)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a log line containing `needle`, or finds it
+    /// among the lines already read.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// The port from the "serving" line of JSON logs.
+    fn port(&mut self) -> u16 {
+        let line = self.wait_for("datalayer serving gRPC");
+        let addr = line
+            .split("\"addr\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no addr in {line}"));
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn file_then_env_layering_and_sigterm_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("datalayer.yaml");
+    std::fs::write(
+        &file,
+        "server:\n  addr: 127.0.0.1:0\ntelemetry:\n  log_format: json\nratelimit:\n  policies:\n    auth:\n      algorithm: sliding_window\n      limit: 5\n      window: 1m\n",
+    )
+    .unwrap();
+    let mut app = Running::start(
+        &[],
+        &[
+            ("DATALAYER_CONFIG", file.to_str().unwrap()),
+            // The environment wins over the file.
+            ("DATALAYER__RATELIMIT__POLICIES__AUTH__LIMIT", "2"),
+        ],
+    );
+    let warning = app.wait_for("in-process memory store");
+    assert!(warning.contains("per process"), "{warning}");
+    let port = app.port();
+
+    let mut client = RateLimitServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connects");
+    let answer = client
+        .check(CheckRequest {
+            key: "u".into(),
+            limit_source: Some(LimitSource::Policy("auth".into())),
+            cost: None,
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(answer.limit, 2, "env overrides the file's limit of 5");
+    // The client stays connected: shutdown must not wait on idle
+    // connections. Wait off the runtime so the client can see the GOAWAY.
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || app.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+    println!("exited {:?} after SIGTERM", started.elapsed());
+    drop(client);
+}
+
+#[tokio::test]
+async fn logs_show_the_redis_url_without_its_password() {
+    let mut app = Running::start(
+        &[],
+        &[
+            ("DATALAYER__SERVER__ADDR", "127.0.0.1:0"),
+            // Nothing listens on port 1: the service starts anyway, unhealthy.
+            ("DATALAYER__REDIS__URL", "redis://:hunter2@127.0.0.1:1/0"),
+            ("DATALAYER__TELEMETRY__LOG_FORMAT", "json"),
+        ],
+    );
+    let line = app.wait_for("using Redis");
+    assert!(line.contains("***"), "{line}");
+    app.port();
+    app.wait_for("NOT_SERVING");
+    assert!(
+        app.seen.iter().all(|l| !l.contains("hunter2")),
+        "password leaked: {:#?}",
+        app.seen
+    );
+    let status = app.terminate();
+    assert!(status.success(), "{status:?}");
+}

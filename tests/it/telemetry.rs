@@ -1,0 +1,220 @@
+//! Spans reach a real OTLP/gRPC receiver running inside the test: one SERVER
+//! span per call continuing the caller's W3C trace, with CLIENT spans for
+//! Redis beneath it that never carry key contents.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::harness::{Backend, spawn_app_with};
+use datalayer::{
+    proto::datalayer::ratelimit::v1::{
+        CheckRequest, Gcra, Limit, check_request::LimitSource, limit::Algorithm,
+    },
+    telemetry::{self, TelemetrySettings},
+};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::{Span, span::SpanKind},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+    service_names: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        for resource_spans in request.into_inner().resource_spans {
+            if let Some(resource) = &resource_spans.resource
+                && let Some(name) = attr(&resource.attributes, "service.name")
+            {
+                self.service_names.lock().unwrap().push(name);
+            }
+            for scope in resource_spans.scope_spans {
+                self.spans.lock().unwrap().extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn attr(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref().and_then(|v: &AnyValue| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            Some(Value::IntValue(i)) => Some(i.to_string()),
+            Some(Value::BoolValue(b)) => Some(b.to_string()),
+            _ => None,
+        }
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp_addr = listener.local_addr().unwrap();
+    let server = receiver.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(server))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+
+    let guard = telemetry::init(&TelemetrySettings {
+        otlp_endpoint: Some(format!("http://{otlp_addr}")),
+        service_name: "datalayer-under-test".into(),
+        ..TelemetrySettings::default()
+    })
+    .expect("telemetry starts");
+
+    let app = spawn_app_with(Backend::Redis, |_| {}).await;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let secret_key = "secret-user-4242";
+    let check = |key: &str| {
+        let mut request = tonic::Request::new(CheckRequest {
+            key: key.into(),
+            limit_source: Some(LimitSource::Limit(Limit {
+                algorithm: Some(Algorithm::Gcra(Gcra {
+                    limit: 5,
+                    period: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                })),
+                fail_mode: 0,
+            })),
+            cost: None,
+        });
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{caller_trace}-{caller_span}-01")
+                .parse()
+                .unwrap(),
+        );
+        request
+    };
+    app.ratelimit
+        .clone()
+        .check(check(secret_key))
+        .await
+        .expect("check");
+    let bad = app.ratelimit.clone().check(check("")).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // Export is batched: flush, then wait (bounded) for the receiver.
+    let started = Instant::now();
+    let spans = loop {
+        guard.flush();
+        let spans = receiver.spans.lock().unwrap().clone();
+        let servers = spans
+            .iter()
+            .filter(|s| s.name == "datalayer.ratelimit.v1.RateLimitService/Check")
+            .count();
+        if servers >= 2 && spans.iter().any(|s| s.kind == SpanKind::Client as i32) {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "spans never arrived; got {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let servers: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "datalayer.ratelimit.v1.RateLimitService/Check")
+        .collect();
+    for server in &servers {
+        assert_eq!(server.kind, SpanKind::Server as i32);
+        assert_eq!(
+            hex(&server.trace_id),
+            caller_trace,
+            "continues the caller's trace"
+        );
+        assert_eq!(
+            hex(&server.parent_span_id),
+            caller_span,
+            "child of the caller's span"
+        );
+        assert_eq!(
+            attr(&server.attributes, "rpc.system").as_deref(),
+            Some("grpc")
+        );
+        assert_eq!(
+            attr(&server.attributes, "rpc.service").as_deref(),
+            Some("datalayer.ratelimit.v1.RateLimitService")
+        );
+        assert_eq!(
+            attr(&server.attributes, "rpc.method").as_deref(),
+            Some("Check")
+        );
+    }
+    let mut codes: Vec<String> = servers
+        .iter()
+        .filter_map(|s| attr(&s.attributes, "rpc.grpc.status_code"))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec!["0", "3"], "OK and INVALID_ARGUMENT recorded");
+
+    // The Redis call is a CLIENT span in the same trace, under the OK call.
+    let ok_server = servers
+        .iter()
+        .find(|s| attr(&s.attributes, "rpc.grpc.status_code").as_deref() == Some("0"))
+        .unwrap();
+    let client = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32 && s.trace_id == ok_server.trace_id)
+        .expect("a CLIENT span in the caller's trace");
+    assert_eq!(client.name, "EVALSHA ratelimit.gcra");
+    assert_eq!(
+        attr(&client.attributes, "db.system").as_deref(),
+        Some("redis")
+    );
+    let mut ancestor = client.parent_span_id.clone();
+    let mut hops = 0;
+    while ancestor != ok_server.span_id {
+        let parent = spans
+            .iter()
+            .find(|s| s.span_id == ancestor)
+            .expect("the client span descends from the server span");
+        ancestor = parent.parent_span_id.clone();
+        hops += 1;
+        assert!(hops < 5);
+    }
+    // No span carries the caller's key.
+    for span in &spans {
+        for kv in &span.attributes {
+            let value = format!("{:?}", kv.value);
+            assert!(!value.contains(secret_key), "{} leaks the key", span.name);
+        }
+    }
+    assert!(
+        receiver
+            .service_names
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n == "datalayer-under-test")
+    );
+}
