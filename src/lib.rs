@@ -26,6 +26,10 @@
 //!   pipelines concurrent calls onto a few connections (or one pipeline per
 //!   slot on a cluster). The memory store runs the same algorithm in Rust;
 //!   one conformance suite (`tests/it/`) proves they agree.
+//! * [`server`] is the listener: our accept loop over hyper's HTTP/2, so a
+//!   peer that never speaks, idles, floods connections or never ends its
+//!   body is bounded; it also turns undecodable requests into
+//!   `INVALID_ARGUMENT`.
 //! * [`config`] loads the settings (defaults < file < `DATALAYER__*` env),
 //!   validates them all and renders their schema and reference;
 //!   [`telemetry`] sets up logs and OTLP traces; [`health`] runs the probe;
@@ -39,6 +43,7 @@ pub mod keys;
 pub mod metrics;
 pub mod random;
 pub mod registry;
+pub mod server;
 pub mod services;
 pub mod settings;
 pub mod startup;

@@ -50,6 +50,18 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        match datalayer::server::raise_open_file_limit() {
+            Some(limit) if (limit as usize) < settings.server.max_connections + 64 => {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections = settings.server.max_connections,
+                    "the open-file limit is below server.max_connections; new connections \
+                     will fail before the cap is reached (raise `ulimit -n`)"
+                );
+            }
+            Some(limit) => tracing::debug!(open_files = limit, "open-file limit"),
+            None => {}
+        }
         match &settings.redis.url {
             None => tracing::warn!(
                 "no redis.url: using the in-process memory store; state is per process \

@@ -32,6 +32,10 @@ crate::section! {
 pub const RPC_REQUESTS: &str = "datalayer_rpc_requests_total";
 pub const RPC_DURATION: &str = "datalayer_rpc_duration_seconds";
 pub const RPC_STREAMS_ACTIVE: &str = "datalayer_rpc_streams_active";
+pub const RPC_DECODE_ERRORS: &str = "datalayer_rpc_decode_errors_total";
+pub const CONNECTIONS_OPEN: &str = "datalayer_connections_open";
+pub const CONNECTIONS_REFUSED: &str = "datalayer_connections_refused_total";
+pub const CONNECTIONS_DROPPED: &str = "datalayer_connections_dropped_total";
 pub const RATELIMIT_DECISIONS: &str = "datalayer_ratelimit_decisions_total";
 pub const STORE_UP: &str = "datalayer_store_up";
 pub const REDIS_ERRORS: &str = "datalayer_redis_errors_total";
@@ -48,6 +52,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     2.5, 10.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Concurrent connections to the metrics endpoint.
+const MAX_SCRAPES: usize = 64;
 
 static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -87,6 +94,19 @@ fn describe() {
     describe_gauge!(
         RPC_STREAMS_ACTIVE,
         "Server streams open now, by service and method."
+    );
+    describe_counter!(
+        RPC_DECODE_ERRORS,
+        "Requests refused because they are not valid protobuf (INVALID_ARGUMENT), by service and method."
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "gRPC connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once because server.max_connections were open."
+    );
+    describe_counter!(
+        CONNECTIONS_DROPPED,
+        "Connections closed by the server, by reason (handshake_timeout, not_http2, idle)."
     );
     describe_counter!(
         RATELIMIT_DECISIONS,
@@ -166,21 +186,35 @@ pub async fn serve(
             }
         })
     };
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.changed() => break,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        // Scrapers are few: a flood of connections is refused, not held.
+        let Ok(permit) = scrapes.clone().try_acquire_owned() else {
+            continue;
+        };
         let (handle, before) = (handle.clone(), before_render.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (handle, before) = (handle.clone(), before.clone());
                 async move { Ok::<_, Infallible>(respond(&req, &handle, before.as_ref())) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // A scrape is one short request: no keep-alive, headers within
+            // a few seconds, the whole exchange bounded.
+            let connection = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
         });
     }
     upkeep.abort();

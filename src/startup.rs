@@ -4,10 +4,10 @@
 //! shutdown signal, then drains in-flight calls for at most
 //! `server.shutdown_grace`.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{service::RoutesBuilder, transport::Server};
+use tonic::service::RoutesBuilder;
 
 use crate::{
     config::Settings,
@@ -42,8 +42,6 @@ pub enum StartupError {
     Namespace(String),
     #[error("{0}")]
     Register(#[from] RegisterError),
-    #[error("server: {0}")]
-    Serve(#[from] tonic::transport::Error),
 }
 
 pub struct Application {
@@ -128,12 +126,13 @@ impl Application {
         } = self;
         let s = &settings.server;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let shared_deadlines = Deadlines {
+            default: s.default_timeout,
+            max: s.max_timeout,
+            store: settings.redis.command_timeout,
+        };
         let shared = Shared {
-            deadlines: Deadlines {
-                default: s.default_timeout,
-                max: s.max_timeout,
-                store: settings.redis.command_timeout,
-            },
+            deadlines: shared_deadlines,
             default_tenant: settings.keys.tenant().map_err(StartupError::Namespace)?,
             shutdown: stop_rx.clone(),
             compress_min_bytes: s.compress_min_bytes,
@@ -179,44 +178,27 @@ impl Application {
             None => None,
         };
 
-        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutting down: no new calls, draining in-flight ones");
             let _ = stop_tx.send(true);
-            let _ = drain_tx.send(());
         };
 
         tracing::info!(addr = %local_addr, store = backend.kind(), "datalayer serving gRPC");
-        let server = Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal,
-            );
-
-        let grace = s.shutdown_grace;
-        let result = tokio::select! {
-            result = server => result.map_err(StartupError::from),
-            _ = async {
-                if drain_rx.await.is_ok() {
-                    tokio::time::sleep(grace).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            } => {
-                tracing::warn!(grace = ?grace, "grace period over; dropping unfinished calls");
-                Ok(())
-            }
-        };
+        crate::server::serve(
+            listener,
+            routes.routes().prepare(),
+            s,
+            shared_deadlines,
+            crate::server::unary_paths(proto::FILE_DESCRIPTOR_SET),
+            signal,
+        )
+        .await;
         probe_task.abort();
         if let Some(task) = metrics_task {
             task.abort();
         }
         tracing::info!("stopped");
-        result
+        Ok(())
     }
 }
 

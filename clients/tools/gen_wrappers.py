@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generates the typed per-service wrappers of both clients from a
-FileDescriptorSet, so that a new .proto under proto/datalayer/v1 shows up as
-`client.<name>` in Python and TypeScript without hand edits.
+FileDescriptorSet, so that a new .proto under proto/datalayer/ (any package
+`datalayer.<service>.v<N>`, e.g. proto/datalayer/cache/v1/cache.proto) shows
+up as `client.<name>` in Python and TypeScript without hand edits.
 
     gen_wrappers.py DESCRIPTOR_SET PY_OUT TS_OUT
 
@@ -12,11 +13,20 @@ FileDescriptorSet, so that a new .proto under proto/datalayer/v1 shows up as
   `AsyncClient` their typed attributes.
 * TS_OUT (clients/typescript/src/gen/services.ts): the `services` table
   (attribute name -> generated service descriptor) that `createClient` maps
-  over, and re-exports of every generated datalayer module.
+  over, and re-exports of every generated datalayer module (read from the
+  protoc-gen-es output next to TS_OUT). A name exported by more than one
+  package (e.g. `GetRequest` of both `datalayer.cache.v1` and
+  `datalayer.session.v1`) is left out of the flat re-exports, since it would
+  be ambiguous; it stays importable from its own module
+  (`@datalayer/client/gen/datalayer/session/v1/session_pb`).
 
-Attribute names: `RateLimitService` -> `ratelimit`, `SessionService` ->
-`sessions`, otherwise the snake_case (Python) / camelCase (TypeScript) of the
-name without the `Service` suffix.
+Python modules of different packages that share a file name (e.g. two
+`service_pb2`) are imported under distinct aliases.
+
+Attribute names (independent of the package): `RateLimitService` ->
+`ratelimit`, `SessionService` -> `sessions`, otherwise the snake_case
+(Python) / camelCase (TypeScript) of the name without the `Service` suffix;
+two services mapping to one attribute is an error.
 
 Only the Python standard library and `protobuf` are used.
 """
@@ -65,10 +75,20 @@ def comments(fd: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, ...], st
 
 
 def py_module(proto_file: str) -> tuple[str, str]:
-    """`datalayer/v1/cache.proto` -> (`datalayer.v1`, `cache_pb2`)."""
+    """`datalayer/cache/v1/cache.proto` -> (`datalayer.cache.v1`, `cache_pb2`)."""
     stem = proto_file[: -len(".proto")]
     package, _, base = stem.rpartition("/")
     return package.replace("/", "."), base + "_pb2"
+
+
+def ts_exports(path: Path) -> dict[str, str]:
+    """The top-level exports of a protoc-gen-es module: name -> "value" or "type"."""
+    if not path.exists():
+        sys.exit(f"gen_wrappers: {path} is missing (run buf generate first)")
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^export (const|let|function|class|enum|type|interface) (\w+)", path.read_text(), re.M):
+        out[m.group(2)] = "type" if m.group(1) in ("type", "interface") else "value"
+    return out
 
 
 def py_docstring(text: str, indent: str) -> str:
@@ -99,6 +119,24 @@ def main() -> None:
         for i, s in enumerate(f.service):
             services.append((f, i, s))
     services.sort(key=lambda t: attribute(t[2].name))
+    seen: dict[str, str] = {}
+    for f, _, s in services:
+        attr = attribute(s.name)
+        if attr in seen:
+            sys.exit(f"gen_wrappers: {seen[attr]} and {f.package}.{s.name} both map to client.{attr}")
+        seen[attr] = f"{f.package}.{s.name}"
+
+    # Local names of the Python modules: the module's own name (`cache_pb2`),
+    # or, when two packages have a module of that name, the package path too
+    # (`datalayer_cache_v1_cache_pb2`).
+    modules: dict[str, set[str]] = {}
+    for f in fds.file:
+        pkg, mod = py_module(f.name)
+        for name in (mod, mod + "_grpc"):
+            modules.setdefault(name, set()).add(pkg)
+
+    def local(pkg: str, mod: str) -> str:
+        return mod if len(modules[mod]) == 1 else f"{pkg.replace('.', '_')}_{mod}"
 
     # ---------------------------------------------------------------- Python
     imports: set[tuple[str, str]] = set()
@@ -106,8 +144,8 @@ def main() -> None:
     for f, si, s in services:
         doc = comments(f)
         pkg, mod = py_module(f.name)
-        grpc_mod = mod + "_grpc"
-        imports.add((pkg, grpc_mod))
+        grpc_mod = local(pkg, mod + "_grpc")
+        imports.add((pkg, mod + "_grpc"))
         for sync in (True, False):
             cls = s.name if sync else "Async" + s.name
             chan = "grpc.Channel" if sync else "grpc.aio.Channel"
@@ -126,8 +164,8 @@ def main() -> None:
                 res_pkg, res_mod = py_module(message_file[m.output_type])
                 imports.add((req_pkg, req_mod))
                 imports.add((res_pkg, res_mod))
-                req = f"{req_mod}.{m.input_type.rsplit('.', 1)[1]}"
-                res = f"{res_mod}.{m.output_type.rsplit('.', 1)[1]}"
+                req = f"{local(req_pkg, req_mod)}.{m.input_type.rsplit('.', 1)[1]}"
+                res = f"{local(res_pkg, res_mod)}.{m.output_type.rsplit('.', 1)[1]}"
                 name = snake(m.name)
                 out.append("\n")
                 out.append(
@@ -171,7 +209,8 @@ def main() -> None:
         "from datalayer._invoke import AsyncInvoker, Metadata, SyncInvoker\n",
     ]
     for pkg, mod in sorted(imports):
-        py.append(f"from {pkg} import {mod}\n")
+        alias = local(pkg, mod)
+        py.append(f"from {pkg} import {mod}\n" if alias == mod else f"from {pkg} import {mod} as {alias}\n")
     py.append("\n#: Fully-qualified service name -> client attribute.\n")
     py.append(f"SERVICES: dict[str, str] = {{{names}}}\n")
     for c in classes + bases:
@@ -179,15 +218,39 @@ def main() -> None:
     Path(py_out).write_text("".join(py))
 
     # ------------------------------------------------------------ TypeScript
+    gen_dir = Path(ts_out).parent
+    exported = {f.name: ts_exports(gen_dir / (f.name[: -len(".proto")] + "_pb.ts")) for f in own}
+    owners: dict[str, set[str]] = {}
+    for fname, symbols in exported.items():
+        for n in symbols:
+            owners.setdefault(n, set()).add(fname)
+    ambiguous = {n for n, fs in owners.items() if len(fs) > 1}
+    for f, _, s in services:
+        if s.name in ambiguous:
+            sys.exit(f"gen_wrappers: service name {s.name} is exported by several modules: {sorted(owners[s.name])}")
+
     ts = [f"// {HEADER}\n\n"]
     for f in own:
         stem = f.name[: -len(".proto")]
         if f.service:
             names_ = ", ".join(s.name for s in f.service)
             ts.append(f'import {{ {names_} }} from "./{stem}_pb.js";\n')
+    ts.append("\n")
     for f in own:
         stem = f.name[: -len(".proto")]
-        ts.append(f'export * from "./{stem}_pb.js";\n')
+        mine = exported[f.name]
+        left_out = sorted(n for n in mine if n in ambiguous)
+        if not left_out:
+            ts.append(f'export * from "./{stem}_pb.js";\n')
+            continue
+        ts.append("// Not re-exported here, as another package exports the same names (import them\n")
+        ts.append(f"// from ./{stem}_pb.js): {', '.join(left_out)}.\n")
+        values = sorted(n for n, kind in mine.items() if n not in ambiguous and kind == "value")
+        types = sorted(n for n, kind in mine.items() if n not in ambiguous and kind == "type")
+        for keyword, chosen in (("export", values), ("export type", types)):
+            if chosen:
+                listed = "".join(f"  {n},\n" for n in chosen)
+                ts.append(f'{keyword} {{\n{listed}}} from "./{stem}_pb.js";\n')
     ts.append("\n/** The services of this client version: client property -> service descriptor. */\n")
     ts.append("export const services = {\n")
     for f, _, s in services:

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::settings::{Problems, join, ms, secs};
+use crate::settings::{Problems, days, join, mins, ms, secs};
 
 crate::section! {
     /// The gRPC listener and the limits every call shares.
@@ -27,6 +27,15 @@ crate::section! {
         pub compress_min_bytes: usize = 1024, range(0, 256 * 1024 * 1024);
         /// Async runtime threads; 0 means one per CPU core.
         pub worker_threads: usize = 0, range(0, 1024);
+        /// A connection must send the HTTP/2 preface within this time, or
+        /// it is closed.
+        pub handshake_timeout: Duration = secs(5), range(ms(10), secs(600));
+        /// A connection with no call for this long gets GOAWAY and closes.
+        pub idle_timeout: Duration = mins(5), range(secs(1), days(1));
+        /// Most connections open at once; new ones past it are closed at
+        /// once (logged, and counted in datalayer_connections_refused_total).
+        /// At start-up the soft open-file limit is raised to the hard one.
+        pub max_connections: usize = 10_000, range(1, 1_000_000);
     }
     check = ServerSettings::rules;
 }

@@ -113,9 +113,35 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A service's state of one tenant, which drops what expired when swept.
+pub trait Expiring: Default + Send + 'static {
+    fn sweep(&mut self, now_us: u64);
+    /// Nothing left: the tenant's entry goes.
+    fn is_empty(&self) -> bool;
+}
+
 /// One `T` per tenant, each under the one lock (a service's whole state
 /// moves together, as one Redis script sees its slot).
 pub struct PerTenant<T>(Mutex<HashMap<Tenant, T>>);
+
+impl<T: Expiring> Sweep for PerTenant<T> {
+    fn sweep(&self, now_us: u64) {
+        self.retain(|state| {
+            state.sweep(now_us);
+            !state.is_empty()
+        });
+    }
+}
+
+impl Memory {
+    /// A service's per-tenant state, swept with everything else.
+    pub fn tenant_state<T: Expiring>(&self) -> Arc<PerTenant<T>> {
+        let state = Arc::new(PerTenant::default());
+        let sweep: Weak<dyn Sweep> = Arc::downgrade(&state) as Weak<PerTenant<T>>;
+        self.register(sweep);
+        state
+    }
+}
 
 impl<T: Default> Default for PerTenant<T> {
     fn default() -> Self {

@@ -335,20 +335,38 @@ def test_large_numbers_stay_integers_in_the_config_file() -> None:
     assert config_file(docs)["server"]["max_request_bytes"] == 8388608
 
 
-def _struct_fields(source: str, struct: str) -> dict[str, str]:
-    """`pub name: Type` fields of a Rust struct: name -> type."""
-    match = re.search(rf"pub struct {struct} \{{(.*?)\n\}}", source, re.S)
-    assert match, f"struct {struct} not found"
-    return dict(re.findall(r"^\s*pub (\w+): ([\w:<>, ]+),", match.group(1), re.M))
+# The service's full configuration schema, generated from the Rust settings
+# types (tests/it/config.rs keeps it in step): the source of truth for which
+# settings keys exist.
+PRODUCT_SCHEMA = REPO / "docs" / "configuration.schema.json"
+
+
+def _product_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(PRODUCT_SCHEMA.read_text())
+    return schema
 
 
 def _settings_keys() -> dict[str, set[str]]:
-    """Every settings section of src/config.rs and its keys."""
-    source = (REPO / "src" / "config.rs").read_text()
-    return {
-        section: set(_struct_fields(source, type_name))
-        for section, type_name in _struct_fields(source, "Settings").items()
-    }
+    """Every settings section of docs/configuration.schema.json and its keys."""
+    schema = _product_schema()
+    # The service rejects unknown sections and keys (deny_unknown_fields), and
+    # its schema says so: a section list read from it is the complete list.
+    assert schema["additionalProperties"] is False
+    sections = schema["properties"]
+    assert sections, f"{PRODUCT_SCHEMA.relative_to(REPO)} declares no sections"
+    keys: dict[str, set[str]] = {}
+    for section, sub in sections.items():
+        assert sub["additionalProperties"] is False, section
+        keys[section] = set(sub["properties"])
+    return keys
+
+
+def _policy_keys() -> set[str]:
+    """The keys of one `ratelimit.policies.<name>` entry."""
+    policies = _product_schema()["properties"]["ratelimit"]["properties"]["policies"]
+    policy = policies["additionalProperties"]
+    assert policy["additionalProperties"] is False
+    return set(policy["properties"])
 
 
 def _config_schema() -> dict[str, Any]:
@@ -361,40 +379,63 @@ def _config_schema() -> dict[str, Any]:
 CHART_OWNED = {"server": {"addr"}, "redis": {"url", "mode"}, "metrics": {"enabled", "addr"}}
 
 
+def test_settings_keys_are_read_from_the_generated_schema() -> None:
+    # The helpers below are live: they see the sections and keys the service
+    # has (a sample of them), so the tests using them cannot pass on nothing.
+    settings = _settings_keys()
+    assert {"server", "redis", "keys", "health", "telemetry", "metrics", "ratelimit", "cache", "session"} <= set(
+        settings
+    )
+    assert {"addr", "max_request_bytes"} <= settings["server"]
+    assert {"url", "mode", "tls_ca_file"} <= settings["redis"]
+    assert {"enabled", "addr"} <= settings["metrics"]
+    assert {"limit", "period", "window", "fail_mode"} <= _policy_keys()
+    for section, keys in CHART_OWNED.items():
+        assert keys <= settings[section], f"chart-owned {section} keys are not settings: {keys}"
+
+
 def test_config_schema_offers_only_real_settings_keys() -> None:
     # The service rejects unknown keys (deny_unknown_fields): every key the
-    # schema lets a user put under `config` must be a field in src/config.rs.
+    # schema lets a user put under `config` must be a settings key in
+    # docs/configuration.schema.json.
     settings = _settings_keys()
     schema = _config_schema()
     assert schema["additionalProperties"] is False
     for section, sub in schema["properties"].items():
-        assert section in settings, f"config.{section} is not a section of src/config.rs"
+        assert section in settings, f"config.{section} is not a section of {PRODUCT_SCHEMA.name}"
         assert sub["additionalProperties"] is False, section
         unknown = set(sub["properties"]) - settings[section]
-        assert not unknown, f"config.{section}: not in src/config.rs: {sorted(unknown)}"
-    policy_source = (REPO / "src" / "ratelimit" / "mod.rs").read_text()
+        assert not unknown, f"config.{section}: not in {PRODUCT_SCHEMA.name}: {sorted(unknown)}"
     policy = schema["properties"]["ratelimit"]["properties"]["policies"]["additionalProperties"]
-    assert set(policy["properties"]) <= set(_struct_fields(policy_source, "PolicyLimitSpec"))
+    assert policy["additionalProperties"] is False
+    assert set(policy["properties"]) <= _policy_keys()
 
 
 def test_config_schema_covers_every_settings_key() -> None:
-    # A settings key added to src/config.rs must be offered by the chart too
-    # (or be one the chart owns), or users could not set it through Helm.
+    # A settings key the service has must be offered by the chart too (or be
+    # one the chart owns), or users could not set it through Helm.
     schema = _config_schema()["properties"]
     for section, keys in _settings_keys().items():
         offered = set(schema.get(section, {}).get("properties", {}))
         missing = keys - offered - CHART_OWNED.get(section, set())
         assert not missing, f"values.schema.json config.{section} lacks {sorted(missing)}"
+    policy = schema["ratelimit"]["properties"]["policies"]["additionalProperties"]
+    missing = _policy_keys() - set(policy["properties"])
+    assert not missing, f"values.schema.json config.ratelimit.policies.* lacks {sorted(missing)}"
 
 
 def test_rendered_config_uses_only_real_settings_keys(full_docs: list[dict[str, Any]]) -> None:
     # Including the chart-derived keys (server.addr, redis.mode,
     # metrics.enabled, metrics.addr): an unknown key stops the pods at start-up.
     settings = _settings_keys()
-    for section, body in config_file(full_docs).items():
-        assert section in settings, f"config section `{section}` is not in src/config.rs Settings"
+    config = config_file(full_docs)
+    for section, body in config.items():
+        assert section in settings, f"config section `{section}` is not in {PRODUCT_SCHEMA.name}"
         unknown = set(body) - settings[section]
-        assert not unknown, f"`{section}` keys not in src/config.rs: {sorted(unknown)}"
+        assert not unknown, f"`{section}` keys not in {PRODUCT_SCHEMA.name}: {sorted(unknown)}"
+    for name, policy in config["ratelimit"]["policies"].items():
+        unknown = set(policy) - _policy_keys()
+        assert not unknown, f"ratelimit.policies.{name} keys not in {PRODUCT_SCHEMA.name}: {sorted(unknown)}"
 
 
 def test_the_redis_url_is_never_in_the_config_file() -> None:
@@ -599,12 +640,29 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
 # --- NOTES.txt ------------------------------------------------------------------
 
 
+def _proto_methods(package: str, service: str) -> set[str]:
+    """The rpc names of `package.service` as declared under proto/."""
+    for path in (REPO / "proto").rglob("*.proto"):
+        text = path.read_text()
+        if not re.search(rf"^package {re.escape(package)};", text, re.M):
+            continue
+        body = re.search(rf"^service {re.escape(service)} \{{(.*?)^\}}", text, re.M | re.S)
+        if body:
+            return set(re.findall(r"^\s*rpc (\w+)\(", body.group(1), re.M))
+    return set()
+
+
 def test_notes_show_port_forward_and_grpcurl(default_render: dict[str, str]) -> None:
     notes = default_render["datalayer/templates/NOTES.txt"]
     assert f"kubectl -n {NAMESPACE} port-forward svc/{FULLNAME} 50051:50051" in notes
     assert "grpcurl -plaintext localhost:50051 list" in notes
     assert "grpc.health.v1.Health/Check" in notes
-    assert "datalayer.v1.RateLimitService/Check" in notes
+    assert "datalayer.ratelimit.v1.RateLimitService/Check" in notes
+    # Every datalayer method the notes tell users to call exists in proto/.
+    called = re.findall(r"\b(datalayer(?:\.\w+)+)\.(\w+)/(\w+)", notes)
+    assert called
+    for package, service, method in called:
+        assert method in _proto_methods(package, service), f"NOTES.txt calls {package}.{service}/{method}"
     assert "memory store" in notes  # no Redis configured: say so
 
 

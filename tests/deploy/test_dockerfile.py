@@ -239,7 +239,7 @@ def test_dockerignore_excludes_local_artifacts(dockerignore: list[str], path: st
         "src/main.rs",
         "src/lib.rs",
         "src/store/redis/lua/prelude.lua",
-        "proto/datalayer/v1/ratelimit.proto",
+        "proto/datalayer/ratelimit/v1/ratelimit.proto",
     ],
 )
 def test_dockerignore_keeps_what_the_build_needs(dockerignore: list[str], path: str) -> None:

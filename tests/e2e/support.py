@@ -46,7 +46,7 @@ period = "1m"
 fail_mode = "open"
 """
 
-RATELIMIT_SERVICE = "datalayer.v1.RateLimitService"
+RATELIMIT_SERVICE = "datalayer.ratelimit.v1.RateLimitService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"

@@ -52,7 +52,7 @@ def test_list_methods(curl):
     assert result.returncode == 0, result.stderr
     methods = result.stdout.split()
     for method in ["Check", "CheckBatch", "Reset"]:
-        assert f"datalayer.v1.RateLimitService/{method}" in methods, methods
+        assert f"datalayer.ratelimit.v1.RateLimitService/{method}" in methods, methods
     assert "grpc.health.v1.Health/Check" in methods
 
 
@@ -60,12 +60,12 @@ def test_list_services_over_each_reflection_version(curl):
     for protocol in ["grpc-v1", "grpc-v1alpha"]:
         result = curl("--reflect-protocol", protocol, "--list-services")
         assert result.returncode == 0, result.stderr
-        assert "datalayer.v1.RateLimitService" in result.stdout.split(), (protocol, result.stdout)
+        assert "datalayer.ratelimit.v1.RateLimitService" in result.stdout.split(), (protocol, result.stdout)
 
 
 def test_check_by_policy(curl):
     key = f"k:{uuid.uuid4().hex}"
-    path = "/datalayer.v1.RateLimitService/Check"
+    path = "/datalayer.ratelimit.v1.RateLimitService/Check"
     body = json.dumps({"key": key, "policy": "auth"})
     first = ok_json(curl("-d", body, path=path))
     assert first["allowed"] is True
@@ -79,7 +79,7 @@ def test_check_by_policy(curl):
 def test_readme_gcra_example(curl):
     # The README's grpcurl example, answer included.
     body = json.dumps({"key": f"user:{uuid.uuid4().hex}", "limit": {"gcra": {"limit": "10", "period": "60s"}}})
-    answer = ok_json(curl("-d", body, path="/datalayer.v1.RateLimitService/Check"))
+    answer = ok_json(curl("-d", body, path="/datalayer.ratelimit.v1.RateLimitService/Check"))
     assert answer == {
         "allowed": True,
         "limit": "10",
@@ -90,7 +90,7 @@ def test_readme_gcra_example(curl):
 
 
 def test_invalid_argument_exit_code_and_details(curl):
-    result = curl("-d", '{"key":"","policy":"auth"}', path="/datalayer.v1.RateLimitService/Check")
+    result = curl("-d", '{"key":"","policy":"auth"}', path="/datalayer.ratelimit.v1.RateLimitService/Check")
     # buf curl exits with the gRPC code shifted left by 3: INVALID_ARGUMENT (3) -> 24.
     assert result.returncode == 3 << 3, (result.returncode, result.stderr)
     error = json.loads(result.stderr[result.stderr.index("{"):])
@@ -101,5 +101,5 @@ def test_invalid_argument_exit_code_and_details(curl):
 def test_health_check(curl):
     answer = ok_json(curl("-d", '{"service":""}', path="/grpc.health.v1.Health/Check"))
     assert answer == {"status": "SERVING"}
-    answer = ok_json(curl("-d", '{"service":"datalayer.v1.RateLimitService"}', path="/grpc.health.v1.Health/Check"))
+    answer = ok_json(curl("-d", '{"service":"datalayer.ratelimit.v1.RateLimitService"}', path="/grpc.health.v1.Health/Check"))
     assert answer == {"status": "SERVING"}

@@ -41,12 +41,12 @@ def test_serving_overall_and_per_service(channel):
 
 def test_unknown_service_is_not_found(channel):
     with pytest.raises(grpc.RpcError) as err:
-        health_status(channel, "datalayer.v1.NoSuchService")
+        health_status(channel, "datalayer.ratelimit.v1.NoSuchService")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def check_auth(channel, key, timeout=2.0):
-    check = DynamicClient(channel).unary("datalayer.v1.RateLimitService/Check")
+    check = DynamicClient(channel).unary("datalayer.ratelimit.v1.RateLimitService/Check")
     return check(key=key, policy="auth", timeout=timeout)
 
 
@@ -85,14 +85,14 @@ def test_redis_frozen_then_resumed(channel, redis):
         # The answer comes before the caller's deadline, as UNAVAILABLE
         # (closed) or FAIL_OPEN (open), not as DEADLINE_EXCEEDED.
         client = DynamicClient(channel)
-        check = client.unary("datalayer.v1.RateLimitService/Check")
+        check = client.unary("datalayer.ratelimit.v1.RateLimitService/Check")
         with pytest.raises(grpc.RpcError) as err:
             check(key="frozen", policy="auth", timeout=1.0)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
 
         r = check(key="frozen", policy="open", timeout=1.0)
         assert r.allowed
-        assert r.reason == client.enum_value("datalayer.v1.Reason", "REASON_FAIL_OPEN")
+        assert r.reason == client.enum_value("datalayer.ratelimit.v1.Reason", "REASON_FAIL_OPEN")
     finally:
         redis.resume()
     wait_for_health(channel, SERVING, BOTH, timeout=RECOVER)

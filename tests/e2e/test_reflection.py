@@ -101,7 +101,7 @@ def test_unknown_symbol_is_not_found(channel):
     # The reflection protocol answers with an ErrorResponse message on the
     # stream; tonic-reflection instead ends the stream with a NOT_FOUND status.
     # Either way the code must be NOT_FOUND (grpcurl accepts both).
-    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="datalayer.v1.NoSuchThing")
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="datalayer.ratelimit.v1.NoSuchThing")
     try:
         response = raw_reflection(channel, request, "v1")
     except grpc.RpcError as e:
@@ -119,23 +119,23 @@ def test_unknown_symbol_is_not_found(channel):
 def test_describe_rate_limit_service(channel, version):
     pool = DynamicClient(channel, version).pool
     service = pool.FindServiceByName(RATELIMIT_SERVICE)
-    assert service.file.name == "datalayer/v1/ratelimit.proto"
+    assert service.file.name == "datalayer/ratelimit/v1/ratelimit.proto"
     methods = {
         m.name: (m.input_type.full_name, m.output_type.full_name, m.client_streaming, m.server_streaming)
         for m in service.methods
     }
     assert methods == {
-        "Check": ("datalayer.v1.CheckRequest", "datalayer.v1.CheckResponse", False, False),
-        "CheckBatch": ("datalayer.v1.CheckBatchRequest", "datalayer.v1.CheckBatchResponse", False, False),
-        "Reset": ("datalayer.v1.ResetRequest", "datalayer.v1.ResetResponse", False, False),
+        "Check": ("datalayer.ratelimit.v1.CheckRequest", "datalayer.ratelimit.v1.CheckResponse", False, False),
+        "CheckBatch": ("datalayer.ratelimit.v1.CheckBatchRequest", "datalayer.ratelimit.v1.CheckBatchResponse", False, False),
+        "Reset": ("datalayer.ratelimit.v1.ResetRequest", "datalayer.ratelimit.v1.ResetResponse", False, False),
     }
 
 
 def test_describe_check_request_and_limit(channel):
-    # grpcurl describe datalayer.v1.CheckRequest / datalayer.v1.Limit
+    # grpcurl describe datalayer.ratelimit.v1.CheckRequest / datalayer.ratelimit.v1.Limit
     pool = DynamicClient(channel).pool
     FD = descriptor.FieldDescriptor
-    req = pool.FindMessageTypeByName("datalayer.v1.CheckRequest")
+    req = pool.FindMessageTypeByName("datalayer.ratelimit.v1.CheckRequest")
     fields = {f.name: (f.number, f.type) for f in req.fields}
     assert fields == {
         "key": (1, FD.TYPE_STRING),
@@ -143,11 +143,11 @@ def test_describe_check_request_and_limit(channel):
         "policy": (3, FD.TYPE_STRING),
         "cost": (4, FD.TYPE_UINT64),
     }
-    assert req.fields_by_name["limit"].message_type.full_name == "datalayer.v1.Limit"
+    assert req.fields_by_name["limit"].message_type.full_name == "datalayer.ratelimit.v1.Limit"
     assert [f.name for f in req.oneofs_by_name["limit_source"].fields] == ["limit", "policy"]
     assert req.fields_by_name["cost"].has_presence  # `optional uint64 cost`
 
-    limit = pool.FindMessageTypeByName("datalayer.v1.Limit")
+    limit = pool.FindMessageTypeByName("datalayer.ratelimit.v1.Limit")
     assert [f.name for f in limit.oneofs_by_name["algorithm"].fields] == [
         "gcra",
         "token_bucket",
@@ -155,11 +155,11 @@ def test_describe_check_request_and_limit(channel):
         "sliding_window",
     ]
     # Imports are served too: Duration comes from the server, not from us.
-    period = pool.FindMessageTypeByName("datalayer.v1.Gcra").fields_by_name["period"]
+    period = pool.FindMessageTypeByName("datalayer.ratelimit.v1.Gcra").fields_by_name["period"]
     assert period.message_type.full_name == "google.protobuf.Duration"
     assert period.message_type.file.name == "google/protobuf/duration.proto"
 
-    reasons = pool.FindEnumTypeByName("datalayer.v1.Reason").values_by_name
+    reasons = pool.FindEnumTypeByName("datalayer.ratelimit.v1.Reason").values_by_name
     assert set(reasons) == {
         "REASON_UNSPECIFIED",
         "REASON_WITHIN_LIMIT",
@@ -175,9 +175,9 @@ def test_describe_check_request_and_limit(channel):
 
 def test_dynamic_check_by_policy_admits_five_then_rejects(channel):
     client = DynamicClient(channel)
-    check = client.unary("datalayer.v1.RateLimitService/Check")
-    within = client.enum_value("datalayer.v1.Reason", "REASON_WITHIN_LIMIT")
-    over = client.enum_value("datalayer.v1.Reason", "REASON_OVER_LIMIT")
+    check = client.unary("datalayer.ratelimit.v1.RateLimitService/Check")
+    within = client.enum_value("datalayer.ratelimit.v1.Reason", "REASON_WITHIN_LIMIT")
+    over = client.enum_value("datalayer.ratelimit.v1.Reason", "REASON_OVER_LIMIT")
     key = unique_key("user")
 
     for expected_remaining in [4, 3, 2, 1, 0]:
@@ -202,10 +202,10 @@ def test_dynamic_check_by_policy_admits_five_then_rejects(channel):
 
 def test_dynamic_check_inline_gcra_is_exact(channel):
     client = DynamicClient(channel)
-    check = client.unary("datalayer.v1.RateLimitService/Check")
-    CheckRequest = client.message("datalayer.v1.CheckRequest")
+    check = client.unary("datalayer.ratelimit.v1.RateLimitService/Check")
+    CheckRequest = client.message("datalayer.ratelimit.v1.CheckRequest")
     Duration = client.message("google.protobuf.Duration")
-    over = client.enum_value("datalayer.v1.Reason", "REASON_OVER_LIMIT")
+    over = client.enum_value("datalayer.ratelimit.v1.Reason", "REASON_OVER_LIMIT")
     key = unique_key("bot")
 
     def request(cost=None):
@@ -234,11 +234,11 @@ def test_dynamic_check_inline_gcra_is_exact(channel):
     # A cost that can never fit: rejected without a retry time.
     r = check(request(cost=4))
     assert not r.allowed
-    assert r.reason == client.enum_value("datalayer.v1.Reason", "REASON_COST_EXCEEDS_LIMIT")
+    assert r.reason == client.enum_value("datalayer.ratelimit.v1.Reason", "REASON_COST_EXCEEDS_LIMIT")
     assert not r.HasField("retry_after")
 
     # Reset forgets the key: the whole budget is back.
-    reset = client.unary("datalayer.v1.RateLimitService/Reset")
+    reset = client.unary("datalayer.ratelimit.v1.RateLimitService/Reset")
     reset_req = reset.request_class(key=key)
     reset_req.limit.CopyFrom(request().limit)
     reset(reset_req)
@@ -248,7 +248,7 @@ def test_dynamic_check_inline_gcra_is_exact(channel):
 
 def test_dynamic_check_batch_answers_in_order(channel):
     client = DynamicClient(channel)
-    batch = client.unary("datalayer.v1.RateLimitService/CheckBatch")
+    batch = client.unary("datalayer.ratelimit.v1.RateLimitService/CheckBatch")
     a, b = unique_key("a"), unique_key("b")
     req = batch.request_class()
     for key, cost in [(a, 5), (b, 1), (a, 1)]:
@@ -260,7 +260,7 @@ def test_dynamic_check_batch_answers_in_order(channel):
 
 def test_empty_key_is_invalid_argument_with_bad_request(channel):
     client = DynamicClient(channel)
-    check = client.unary("datalayer.v1.RateLimitService/Check")
+    check = client.unary("datalayer.ratelimit.v1.RateLimitService/Check")
     with pytest.raises(grpc.RpcError) as err:
         check(key="", policy="auth")
     call = err.value
@@ -283,7 +283,7 @@ def test_empty_key_is_invalid_argument_with_bad_request(channel):
 
 
 def test_unknown_policy_is_invalid_argument_naming_policy(channel):
-    check = DynamicClient(channel).unary("datalayer.v1.RateLimitService/Check")
+    check = DynamicClient(channel).unary("datalayer.ratelimit.v1.RateLimitService/Check")
     with pytest.raises(grpc.RpcError) as err:
         check(key=unique_key("user"), policy="no-such-policy")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -304,7 +304,7 @@ def test_memory_store_smoke(memory_channel):
     assert health_status(memory_channel, RATELIMIT_SERVICE) == SERVING
     client = DynamicClient(memory_channel)
     assert RATELIMIT_SERVICE in client.db.get_services()
-    check = client.unary("datalayer.v1.RateLimitService/Check")
+    check = client.unary("datalayer.ratelimit.v1.RateLimitService/Check")
     key = unique_key("mem")
     results = [check(key=key, policy="auth") for _ in range(6)]
     assert [(r.allowed, r.remaining) for r in results] == [

@@ -41,14 +41,14 @@ const CHART_OWNED: &[(&str, &[&str], &str)] = &[
 fn chart_config_schema() -> Value {
     let mut schema = json_schema();
     let properties = schema["properties"].as_object_mut().expect("sections");
-    properties.remove("echo");
+    properties.shift_remove("echo");
     for (section, keys, note) in CHART_OWNED {
         let section = &mut properties[*section];
         for key in *keys {
             section["properties"]
                 .as_object_mut()
                 .expect("fields")
-                .remove(*key);
+                .shift_remove(*key);
         }
         let text = section["description"].as_str().unwrap_or("").to_owned();
         section["description"] = Value::String(format!("{text} {note}").trim().to_owned());
@@ -61,7 +61,7 @@ fn product_schema() -> Value {
     schema["properties"]
         .as_object_mut()
         .expect("sections")
-        .remove("echo");
+        .shift_remove("echo");
     schema
 }
 

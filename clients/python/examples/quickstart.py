@@ -5,7 +5,8 @@ from typing import Callable
 from google.protobuf.duration_pb2 import Duration
 
 from datalayer import Client, DatalayerError, InvalidArgument, Unavailable
-from datalayer.v1 import cache_pb2, ratelimit_pb2
+from datalayer.cache.v1 import cache_pb2
+from datalayer.ratelimit.v1 import ratelimit_pb2
 
 target = os.environ.get("DATALAYER_ADDR", "localhost:50051")
 

@@ -30,7 +30,8 @@ from datalayer import AsyncClient, Client
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(os.environ.get("DATALAYER_BIN", REPO / "target" / "debug" / "datalayer"))
-PACKAGE = "datalayer.v1."
+# Every datalayer package (datalayer.ratelimit.v1, datalayer.cache.v1, ...).
+PACKAGE = "datalayer."
 
 
 def free_port() -> int:

@@ -6,11 +6,11 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from datalayer import AsyncClient, Client, InvalidArgument
-from datalayer.v1 import cache_pb2 as c
+from datalayer.cache.v1 import cache_pb2 as c
 
 from .conftest import Stack, require, unique
 
-SERVICE = "datalayer.v1.CacheService"
+SERVICE = "datalayer.cache.v1.CacheService"
 MINUTE = Duration(seconds=60)
 
 

@@ -12,8 +12,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from datalayer import Client, RetryPolicy, Unavailable
-from datalayer.v1 import ratelimit_pb2 as rl
-from datalayer.v1 import ratelimit_pb2_grpc
+from datalayer.ratelimit.v1 import ratelimit_pb2 as rl
+from datalayer.ratelimit.v1 import ratelimit_pb2_grpc
 
 
 class Recorder(ratelimit_pb2_grpc.RateLimitServiceServicer):

@@ -13,8 +13,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_quickstart(stack: Stack) -> None:
-    require(stack, "datalayer.v1.RateLimitService")
-    require(stack, "datalayer.v1.CacheService")
+    require(stack, "datalayer.ratelimit.v1.RateLimitService")
+    require(stack, "datalayer.cache.v1.CacheService")
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "quickstart.py")],
         env={**os.environ, "DATALAYER_ADDR": stack.addr},

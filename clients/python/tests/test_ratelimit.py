@@ -10,12 +10,12 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from datalayer import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Unavailable
-from datalayer.v1 import ratelimit_pb2 as rl
-from datalayer.v1 import ratelimit_pb2_grpc
+from datalayer.ratelimit.v1 import ratelimit_pb2 as rl
+from datalayer.ratelimit.v1 import ratelimit_pb2_grpc
 
 from .conftest import Stack, require, unique
 
-SERVICE = "datalayer.v1.RateLimitService"
+SERVICE = "datalayer.ratelimit.v1.RateLimitService"
 
 
 def gcra(limit: int, seconds: int) -> rl.Limit:

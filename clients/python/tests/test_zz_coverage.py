@@ -9,7 +9,7 @@ from .conftest import Stack
 
 
 def test_every_served_rpc_was_called(stack: Stack) -> None:
-    assert "datalayer.v1.RateLimitService" in stack.served
+    assert "datalayer.ratelimit.v1.RateLimitService" in stack.served
     missing = [
         f"/{service}/{method}"
         for service, methods in stack.served.items()

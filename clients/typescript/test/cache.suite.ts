@@ -4,7 +4,7 @@ import { describe, test, type TestContext } from "node:test";
 import { Code, ConnectError, LeaseStatus, SetOutcome, fieldViolations } from "@datalayer/client";
 import { type Stack, unique } from "./harness.js";
 
-export const SERVICE = "datalayer.v1.CacheService";
+export const SERVICE = "datalayer.cache.v1.CacheService";
 const minute = { seconds: 60n };
 const bytes = (s: string) => new TextEncoder().encode(s);
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);

@@ -32,7 +32,7 @@ examplesSuite(current);
 describe("coverage", () => {
   test("every served RPC was called", () => {
     const s = current();
-    assert.ok(s.serves("datalayer.v1.RateLimitService"));
+    assert.ok(s.serves("datalayer.ratelimit.v1.RateLimitService"));
     const missing = [...s.served].flatMap(([svc, methods]) =>
       methods.map((m) => `${svc}/${m}`).filter((name) => !s.called.has(name)),
     );

@@ -19,7 +19,7 @@ export function examplesSuite(stack: () => Stack) {
     });
 
     test("quickstart.ts", async (t) => {
-      for (const svc of ["datalayer.v1.RateLimitService", "datalayer.v1.CacheService"]) {
+      for (const svc of ["datalayer.ratelimit.v1.RateLimitService", "datalayer.cache.v1.CacheService"]) {
         if (!stack().serves(svc)) return t.skip(`${svc} is not served`);
       }
       const { stdout } = await promisify(execFile)(

@@ -15,7 +15,7 @@ import {
 } from "@datalayer/client";
 import { type Stack, sleep, unique } from "./harness.js";
 
-export const SERVICE = "datalayer.v1.RateLimitService";
+export const SERVICE = "datalayer.ratelimit.v1.RateLimitService";
 
 const gcra = (limit: number, seconds: number) =>
   create(LimitSchema, { algorithm: { case: "gcra", value: { limit: BigInt(limit), period: { seconds: BigInt(seconds) } } } });

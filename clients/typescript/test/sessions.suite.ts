@@ -4,7 +4,7 @@ import { describe, test, type TestContext } from "node:test";
 import { Code, ConnectError, fieldViolations } from "@datalayer/client";
 import { type Stack, unique } from "./harness.js";
 
-export const SERVICE = "datalayer.v1.SessionService";
+export const SERVICE = "datalayer.session.v1.SessionService";
 
 async function code(p: Promise<unknown>): Promise<Code> {
   try {
@@ -30,7 +30,7 @@ export function sessionsSuite(stack: () => Stack) {
       if (skip(t)) return;
       const dl = stack().client();
       const userId = unique("ts:user");
-      const created = await dl.sessions.createSession({
+      const created = await dl.sessions.create({
         userId,
         data: { theme: "dark" },
         idleTtl: { seconds: 600n },
@@ -41,30 +41,30 @@ export function sessionsSuite(stack: () => Stack) {
       assert.ok(token && created.session?.sessionId);
       assert.deepEqual(created.session?.data, { theme: "dark" });
 
-      const got = await dl.sessions.getSession({ token, touch: true });
+      const got = await dl.sessions.get({ token, touch: true });
       assert.equal(got.session?.sessionId, created.session?.sessionId);
       assert.equal(got.session?.userAgent, "node-test");
 
-      const updated = await dl.sessions.updateSession({ token, data: { lang: "en" } });
+      const updated = await dl.sessions.update({ token, data: { lang: "en" } });
       assert.equal(updated.updated, true);
       assert.deepEqual(updated.session?.data, { theme: "dark", lang: "en" });
-      const stale = await dl.sessions.updateSession({
+      const stale = await dl.sessions.update({
         token,
         data: { x: "y" },
         expectedVersion: (updated.session?.version ?? 0n) + 100n,
       });
       assert.equal(stale.updated, false);
 
-      const touched = await dl.sessions.touchSession({ token });
+      const touched = await dl.sessions.touch({ token });
       assert.ok(touched.expiresAt && touched.expiresAt.seconds > 0n);
 
-      const rotated = await dl.sessions.rotateSession({ token });
+      const rotated = await dl.sessions.rotate({ token });
       assert.ok(rotated.token && rotated.token !== token);
       assert.equal(rotated.session?.sessionId, created.session?.sessionId);
-      assert.equal(await code(dl.sessions.getSession({ token })), Code.NotFound);
+      assert.equal(await code(dl.sessions.get({ token })), Code.NotFound);
 
-      assert.equal((await dl.sessions.revokeSession({ token: rotated.token })).revoked, true);
-      assert.equal((await dl.sessions.revokeSession({ token: rotated.token })).revoked, false);
+      assert.equal((await dl.sessions.revoke({ token: rotated.token })).revoked, true);
+      assert.equal((await dl.sessions.revoke({ token: rotated.token })).revoked, false);
     });
 
     test("list, count and revoke a user's sessions", async (t) => {
@@ -72,7 +72,7 @@ export function sessionsSuite(stack: () => Stack) {
       const dl = stack().client();
       const userId = unique("ts:user");
       const tokens: string[] = [];
-      for (let i = 0; i < 3; i++) tokens.push((await dl.sessions.createSession({ userId })).token);
+      for (let i = 0; i < 3; i++) tokens.push((await dl.sessions.create({ userId })).token);
       const { sessions } = await dl.sessions.listUserSessions({ userId });
       assert.equal(sessions.length, 3);
       assert.equal((await dl.sessions.countUserSessions({ userId })).count, 3n);
@@ -98,7 +98,7 @@ export function sessionsSuite(stack: () => Stack) {
       if (skip(t)) return;
       const dl = stack().client();
       try {
-        await dl.sessions.createSession({ userId: "" });
+        await dl.sessions.create({ userId: "" });
         assert.fail("expected INVALID_ARGUMENT");
       } catch (e) {
         assert.ok(e instanceof ConnectError);

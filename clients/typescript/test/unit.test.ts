@@ -65,7 +65,7 @@ test("the token is sent as authorization: Bearer", async () => {
     const answer = await dl.ratelimit.check({ key: "k" });
     assert.equal(answer.remaining, 7n);
     assert.equal(seen.at(-1)?.["authorization"], "Bearer s3cret");
-    assert.equal(seen.at(-1)?.[":path"], "/datalayer.v1.RateLimitService/Check");
+    assert.equal(seen.at(-1)?.[":path"], "/datalayer.ratelimit.v1.RateLimitService/Check");
   } finally {
     dl.close();
   }

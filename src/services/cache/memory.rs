@@ -1,10 +1,7 @@
 //! The cache in process memory: the same rules as the Lua scripts, one
 //! state per tenant under one lock.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Weak},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 
@@ -15,7 +12,7 @@ use super::{
 };
 use crate::keys::Tenant;
 use crate::store::StoreError;
-use crate::store::memory::{Memory, PerTenant, Sweep};
+use crate::store::memory::{Expiring, Memory, PerTenant};
 
 struct Entry {
     value: Vec<u8>,
@@ -44,7 +41,7 @@ struct CacheState {
     tag_invalidated: HashMap<String, u64>,
 }
 
-impl CacheState {
+impl Expiring for CacheState {
     fn sweep(&mut self, now: u64) {
         self.entries.retain(|_, e| e.expires_at > now);
         self.leases.retain(|_, l| l.expires_at > now);
@@ -62,7 +59,9 @@ impl CacheState {
             && self.tag_index.is_empty()
             && self.tag_invalidated.is_empty()
     }
+}
 
+impl CacheState {
     fn live_entry(&self, key: &str, now: u64) -> Option<&Entry> {
         self.entries.get(key).filter(|e| e.expires_at > now)
     }
@@ -249,26 +248,15 @@ impl CacheState {
 /// The cache of every tenant, swept with the rest of the memory store.
 pub struct MemoryCache {
     memory: Arc<Memory>,
-    state: PerTenant<CacheState>,
+    state: Arc<PerTenant<CacheState>>,
 }
 
 impl MemoryCache {
     pub fn new(memory: &Arc<Memory>) -> Arc<Self> {
-        let store = Arc::new(Self {
+        Arc::new(Self {
             memory: memory.clone(),
-            state: PerTenant::default(),
-        });
-        let sweep: Weak<dyn Sweep> = Arc::downgrade(&store) as Weak<MemoryCache>;
-        memory.register(sweep);
-        store
+            state: memory.tenant_state(),
+        })
     }
 }
 
-impl Sweep for MemoryCache {
-    fn sweep(&self, now_us: u64) {
-        self.state.retain(|state| {
-            state.sweep(now_us);
-            !state.is_empty()
-        });
-    }
-}

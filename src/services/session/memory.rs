@@ -1,10 +1,7 @@
 //! Sessions in process memory: the same rules as the Lua scripts, one
 //! state per tenant under one lock.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Weak},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 
@@ -15,7 +12,7 @@ use super::{
 };
 use crate::keys::Tenant;
 use crate::store::StoreError;
-use crate::store::memory::{Memory, PerTenant, Sweep};
+use crate::store::memory::{Expiring, Memory, PerTenant};
 
 struct OneTime {
     purpose: String,
@@ -33,7 +30,7 @@ struct SessionState {
     one_time: HashMap<String, OneTime>,
 }
 
-impl SessionState {
+impl Expiring for SessionState {
     fn is_empty(&self) -> bool {
         self.sessions.is_empty() && self.by_user.is_empty() && self.one_time.is_empty()
     }
@@ -47,7 +44,9 @@ impl SessionState {
         });
         self.one_time.retain(|_, t| t.expires_at > now);
     }
+}
 
+impl SessionState {
     fn live(&mut self, hash: &str, now: u64) -> Option<&mut SessionRecord> {
         if self.sessions.get(hash)?.expires_at_us() <= now {
             self.sessions.remove(hash);
@@ -297,26 +296,15 @@ impl SessionState {
 /// The sessions of every tenant, swept with the rest of the memory store.
 pub struct MemorySessions {
     memory: Arc<Memory>,
-    state: PerTenant<SessionState>,
+    state: Arc<PerTenant<SessionState>>,
 }
 
 impl MemorySessions {
     pub fn new(memory: &Arc<Memory>) -> Arc<Self> {
-        let store = Arc::new(Self {
+        Arc::new(Self {
             memory: memory.clone(),
-            state: PerTenant::default(),
-        });
-        let sweep: Weak<dyn Sweep> = Arc::downgrade(&store) as Weak<MemorySessions>;
-        memory.register(sweep);
-        store
+            state: memory.tenant_state(),
+        })
     }
 }
 
-impl Sweep for MemorySessions {
-    fn sweep(&self, now_us: u64) {
-        self.state.retain(|state| {
-            state.sweep(now_us);
-            !state.is_empty()
-        });
-    }
-}

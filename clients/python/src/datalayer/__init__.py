@@ -1,14 +1,16 @@
 """Python client of the datalayer gRPC service.
 
     from datalayer import Client
-    from datalayer.v1 import ratelimit_pb2
+    from datalayer.ratelimit.v1 import ratelimit_pb2
 
     with Client("localhost:50051") as client:
         answer = client.ratelimit.check(ratelimit_pb2.CheckRequest(key="user:42", policy="auth"))
 
 ``Client`` blocks, ``AsyncClient`` is its asyncio twin. The generated
-messages and stubs live in ``datalayer.v1`` (``ratelimit_pb2``,
-``ratelimit_pb2_grpc``, ``cache_pb2``, ...) and can be used directly.
+messages and stubs live in one subpackage per service package
+(``datalayer.ratelimit.v1.ratelimit_pb2``, ``.ratelimit_pb2_grpc``,
+``datalayer.cache.v1.cache_pb2``, ``datalayer.session.v1.session_pb2``, ...)
+and can be used directly.
 """
 
 from datalayer._client import DEFAULT_TIMEOUT, AsyncClient, Client

@@ -7,15 +7,15 @@ import grpc
 import grpc.aio
 
 from datalayer._invoke import AsyncInvoker, Metadata, SyncInvoker
-from datalayer.v1 import cache_pb2
-from datalayer.v1 import cache_pb2_grpc
-from datalayer.v1 import ratelimit_pb2
-from datalayer.v1 import ratelimit_pb2_grpc
-from datalayer.v1 import session_pb2
-from datalayer.v1 import session_pb2_grpc
+from datalayer.cache.v1 import cache_pb2
+from datalayer.cache.v1 import cache_pb2_grpc
+from datalayer.ratelimit.v1 import ratelimit_pb2
+from datalayer.ratelimit.v1 import ratelimit_pb2_grpc
+from datalayer.session.v1 import session_pb2
+from datalayer.session.v1 import session_pb2_grpc
 
 #: Fully-qualified service name -> client attribute.
-SERVICES: dict[str, str] = {"datalayer.v1.CacheService": "cache", "datalayer.v1.RateLimitService": "ratelimit", "datalayer.v1.SessionService": "sessions"}
+SERVICES: dict[str, str] = {"datalayer.cache.v1.CacheService": "cache", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions"}
 
 
 class CacheService:
@@ -296,8 +296,7 @@ class SessionService:
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
 
     Reached as ``client.sessions``.
     """
@@ -307,72 +306,72 @@ class SessionService:
         self.stub = session_pb2_grpc.SessionServiceStub(channel)
         self._invoke = invoke
 
-    def create_session(
+    def create(
         self,
-        request: session_pb2.CreateSessionRequest,
+        request: session_pb2.CreateRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.CreateSessionResponse:
-        """CreateSession starts a session and returns its token."""
-        return self._invoke(self.stub.CreateSession, request, timeout=timeout, metadata=metadata)
+    ) -> session_pb2.CreateResponse:
+        """Create starts a session and returns its token."""
+        return self._invoke(self.stub.Create, request, timeout=timeout, metadata=metadata)
 
-    def get_session(
+    def get(
         self,
-        request: session_pb2.GetSessionRequest,
+        request: session_pb2.GetRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.GetSessionResponse:
-        """GetSession returns the session; with touch, it also slides the idle
+    ) -> session_pb2.GetResponse:
+        """Get returns the session; with touch, it also slides the idle
         expiry (never past the absolute expiry). NOT_FOUND when the token is
         unknown, expired or revoked.
         """
-        return self._invoke(self.stub.GetSession, request, timeout=timeout, metadata=metadata)
+        return self._invoke(self.stub.Get, request, timeout=timeout, metadata=metadata)
 
-    def update_session(
+    def update(
         self,
-        request: session_pb2.UpdateSessionRequest,
+        request: session_pb2.UpdateRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.UpdateSessionResponse:
-        """UpdateSession merges into or replaces the session's data, optionally
+    ) -> session_pb2.UpdateResponse:
+        """Update merges into or replaces the session's data, optionally
         only at an expected version.
         """
-        return self._invoke(self.stub.UpdateSession, request, timeout=timeout, metadata=metadata)
+        return self._invoke(self.stub.Update, request, timeout=timeout, metadata=metadata)
 
-    def touch_session(
+    def touch(
         self,
-        request: session_pb2.TouchSessionRequest,
+        request: session_pb2.TouchRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.TouchSessionResponse:
-        """TouchSession slides the idle expiry."""
-        return self._invoke(self.stub.TouchSession, request, timeout=timeout, metadata=metadata)
+    ) -> session_pb2.TouchResponse:
+        """Touch slides the idle expiry."""
+        return self._invoke(self.stub.Touch, request, timeout=timeout, metadata=metadata)
 
-    def rotate_session(
+    def rotate(
         self,
-        request: session_pb2.RotateSessionRequest,
+        request: session_pb2.RotateRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.RotateSessionResponse:
-        """RotateSession issues a new token for the same session; the old token
+    ) -> session_pb2.RotateResponse:
+        """Rotate issues a new token for the same session; the old token
         stops working at once.
         """
-        return self._invoke(self.stub.RotateSession, request, timeout=timeout, metadata=metadata)
+        return self._invoke(self.stub.Rotate, request, timeout=timeout, metadata=metadata)
 
-    def revoke_session(
+    def revoke(
         self,
-        request: session_pb2.RevokeSessionRequest,
+        request: session_pb2.RevokeRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.RevokeSessionResponse:
-        """RevokeSession ends the session."""
-        return self._invoke(self.stub.RevokeSession, request, timeout=timeout, metadata=metadata)
+    ) -> session_pb2.RevokeResponse:
+        """Revoke ends the session."""
+        return self._invoke(self.stub.Revoke, request, timeout=timeout, metadata=metadata)
 
     def list_user_sessions(
         self,
@@ -437,8 +436,7 @@ class AsyncSessionService:
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
 
     Reached as ``client.sessions``.
     """
@@ -448,72 +446,72 @@ class AsyncSessionService:
         self.stub = session_pb2_grpc.SessionServiceStub(channel)
         self._invoke = invoke
 
-    async def create_session(
+    async def create(
         self,
-        request: session_pb2.CreateSessionRequest,
+        request: session_pb2.CreateRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.CreateSessionResponse:
-        """CreateSession starts a session and returns its token."""
-        return await self._invoke(self.stub.CreateSession, request, timeout=timeout, metadata=metadata)
+    ) -> session_pb2.CreateResponse:
+        """Create starts a session and returns its token."""
+        return await self._invoke(self.stub.Create, request, timeout=timeout, metadata=metadata)
 
-    async def get_session(
+    async def get(
         self,
-        request: session_pb2.GetSessionRequest,
+        request: session_pb2.GetRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.GetSessionResponse:
-        """GetSession returns the session; with touch, it also slides the idle
+    ) -> session_pb2.GetResponse:
+        """Get returns the session; with touch, it also slides the idle
         expiry (never past the absolute expiry). NOT_FOUND when the token is
         unknown, expired or revoked.
         """
-        return await self._invoke(self.stub.GetSession, request, timeout=timeout, metadata=metadata)
+        return await self._invoke(self.stub.Get, request, timeout=timeout, metadata=metadata)
 
-    async def update_session(
+    async def update(
         self,
-        request: session_pb2.UpdateSessionRequest,
+        request: session_pb2.UpdateRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.UpdateSessionResponse:
-        """UpdateSession merges into or replaces the session's data, optionally
+    ) -> session_pb2.UpdateResponse:
+        """Update merges into or replaces the session's data, optionally
         only at an expected version.
         """
-        return await self._invoke(self.stub.UpdateSession, request, timeout=timeout, metadata=metadata)
+        return await self._invoke(self.stub.Update, request, timeout=timeout, metadata=metadata)
 
-    async def touch_session(
+    async def touch(
         self,
-        request: session_pb2.TouchSessionRequest,
+        request: session_pb2.TouchRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.TouchSessionResponse:
-        """TouchSession slides the idle expiry."""
-        return await self._invoke(self.stub.TouchSession, request, timeout=timeout, metadata=metadata)
+    ) -> session_pb2.TouchResponse:
+        """Touch slides the idle expiry."""
+        return await self._invoke(self.stub.Touch, request, timeout=timeout, metadata=metadata)
 
-    async def rotate_session(
+    async def rotate(
         self,
-        request: session_pb2.RotateSessionRequest,
+        request: session_pb2.RotateRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.RotateSessionResponse:
-        """RotateSession issues a new token for the same session; the old token
+    ) -> session_pb2.RotateResponse:
+        """Rotate issues a new token for the same session; the old token
         stops working at once.
         """
-        return await self._invoke(self.stub.RotateSession, request, timeout=timeout, metadata=metadata)
+        return await self._invoke(self.stub.Rotate, request, timeout=timeout, metadata=metadata)
 
-    async def revoke_session(
+    async def revoke(
         self,
-        request: session_pb2.RevokeSessionRequest,
+        request: session_pb2.RevokeRequest,
         *,
         timeout: float | None = None,
         metadata: Metadata = (),
-    ) -> session_pb2.RevokeSessionResponse:
-        """RevokeSession ends the session."""
-        return await self._invoke(self.stub.RevokeSession, request, timeout=timeout, metadata=metadata)
+    ) -> session_pb2.RevokeResponse:
+        """Revoke ends the session."""
+        return await self._invoke(self.stub.Revoke, request, timeout=timeout, metadata=metadata)
 
     async def list_user_sessions(
         self,

@@ -4,7 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
-from datalayer.v1 import session_pb2 as _session_pb2
+from datalayer.session.v1 import session_pb2 as _session_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -32,33 +32,32 @@ class SessionServiceStub:
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SessionServiceAsyncStub: ...
-    CreateSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateSessionRequest, _session_pb2.CreateSessionResponse]
-    """CreateSession starts a session and returns its token."""
-    GetSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetSessionRequest, _session_pb2.GetSessionResponse]
-    """GetSession returns the session; with touch, it also slides the idle
+    Create: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateRequest, _session_pb2.CreateResponse]
+    """Create starts a session and returns its token."""
+    Get: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetRequest, _session_pb2.GetResponse]
+    """Get returns the session; with touch, it also slides the idle
     expiry (never past the absolute expiry). NOT_FOUND when the token is
     unknown, expired or revoked.
     """
-    UpdateSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.UpdateSessionRequest, _session_pb2.UpdateSessionResponse]
-    """UpdateSession merges into or replaces the session's data, optionally
+    Update: _grpc.UnaryUnaryMultiCallable[_session_pb2.UpdateRequest, _session_pb2.UpdateResponse]
+    """Update merges into or replaces the session's data, optionally
     only at an expected version.
     """
-    TouchSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.TouchSessionRequest, _session_pb2.TouchSessionResponse]
-    """TouchSession slides the idle expiry."""
-    RotateSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.RotateSessionRequest, _session_pb2.RotateSessionResponse]
-    """RotateSession issues a new token for the same session; the old token
+    Touch: _grpc.UnaryUnaryMultiCallable[_session_pb2.TouchRequest, _session_pb2.TouchResponse]
+    """Touch slides the idle expiry."""
+    Rotate: _grpc.UnaryUnaryMultiCallable[_session_pb2.RotateRequest, _session_pb2.RotateResponse]
+    """Rotate issues a new token for the same session; the old token
     stops working at once.
     """
-    RevokeSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.RevokeSessionRequest, _session_pb2.RevokeSessionResponse]
-    """RevokeSession ends the session."""
+    Revoke: _grpc.UnaryUnaryMultiCallable[_session_pb2.RevokeRequest, _session_pb2.RevokeResponse]
+    """Revoke ends the session."""
     ListUserSessions: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListUserSessionsRequest, _session_pb2.ListUserSessionsResponse]
     """ListUserSessions lists a user's live sessions, oldest first."""
     RevokeUserSessions: _grpc.UnaryUnaryMultiCallable[_session_pb2.RevokeUserSessionsRequest, _session_pb2.RevokeUserSessionsResponse]
@@ -83,30 +82,29 @@ class SessionServiceAsyncStub(SessionServiceStub):
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateSession: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateSessionRequest, _session_pb2.CreateSessionResponse]  # type: ignore[assignment]
-    """CreateSession starts a session and returns its token."""
-    GetSession: _aio.UnaryUnaryMultiCallable[_session_pb2.GetSessionRequest, _session_pb2.GetSessionResponse]  # type: ignore[assignment]
-    """GetSession returns the session; with touch, it also slides the idle
+    Create: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateRequest, _session_pb2.CreateResponse]  # type: ignore[assignment]
+    """Create starts a session and returns its token."""
+    Get: _aio.UnaryUnaryMultiCallable[_session_pb2.GetRequest, _session_pb2.GetResponse]  # type: ignore[assignment]
+    """Get returns the session; with touch, it also slides the idle
     expiry (never past the absolute expiry). NOT_FOUND when the token is
     unknown, expired or revoked.
     """
-    UpdateSession: _aio.UnaryUnaryMultiCallable[_session_pb2.UpdateSessionRequest, _session_pb2.UpdateSessionResponse]  # type: ignore[assignment]
-    """UpdateSession merges into or replaces the session's data, optionally
+    Update: _aio.UnaryUnaryMultiCallable[_session_pb2.UpdateRequest, _session_pb2.UpdateResponse]  # type: ignore[assignment]
+    """Update merges into or replaces the session's data, optionally
     only at an expected version.
     """
-    TouchSession: _aio.UnaryUnaryMultiCallable[_session_pb2.TouchSessionRequest, _session_pb2.TouchSessionResponse]  # type: ignore[assignment]
-    """TouchSession slides the idle expiry."""
-    RotateSession: _aio.UnaryUnaryMultiCallable[_session_pb2.RotateSessionRequest, _session_pb2.RotateSessionResponse]  # type: ignore[assignment]
-    """RotateSession issues a new token for the same session; the old token
+    Touch: _aio.UnaryUnaryMultiCallable[_session_pb2.TouchRequest, _session_pb2.TouchResponse]  # type: ignore[assignment]
+    """Touch slides the idle expiry."""
+    Rotate: _aio.UnaryUnaryMultiCallable[_session_pb2.RotateRequest, _session_pb2.RotateResponse]  # type: ignore[assignment]
+    """Rotate issues a new token for the same session; the old token
     stops working at once.
     """
-    RevokeSession: _aio.UnaryUnaryMultiCallable[_session_pb2.RevokeSessionRequest, _session_pb2.RevokeSessionResponse]  # type: ignore[assignment]
-    """RevokeSession ends the session."""
+    Revoke: _aio.UnaryUnaryMultiCallable[_session_pb2.RevokeRequest, _session_pb2.RevokeResponse]  # type: ignore[assignment]
+    """Revoke ends the session."""
     ListUserSessions: _aio.UnaryUnaryMultiCallable[_session_pb2.ListUserSessionsRequest, _session_pb2.ListUserSessionsResponse]  # type: ignore[assignment]
     """ListUserSessions lists a user's live sessions, oldest first."""
     RevokeUserSessions: _aio.UnaryUnaryMultiCallable[_session_pb2.RevokeUserSessionsRequest, _session_pb2.RevokeUserSessionsResponse]  # type: ignore[assignment]
@@ -130,64 +128,63 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
     """
 
     @_abc_1.abstractmethod
-    def CreateSession(
+    def Create(
         self,
-        request: _session_pb2.CreateSessionRequest,
+        request: _session_pb2.CreateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_session_pb2.CreateSessionResponse, _abc.Awaitable[_session_pb2.CreateSessionResponse]]:
-        """CreateSession starts a session and returns its token."""
+    ) -> _typing.Union[_session_pb2.CreateResponse, _abc.Awaitable[_session_pb2.CreateResponse]]:
+        """Create starts a session and returns its token."""
 
     @_abc_1.abstractmethod
-    def GetSession(
+    def Get(
         self,
-        request: _session_pb2.GetSessionRequest,
+        request: _session_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_session_pb2.GetSessionResponse, _abc.Awaitable[_session_pb2.GetSessionResponse]]:
-        """GetSession returns the session; with touch, it also slides the idle
+    ) -> _typing.Union[_session_pb2.GetResponse, _abc.Awaitable[_session_pb2.GetResponse]]:
+        """Get returns the session; with touch, it also slides the idle
         expiry (never past the absolute expiry). NOT_FOUND when the token is
         unknown, expired or revoked.
         """
 
     @_abc_1.abstractmethod
-    def UpdateSession(
+    def Update(
         self,
-        request: _session_pb2.UpdateSessionRequest,
+        request: _session_pb2.UpdateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_session_pb2.UpdateSessionResponse, _abc.Awaitable[_session_pb2.UpdateSessionResponse]]:
-        """UpdateSession merges into or replaces the session's data, optionally
+    ) -> _typing.Union[_session_pb2.UpdateResponse, _abc.Awaitable[_session_pb2.UpdateResponse]]:
+        """Update merges into or replaces the session's data, optionally
         only at an expected version.
         """
 
     @_abc_1.abstractmethod
-    def TouchSession(
+    def Touch(
         self,
-        request: _session_pb2.TouchSessionRequest,
+        request: _session_pb2.TouchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_session_pb2.TouchSessionResponse, _abc.Awaitable[_session_pb2.TouchSessionResponse]]:
-        """TouchSession slides the idle expiry."""
+    ) -> _typing.Union[_session_pb2.TouchResponse, _abc.Awaitable[_session_pb2.TouchResponse]]:
+        """Touch slides the idle expiry."""
 
     @_abc_1.abstractmethod
-    def RotateSession(
+    def Rotate(
         self,
-        request: _session_pb2.RotateSessionRequest,
+        request: _session_pb2.RotateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_session_pb2.RotateSessionResponse, _abc.Awaitable[_session_pb2.RotateSessionResponse]]:
-        """RotateSession issues a new token for the same session; the old token
+    ) -> _typing.Union[_session_pb2.RotateResponse, _abc.Awaitable[_session_pb2.RotateResponse]]:
+        """Rotate issues a new token for the same session; the old token
         stops working at once.
         """
 
     @_abc_1.abstractmethod
-    def RevokeSession(
+    def Revoke(
         self,
-        request: _session_pb2.RevokeSessionRequest,
+        request: _session_pb2.RevokeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_session_pb2.RevokeSessionResponse, _abc.Awaitable[_session_pb2.RevokeSessionResponse]]:
-        """RevokeSession ends the session."""
+    ) -> _typing.Union[_session_pb2.RevokeResponse, _abc.Awaitable[_session_pb2.RevokeResponse]]:
+        """Revoke ends the session."""
 
     @_abc_1.abstractmethod
     def ListUserSessions(

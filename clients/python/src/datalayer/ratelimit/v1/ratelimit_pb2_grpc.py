@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from datalayer.v1 import ratelimit_pb2 as datalayer_dot_v1_dot_ratelimit__pb2
+from datalayer.ratelimit.v1 import ratelimit_pb2 as datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in datalayer/v1/ratelimit_pb2_grpc.py depends on'
+        + ' but the generated code in datalayer/ratelimit/v1/ratelimit_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -39,19 +39,19 @@ class RateLimitServiceStub:
             channel: A grpc.Channel.
         """
         self.Check = channel.unary_unary(
-                '/datalayer.v1.RateLimitService/Check',
-                request_serializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckResponse.FromString,
+                '/datalayer.ratelimit.v1.RateLimitService/Check',
+                request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckRequest.SerializeToString,
+                response_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckResponse.FromString,
                 _registered_method=True)
         self.CheckBatch = channel.unary_unary(
-                '/datalayer.v1.RateLimitService/CheckBatch',
-                request_serializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.FromString,
+                '/datalayer.ratelimit.v1.RateLimitService/CheckBatch',
+                request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.SerializeToString,
+                response_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
         self.Reset = channel.unary_unary(
-                '/datalayer.v1.RateLimitService/Reset',
-                request_serializer=datalayer_dot_v1_dot_ratelimit__pb2.ResetRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_ratelimit__pb2.ResetResponse.FromString,
+                '/datalayer.ratelimit.v1.RateLimitService/Reset',
+                request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetRequest.SerializeToString,
+                response_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetResponse.FromString,
                 _registered_method=True)
 
 
@@ -89,24 +89,24 @@ def add_RateLimitServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Check': grpc.unary_unary_rpc_method_handler(
                     servicer.Check,
-                    request_deserializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckRequest.FromString,
+                    response_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckResponse.SerializeToString,
             ),
             'CheckBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckBatch,
-                    request_deserializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.FromString,
+                    response_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.SerializeToString,
             ),
             'Reset': grpc.unary_unary_rpc_method_handler(
                     servicer.Reset,
-                    request_deserializer=datalayer_dot_v1_dot_ratelimit__pb2.ResetRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_ratelimit__pb2.ResetResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetRequest.FromString,
+                    response_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'datalayer.v1.RateLimitService', rpc_method_handlers)
+            'datalayer.ratelimit.v1.RateLimitService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('datalayer.v1.RateLimitService', rpc_method_handlers)
+    server.add_registered_method_handlers('datalayer.ratelimit.v1.RateLimitService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -131,9 +131,9 @@ class RateLimitService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.RateLimitService/Check',
-            datalayer_dot_v1_dot_ratelimit__pb2.CheckRequest.SerializeToString,
-            datalayer_dot_v1_dot_ratelimit__pb2.CheckResponse.FromString,
+            '/datalayer.ratelimit.v1.RateLimitService/Check',
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckRequest.SerializeToString,
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -158,9 +158,9 @@ class RateLimitService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.RateLimitService/CheckBatch',
-            datalayer_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.SerializeToString,
-            datalayer_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.FromString,
+            '/datalayer.ratelimit.v1.RateLimitService/CheckBatch',
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.SerializeToString,
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -185,9 +185,9 @@ class RateLimitService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.RateLimitService/Reset',
-            datalayer_dot_v1_dot_ratelimit__pb2.ResetRequest.SerializeToString,
-            datalayer_dot_v1_dot_ratelimit__pb2.ResetResponse.FromString,
+            '/datalayer.ratelimit.v1.RateLimitService/Reset',
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetRequest.SerializeToString,
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetResponse.FromString,
             options,
             channel_credentials,
             insecure,

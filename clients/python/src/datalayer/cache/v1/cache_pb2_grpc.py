@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from datalayer.v1 import cache_pb2 as datalayer_dot_v1_dot_cache__pb2
+from datalayer.cache.v1 import cache_pb2 as datalayer_dot_cache_dot_v1_dot_cache__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in datalayer/v1/cache_pb2_grpc.py depends on'
+        + ' but the generated code in datalayer/cache/v1/cache_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,39 +38,39 @@ class CacheServiceStub:
             channel: A grpc.Channel.
         """
         self.Get = channel.unary_unary(
-                '/datalayer.v1.CacheService/Get',
-                request_serializer=datalayer_dot_v1_dot_cache__pb2.GetRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_cache__pb2.GetResponse.FromString,
+                '/datalayer.cache.v1.CacheService/Get',
+                request_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetRequest.SerializeToString,
+                response_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.Set = channel.unary_unary(
-                '/datalayer.v1.CacheService/Set',
-                request_serializer=datalayer_dot_v1_dot_cache__pb2.SetRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_cache__pb2.SetResponse.FromString,
+                '/datalayer.cache.v1.CacheService/Set',
+                request_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetRequest.SerializeToString,
+                response_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
-                '/datalayer.v1.CacheService/Delete',
-                request_serializer=datalayer_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_cache__pb2.DeleteResponse.FromString,
+                '/datalayer.cache.v1.CacheService/Delete',
+                request_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.GetMany = channel.unary_unary(
-                '/datalayer.v1.CacheService/GetMany',
-                request_serializer=datalayer_dot_v1_dot_cache__pb2.GetManyRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_cache__pb2.GetManyResponse.FromString,
+                '/datalayer.cache.v1.CacheService/GetMany',
+                request_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetManyRequest.SerializeToString,
+                response_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetManyResponse.FromString,
                 _registered_method=True)
         self.SetMany = channel.unary_unary(
-                '/datalayer.v1.CacheService/SetMany',
-                request_serializer=datalayer_dot_v1_dot_cache__pb2.SetManyRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_cache__pb2.SetManyResponse.FromString,
+                '/datalayer.cache.v1.CacheService/SetMany',
+                request_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetManyRequest.SerializeToString,
+                response_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetManyResponse.FromString,
                 _registered_method=True)
         self.InvalidateTags = channel.unary_unary(
-                '/datalayer.v1.CacheService/InvalidateTags',
-                request_serializer=datalayer_dot_v1_dot_cache__pb2.InvalidateTagsRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_cache__pb2.InvalidateTagsResponse.FromString,
+                '/datalayer.cache.v1.CacheService/InvalidateTags',
+                request_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.InvalidateTagsRequest.SerializeToString,
+                response_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.InvalidateTagsResponse.FromString,
                 _registered_method=True)
         self.GetOrLease = channel.unary_unary(
-                '/datalayer.v1.CacheService/GetOrLease',
-                request_serializer=datalayer_dot_v1_dot_cache__pb2.GetOrLeaseRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_cache__pb2.GetOrLeaseResponse.FromString,
+                '/datalayer.cache.v1.CacheService/GetOrLease',
+                request_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetOrLeaseRequest.SerializeToString,
+                response_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetOrLeaseResponse.FromString,
                 _registered_method=True)
 
 
@@ -137,44 +137,44 @@ def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=datalayer_dot_v1_dot_cache__pb2.GetRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_cache__pb2.GetResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetRequest.FromString,
+                    response_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetResponse.SerializeToString,
             ),
             'Set': grpc.unary_unary_rpc_method_handler(
                     servicer.Set,
-                    request_deserializer=datalayer_dot_v1_dot_cache__pb2.SetRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_cache__pb2.SetResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetRequest.FromString,
+                    response_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=datalayer_dot_v1_dot_cache__pb2.DeleteRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_cache__pb2.DeleteResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.DeleteRequest.FromString,
+                    response_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.DeleteResponse.SerializeToString,
             ),
             'GetMany': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMany,
-                    request_deserializer=datalayer_dot_v1_dot_cache__pb2.GetManyRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_cache__pb2.GetManyResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetManyRequest.FromString,
+                    response_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetManyResponse.SerializeToString,
             ),
             'SetMany': grpc.unary_unary_rpc_method_handler(
                     servicer.SetMany,
-                    request_deserializer=datalayer_dot_v1_dot_cache__pb2.SetManyRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_cache__pb2.SetManyResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetManyRequest.FromString,
+                    response_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.SetManyResponse.SerializeToString,
             ),
             'InvalidateTags': grpc.unary_unary_rpc_method_handler(
                     servicer.InvalidateTags,
-                    request_deserializer=datalayer_dot_v1_dot_cache__pb2.InvalidateTagsRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_cache__pb2.InvalidateTagsResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.InvalidateTagsRequest.FromString,
+                    response_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.InvalidateTagsResponse.SerializeToString,
             ),
             'GetOrLease': grpc.unary_unary_rpc_method_handler(
                     servicer.GetOrLease,
-                    request_deserializer=datalayer_dot_v1_dot_cache__pb2.GetOrLeaseRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_cache__pb2.GetOrLeaseResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetOrLeaseRequest.FromString,
+                    response_serializer=datalayer_dot_cache_dot_v1_dot_cache__pb2.GetOrLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'datalayer.v1.CacheService', rpc_method_handlers)
+            'datalayer.cache.v1.CacheService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('datalayer.v1.CacheService', rpc_method_handlers)
+    server.add_registered_method_handlers('datalayer.cache.v1.CacheService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -198,9 +198,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.CacheService/Get',
-            datalayer_dot_v1_dot_cache__pb2.GetRequest.SerializeToString,
-            datalayer_dot_v1_dot_cache__pb2.GetResponse.FromString,
+            '/datalayer.cache.v1.CacheService/Get',
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.GetRequest.SerializeToString,
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -225,9 +225,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.CacheService/Set',
-            datalayer_dot_v1_dot_cache__pb2.SetRequest.SerializeToString,
-            datalayer_dot_v1_dot_cache__pb2.SetResponse.FromString,
+            '/datalayer.cache.v1.CacheService/Set',
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.SetRequest.SerializeToString,
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.SetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -252,9 +252,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.CacheService/Delete',
-            datalayer_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
-            datalayer_dot_v1_dot_cache__pb2.DeleteResponse.FromString,
+            '/datalayer.cache.v1.CacheService/Delete',
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -279,9 +279,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.CacheService/GetMany',
-            datalayer_dot_v1_dot_cache__pb2.GetManyRequest.SerializeToString,
-            datalayer_dot_v1_dot_cache__pb2.GetManyResponse.FromString,
+            '/datalayer.cache.v1.CacheService/GetMany',
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.GetManyRequest.SerializeToString,
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.GetManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -306,9 +306,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.CacheService/SetMany',
-            datalayer_dot_v1_dot_cache__pb2.SetManyRequest.SerializeToString,
-            datalayer_dot_v1_dot_cache__pb2.SetManyResponse.FromString,
+            '/datalayer.cache.v1.CacheService/SetMany',
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.SetManyRequest.SerializeToString,
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.SetManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -333,9 +333,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.CacheService/InvalidateTags',
-            datalayer_dot_v1_dot_cache__pb2.InvalidateTagsRequest.SerializeToString,
-            datalayer_dot_v1_dot_cache__pb2.InvalidateTagsResponse.FromString,
+            '/datalayer.cache.v1.CacheService/InvalidateTags',
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.InvalidateTagsRequest.SerializeToString,
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.InvalidateTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -360,9 +360,9 @@ class CacheService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.CacheService/GetOrLease',
-            datalayer_dot_v1_dot_cache__pb2.GetOrLeaseRequest.SerializeToString,
-            datalayer_dot_v1_dot_cache__pb2.GetOrLeaseResponse.FromString,
+            '/datalayer.cache.v1.CacheService/GetOrLease',
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.GetOrLeaseRequest.SerializeToString,
+            datalayer_dot_cache_dot_v1_dot_cache__pb2.GetOrLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,9 +107,9 @@ class Session(_message.Message):
     """
     user_id: _builtins.str
     version: _builtins.int
-    """Changes on every UpdateSession; use it with expected_version."""
+    """Changes on every Update; use it with expected_version."""
     client_ip: _builtins.str
-    """As given at CreateSession."""
+    """As given at Create."""
     user_agent: _builtins.str
     @_builtins.property
     def data(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -148,7 +148,7 @@ class Session(_message.Message):
 Global___Session: _TypeAlias = Session  # noqa: Y015
 
 @_typing.final
-class CreateSessionRequest(_message.Message):
+class CreateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -223,17 +223,17 @@ class CreateSessionRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CreateSessionRequest: _TypeAlias = CreateSessionRequest  # noqa: Y015
+Global___CreateRequest: _TypeAlias = CreateRequest  # noqa: Y015
 
 @_typing.final
-class CreateSessionResponse(_message.Message):
+class CreateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     EVICTED_SESSION_IDS_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """Opaque; keep it secret. Shown only here and by RotateSession."""
+    """Opaque; keep it secret. Shown only here and by Rotate."""
     @_builtins.property
     def session(self) -> Global___Session: ...
     @_builtins.property
@@ -253,17 +253,17 @@ class CreateSessionResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CreateSessionResponse: _TypeAlias = CreateSessionResponse  # noqa: Y015
+Global___CreateResponse: _TypeAlias = CreateResponse  # noqa: Y015
 
 @_typing.final
-class GetSessionRequest(_message.Message):
+class GetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     TOUCH_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     touch: _builtins.bool
-    """Also slide the idle expiry, as TouchSession does."""
+    """Also slide the idle expiry, as Touch does."""
     def __init__(
         self,
         *,
@@ -276,10 +276,10 @@ class GetSessionRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetSessionRequest: _TypeAlias = GetSessionRequest  # noqa: Y015
+Global___GetRequest: _TypeAlias = GetRequest  # noqa: Y015
 
 @_typing.final
-class GetSessionResponse(_message.Message):
+class GetResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
@@ -296,10 +296,10 @@ class GetSessionResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
+Global___GetResponse: _TypeAlias = GetResponse  # noqa: Y015
 
 @_typing.final
-class UpdateSessionRequest(_message.Message):
+class UpdateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -354,10 +354,10 @@ class UpdateSessionRequest(_message.Message):
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
 
-Global___UpdateSessionRequest: _TypeAlias = UpdateSessionRequest  # noqa: Y015
+Global___UpdateRequest: _TypeAlias = UpdateRequest  # noqa: Y015
 
 @_typing.final
-class UpdateSessionResponse(_message.Message):
+class UpdateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     UPDATED_FIELD_NUMBER: _builtins.int
@@ -378,10 +378,10 @@ class UpdateSessionResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___UpdateSessionResponse: _TypeAlias = UpdateSessionResponse  # noqa: Y015
+Global___UpdateResponse: _TypeAlias = UpdateResponse  # noqa: Y015
 
 @_typing.final
-class TouchSessionRequest(_message.Message):
+class TouchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -397,10 +397,10 @@ class TouchSessionRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TouchSessionRequest: _TypeAlias = TouchSessionRequest  # noqa: Y015
+Global___TouchRequest: _TypeAlias = TouchRequest  # noqa: Y015
 
 @_typing.final
-class TouchSessionResponse(_message.Message):
+class TouchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
@@ -417,10 +417,10 @@ class TouchSessionResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TouchSessionResponse: _TypeAlias = TouchSessionResponse  # noqa: Y015
+Global___TouchResponse: _TypeAlias = TouchResponse  # noqa: Y015
 
 @_typing.final
-class RotateSessionRequest(_message.Message):
+class RotateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -436,10 +436,10 @@ class RotateSessionRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RotateSessionRequest: _TypeAlias = RotateSessionRequest  # noqa: Y015
+Global___RotateRequest: _TypeAlias = RotateRequest  # noqa: Y015
 
 @_typing.final
-class RotateSessionResponse(_message.Message):
+class RotateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -459,10 +459,10 @@ class RotateSessionResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RotateSessionResponse: _TypeAlias = RotateSessionResponse  # noqa: Y015
+Global___RotateResponse: _TypeAlias = RotateResponse  # noqa: Y015
 
 @_typing.final
-class RevokeSessionRequest(_message.Message):
+class RevokeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -478,10 +478,10 @@ class RevokeSessionRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RevokeSessionRequest: _TypeAlias = RevokeSessionRequest  # noqa: Y015
+Global___RevokeRequest: _TypeAlias = RevokeRequest  # noqa: Y015
 
 @_typing.final
-class RevokeSessionResponse(_message.Message):
+class RevokeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REVOKED_FIELD_NUMBER: _builtins.int
@@ -498,7 +498,7 @@ class RevokeSessionResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RevokeSessionResponse: _TypeAlias = RevokeSessionResponse  # noqa: Y015
+Global___RevokeResponse: _TypeAlias = RevokeResponse  # noqa: Y015
 
 @_typing.final
 class ListUserSessionsRequest(_message.Message):

@@ -4,7 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
-from datalayer.v1 import ratelimit_pb2 as _ratelimit_pb2
+from datalayer.ratelimit.v1 import ratelimit_pb2 as _ratelimit_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from datalayer.v1 import session_pb2 as datalayer_dot_v1_dot_session__pb2
+from datalayer.session.v1 import session_pb2 as datalayer_dot_session_dot_v1_dot_session__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in datalayer/v1/session_pb2_grpc.py depends on'
+        + ' but the generated code in datalayer/session/v1/session_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -31,8 +31,7 @@ class SessionServiceStub:
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
     """
 
     def __init__(self, channel):
@@ -41,60 +40,60 @@ class SessionServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.CreateSession = channel.unary_unary(
-                '/datalayer.v1.SessionService/CreateSession',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.CreateSessionRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.CreateSessionResponse.FromString,
+        self.Create = channel.unary_unary(
+                '/datalayer.session.v1.SessionService/Create',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.CreateRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.CreateResponse.FromString,
                 _registered_method=True)
-        self.GetSession = channel.unary_unary(
-                '/datalayer.v1.SessionService/GetSession',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.GetSessionRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.GetSessionResponse.FromString,
+        self.Get = channel.unary_unary(
+                '/datalayer.session.v1.SessionService/Get',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.GetRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.GetResponse.FromString,
                 _registered_method=True)
-        self.UpdateSession = channel.unary_unary(
-                '/datalayer.v1.SessionService/UpdateSession',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.UpdateSessionRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.UpdateSessionResponse.FromString,
+        self.Update = channel.unary_unary(
+                '/datalayer.session.v1.SessionService/Update',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.UpdateRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.UpdateResponse.FromString,
                 _registered_method=True)
-        self.TouchSession = channel.unary_unary(
-                '/datalayer.v1.SessionService/TouchSession',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.TouchSessionRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.TouchSessionResponse.FromString,
+        self.Touch = channel.unary_unary(
+                '/datalayer.session.v1.SessionService/Touch',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.TouchRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.TouchResponse.FromString,
                 _registered_method=True)
-        self.RotateSession = channel.unary_unary(
-                '/datalayer.v1.SessionService/RotateSession',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.RotateSessionRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.RotateSessionResponse.FromString,
+        self.Rotate = channel.unary_unary(
+                '/datalayer.session.v1.SessionService/Rotate',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.RotateRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.RotateResponse.FromString,
                 _registered_method=True)
-        self.RevokeSession = channel.unary_unary(
-                '/datalayer.v1.SessionService/RevokeSession',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.RevokeSessionRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.RevokeSessionResponse.FromString,
+        self.Revoke = channel.unary_unary(
+                '/datalayer.session.v1.SessionService/Revoke',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeResponse.FromString,
                 _registered_method=True)
         self.ListUserSessions = channel.unary_unary(
-                '/datalayer.v1.SessionService/ListUserSessions',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.ListUserSessionsRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.ListUserSessionsResponse.FromString,
+                '/datalayer.session.v1.SessionService/ListUserSessions',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.ListUserSessionsRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.ListUserSessionsResponse.FromString,
                 _registered_method=True)
         self.RevokeUserSessions = channel.unary_unary(
-                '/datalayer.v1.SessionService/RevokeUserSessions',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.RevokeUserSessionsRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.RevokeUserSessionsResponse.FromString,
+                '/datalayer.session.v1.SessionService/RevokeUserSessions',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeUserSessionsRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeUserSessionsResponse.FromString,
                 _registered_method=True)
         self.CountUserSessions = channel.unary_unary(
-                '/datalayer.v1.SessionService/CountUserSessions',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.CountUserSessionsRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.CountUserSessionsResponse.FromString,
+                '/datalayer.session.v1.SessionService/CountUserSessions',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.CountUserSessionsRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.CountUserSessionsResponse.FromString,
                 _registered_method=True)
         self.IssueOneTimeToken = channel.unary_unary(
-                '/datalayer.v1.SessionService/IssueOneTimeToken',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.IssueOneTimeTokenRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.IssueOneTimeTokenResponse.FromString,
+                '/datalayer.session.v1.SessionService/IssueOneTimeToken',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.IssueOneTimeTokenRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.IssueOneTimeTokenResponse.FromString,
                 _registered_method=True)
         self.ConsumeOneTimeToken = channel.unary_unary(
-                '/datalayer.v1.SessionService/ConsumeOneTimeToken',
-                request_serializer=datalayer_dot_v1_dot_session__pb2.ConsumeOneTimeTokenRequest.SerializeToString,
-                response_deserializer=datalayer_dot_v1_dot_session__pb2.ConsumeOneTimeTokenResponse.FromString,
+                '/datalayer.session.v1.SessionService/ConsumeOneTimeToken',
+                request_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.ConsumeOneTimeTokenRequest.SerializeToString,
+                response_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.ConsumeOneTimeTokenResponse.FromString,
                 _registered_method=True)
 
 
@@ -104,19 +103,18 @@ class SessionServiceServicer:
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
     """
 
-    def CreateSession(self, request, context):
-        """CreateSession starts a session and returns its token.
+    def Create(self, request, context):
+        """Create starts a session and returns its token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetSession(self, request, context):
-        """GetSession returns the session; with touch, it also slides the idle
+    def Get(self, request, context):
+        """Get returns the session; with touch, it also slides the idle
         expiry (never past the absolute expiry). NOT_FOUND when the token is
         unknown, expired or revoked.
         """
@@ -124,31 +122,31 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UpdateSession(self, request, context):
-        """UpdateSession merges into or replaces the session's data, optionally
+    def Update(self, request, context):
+        """Update merges into or replaces the session's data, optionally
         only at an expected version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def TouchSession(self, request, context):
-        """TouchSession slides the idle expiry.
+    def Touch(self, request, context):
+        """Touch slides the idle expiry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RotateSession(self, request, context):
-        """RotateSession issues a new token for the same session; the old token
+    def Rotate(self, request, context):
+        """Rotate issues a new token for the same session; the old token
         stops working at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RevokeSession(self, request, context):
-        """RevokeSession ends the session.
+    def Revoke(self, request, context):
+        """Revoke ends the session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,66 +193,66 @@ class SessionServiceServicer:
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'CreateSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateSession,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.CreateSessionRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.CreateSessionResponse.SerializeToString,
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.CreateRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.CreateResponse.SerializeToString,
             ),
-            'GetSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetSession,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.GetSessionRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.GetSessionResponse.SerializeToString,
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.GetRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.GetResponse.SerializeToString,
             ),
-            'UpdateSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateSession,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.UpdateSessionRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.UpdateSessionResponse.SerializeToString,
+            'Update': grpc.unary_unary_rpc_method_handler(
+                    servicer.Update,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.UpdateRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.UpdateResponse.SerializeToString,
             ),
-            'TouchSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.TouchSession,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.TouchSessionRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.TouchSessionResponse.SerializeToString,
+            'Touch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Touch,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.TouchRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.TouchResponse.SerializeToString,
             ),
-            'RotateSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.RotateSession,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.RotateSessionRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.RotateSessionResponse.SerializeToString,
+            'Rotate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rotate,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.RotateRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.RotateResponse.SerializeToString,
             ),
-            'RevokeSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.RevokeSession,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.RevokeSessionRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.RevokeSessionResponse.SerializeToString,
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeResponse.SerializeToString,
             ),
             'ListUserSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUserSessions,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.ListUserSessionsRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.ListUserSessionsResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.ListUserSessionsRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.ListUserSessionsResponse.SerializeToString,
             ),
             'RevokeUserSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeUserSessions,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.RevokeUserSessionsRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.RevokeUserSessionsResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeUserSessionsRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.RevokeUserSessionsResponse.SerializeToString,
             ),
             'CountUserSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.CountUserSessions,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.CountUserSessionsRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.CountUserSessionsResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.CountUserSessionsRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.CountUserSessionsResponse.SerializeToString,
             ),
             'IssueOneTimeToken': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueOneTimeToken,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.IssueOneTimeTokenRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.IssueOneTimeTokenResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.IssueOneTimeTokenRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.IssueOneTimeTokenResponse.SerializeToString,
             ),
             'ConsumeOneTimeToken': grpc.unary_unary_rpc_method_handler(
                     servicer.ConsumeOneTimeToken,
-                    request_deserializer=datalayer_dot_v1_dot_session__pb2.ConsumeOneTimeTokenRequest.FromString,
-                    response_serializer=datalayer_dot_v1_dot_session__pb2.ConsumeOneTimeTokenResponse.SerializeToString,
+                    request_deserializer=datalayer_dot_session_dot_v1_dot_session__pb2.ConsumeOneTimeTokenRequest.FromString,
+                    response_serializer=datalayer_dot_session_dot_v1_dot_session__pb2.ConsumeOneTimeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'datalayer.v1.SessionService', rpc_method_handlers)
+            'datalayer.session.v1.SessionService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('datalayer.v1.SessionService', rpc_method_handlers)
+    server.add_registered_method_handlers('datalayer.session.v1.SessionService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -264,12 +262,11 @@ class SessionService:
     revocation, and one-time tokens (email links, login codes).
 
     Tokens are returned once and never stored: the store keeps a SHA-256 of
-    each, so a dump of Redis does not leak live tokens. RPC names carry
-    "Session" so request types stay unique in the package.
+    each, so a dump of Redis does not leak live tokens.
     """
 
     @staticmethod
-    def CreateSession(request,
+    def Create(request,
             target,
             options=(),
             channel_credentials=None,
@@ -282,9 +279,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/CreateSession',
-            datalayer_dot_v1_dot_session__pb2.CreateSessionRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.CreateSessionResponse.FromString,
+            '/datalayer.session.v1.SessionService/Create',
+            datalayer_dot_session_dot_v1_dot_session__pb2.CreateRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.CreateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -296,7 +293,7 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
-    def GetSession(request,
+    def Get(request,
             target,
             options=(),
             channel_credentials=None,
@@ -309,9 +306,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/GetSession',
-            datalayer_dot_v1_dot_session__pb2.GetSessionRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.GetSessionResponse.FromString,
+            '/datalayer.session.v1.SessionService/Get',
+            datalayer_dot_session_dot_v1_dot_session__pb2.GetRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -323,7 +320,7 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
-    def UpdateSession(request,
+    def Update(request,
             target,
             options=(),
             channel_credentials=None,
@@ -336,9 +333,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/UpdateSession',
-            datalayer_dot_v1_dot_session__pb2.UpdateSessionRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.UpdateSessionResponse.FromString,
+            '/datalayer.session.v1.SessionService/Update',
+            datalayer_dot_session_dot_v1_dot_session__pb2.UpdateRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.UpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -350,7 +347,7 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
-    def TouchSession(request,
+    def Touch(request,
             target,
             options=(),
             channel_credentials=None,
@@ -363,9 +360,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/TouchSession',
-            datalayer_dot_v1_dot_session__pb2.TouchSessionRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.TouchSessionResponse.FromString,
+            '/datalayer.session.v1.SessionService/Touch',
+            datalayer_dot_session_dot_v1_dot_session__pb2.TouchRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.TouchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -377,7 +374,7 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
-    def RotateSession(request,
+    def Rotate(request,
             target,
             options=(),
             channel_credentials=None,
@@ -390,9 +387,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/RotateSession',
-            datalayer_dot_v1_dot_session__pb2.RotateSessionRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.RotateSessionResponse.FromString,
+            '/datalayer.session.v1.SessionService/Rotate',
+            datalayer_dot_session_dot_v1_dot_session__pb2.RotateRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.RotateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -404,7 +401,7 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
-    def RevokeSession(request,
+    def Revoke(request,
             target,
             options=(),
             channel_credentials=None,
@@ -417,9 +414,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/RevokeSession',
-            datalayer_dot_v1_dot_session__pb2.RevokeSessionRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.RevokeSessionResponse.FromString,
+            '/datalayer.session.v1.SessionService/Revoke',
+            datalayer_dot_session_dot_v1_dot_session__pb2.RevokeRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.RevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -444,9 +441,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/ListUserSessions',
-            datalayer_dot_v1_dot_session__pb2.ListUserSessionsRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.ListUserSessionsResponse.FromString,
+            '/datalayer.session.v1.SessionService/ListUserSessions',
+            datalayer_dot_session_dot_v1_dot_session__pb2.ListUserSessionsRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.ListUserSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -471,9 +468,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/RevokeUserSessions',
-            datalayer_dot_v1_dot_session__pb2.RevokeUserSessionsRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.RevokeUserSessionsResponse.FromString,
+            '/datalayer.session.v1.SessionService/RevokeUserSessions',
+            datalayer_dot_session_dot_v1_dot_session__pb2.RevokeUserSessionsRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.RevokeUserSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -498,9 +495,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/CountUserSessions',
-            datalayer_dot_v1_dot_session__pb2.CountUserSessionsRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.CountUserSessionsResponse.FromString,
+            '/datalayer.session.v1.SessionService/CountUserSessions',
+            datalayer_dot_session_dot_v1_dot_session__pb2.CountUserSessionsRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.CountUserSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -525,9 +522,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/IssueOneTimeToken',
-            datalayer_dot_v1_dot_session__pb2.IssueOneTimeTokenRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.IssueOneTimeTokenResponse.FromString,
+            '/datalayer.session.v1.SessionService/IssueOneTimeToken',
+            datalayer_dot_session_dot_v1_dot_session__pb2.IssueOneTimeTokenRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.IssueOneTimeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -552,9 +549,9 @@ class SessionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/datalayer.v1.SessionService/ConsumeOneTimeToken',
-            datalayer_dot_v1_dot_session__pb2.ConsumeOneTimeTokenRequest.SerializeToString,
-            datalayer_dot_v1_dot_session__pb2.ConsumeOneTimeTokenResponse.FromString,
+            '/datalayer.session.v1.SessionService/ConsumeOneTimeToken',
+            datalayer_dot_session_dot_v1_dot_session__pb2.ConsumeOneTimeTokenRequest.SerializeToString,
+            datalayer_dot_session_dot_v1_dot_session__pb2.ConsumeOneTimeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
