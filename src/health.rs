@@ -1,9 +1,12 @@
-//! `grpc.health.v1`: SERVING only while the store answers.
+//! `grpc.health.v1`: SERVING only while the store takes reads and writes.
 //!
-//! A background probe pings the store on an interval and flips the overall
-//! status ("") and every service's status together, so a Kubernetes
-//! readiness probe takes a pod out of rotation while its Redis is away and
-//! puts it back, with no restart, when Redis returns.
+//! A background probe writes a short-lived key on an interval (see
+//! `store::redis::probe`) and flips the overall status ("") and every
+//! service's status together, so a Kubernetes readiness probe takes a pod
+//! out of rotation while its Redis is away, full or read-only, and puts it
+//! back, with no restart, when Redis is well again. Why it is not serving
+//! (unreachable, out of memory, read-only, authentication, database) is
+//! logged once per change.
 //!
 //! [`LIVENESS`] is SERVING whenever the process serves at all: a liveness
 //! probe must not restart pods because Redis is down.
@@ -14,7 +17,7 @@ use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::settings::{ms, secs};
-use crate::store::Backend;
+use crate::store::{Backend, StoreError, StoreErrorKind};
 
 crate::section! {
     /// The health probe behind `grpc.health.v1`.
@@ -24,6 +27,21 @@ crate::section! {
         /// How long one probe may take before the store counts as down.
         pub probe_timeout: Duration = ms(500), range(ms(1), secs(60));
     }
+}
+
+/// A short, stable name for why the store cannot serve, and the detail.
+fn reason(e: &StoreError) -> (&'static str, String) {
+    let text = e.to_string();
+    let label = match e.kind {
+        StoreErrorKind::Full => "out_of_memory",
+        StoreErrorKind::Misconfigured if text.contains("read-only replica") => "read_only",
+        StoreErrorKind::Misconfigured if text.contains("credentials") => "authentication",
+        StoreErrorKind::Misconfigured if text.contains("no such database") => "unknown_database",
+        StoreErrorKind::Misconfigured => "misconfigured",
+        StoreErrorKind::Unavailable => "unreachable",
+        StoreErrorKind::Internal => "internal",
+    };
+    (label, text)
 }
 
 /// The health service name a liveness probe asks for.
@@ -46,11 +64,19 @@ impl Probe {
         }
     }
 
-    async fn store_answers(&self) -> bool {
-        matches!(
-            tokio::time::timeout(self.timeout, self.store.probe()).await,
-            Ok(Ok(()))
-        )
+    /// `None` when the store takes writes, else why not.
+    async fn store_problem(&self) -> Option<(&'static str, String)> {
+        match tokio::time::timeout(self.timeout, self.store.probe()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(reason(&e)),
+            Err(_) => Some((
+                "unreachable",
+                format!(
+                    "no answer within {} (health.probe_timeout)",
+                    humantime::format_duration(self.timeout)
+                ),
+            )),
+        }
     }
 
     /// Reports NOT_SERVING everywhere (tonic-health starts "" as SERVING),
@@ -66,7 +92,8 @@ impl Probe {
     /// Probes until `stop` turns true, then reports NOT_SERVING so load
     /// balancers drain this instance during shutdown.
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut serving = None;
+        // The last state reported: None for SERVING, else the reason.
+        let mut reported: Option<Option<&'static str>> = None;
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -74,17 +101,28 @@ impl Probe {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|stopped| *stopped) => break,
             }
-            let ok = self.store_answers().await;
-            metrics::gauge!(crate::metrics::STORE_UP).set(if ok { 1.0 } else { 0.0 });
-            if serving != Some(ok) {
-                if ok {
-                    tracing::info!("store answers; health SERVING");
-                    self.set_all(ServingStatus::Serving).await;
-                } else {
-                    tracing::warn!("store does not answer; health NOT_SERVING");
-                    self.set_all(ServingStatus::NotServing).await;
+            let problem = self.store_problem().await;
+            metrics::gauge!(crate::metrics::STORE_UP).set(if problem.is_none() {
+                1.0
+            } else {
+                0.0
+            });
+            let state = problem.as_ref().map(|(label, _)| *label);
+            if reported != Some(state) {
+                match &problem {
+                    None => {
+                        tracing::info!("store takes reads and writes; health SERVING");
+                        self.set_all(ServingStatus::Serving).await;
+                    }
+                    Some((label, detail)) => {
+                        tracing::warn!(
+                            reason = label,
+                            "store cannot serve writes: {detail}; health NOT_SERVING"
+                        );
+                        self.set_all(ServingStatus::NotServing).await;
+                    }
                 }
-                serving = Some(ok);
+                reported = Some(state);
             }
         }
         self.set_all(ServingStatus::NotServing).await;

@@ -14,16 +14,21 @@
 use std::{fmt, sync::Arc};
 
 /// A tenant: the namespace of every key a call writes. 1 to 64 characters
-/// of `[A-Za-z0-9_-]`, so it can never contain `:` or a brace.
+/// of `[A-Za-z0-9_-]`, starting with a letter or digit, so it can never
+/// contain `:` or a brace, nor be `_probe` (the health probe's key).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tenant(Arc<str>);
 
 impl Tenant {
-    pub const RULE: &'static str = "1 to 64 characters of [A-Za-z0-9_-]";
+    pub const RULE: &'static str =
+        "1 to 64 characters of [A-Za-z0-9_-], starting with a letter or digit";
 
     pub fn parse(name: &str) -> Result<Self, String> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
+        let ok = name.len() <= 64
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -111,6 +116,12 @@ pub fn key(tenant: &Tenant, space: Space, tag: &str, parts: &[&str]) -> String {
     key
 }
 
+/// The health probe's key (no tenant can be named `_probe`): a short-lived
+/// write that tells whether Redis takes writes.
+pub fn probe_key(instance: &str) -> String {
+    format!("dl:_probe:{{{instance}}}")
+}
+
 /// The pattern matching every key of `tenant` (for tests and operators).
 pub fn tenant_pattern(tenant: &Tenant) -> String {
     format!("dl:{}:*", tenant.0)
@@ -178,7 +189,7 @@ mod tests {
     #[test]
     fn tenants_are_validated() {
         assert!(Tenant::parse("a-b_C9").is_ok());
-        for bad in ["", "a:b", "a{b", &"x".repeat(65)] {
+        for bad in ["", "a:b", "a{b", "_probe", "-x", &"x".repeat(65)] {
             assert!(Tenant::parse(bad).is_err(), "{bad}");
         }
     }

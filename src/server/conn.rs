@@ -26,6 +26,10 @@ use tonic::service::Routes;
 
 use super::{Limits, layer::Layered};
 
+/// How long a closing connection with no call in flight may take to finish
+/// the GOAWAY exchange before it is dropped.
+const GOAWAY_PATIENCE: Duration = Duration::from_millis(500);
+
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -111,7 +115,9 @@ pub(super) async fn serve(
     });
     let connection = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(connection);
-    let mut closing = false;
+    // When the connection was asked to close; a peer that does not answer
+    // the GOAWAY's PING is dropped once no call of it is in flight.
+    let mut closing: Option<Instant> = None;
     loop {
         let check_after = match activity.idle_for() {
             Some(idle) => limits.idle_timeout.saturating_sub(idle),
@@ -125,16 +131,22 @@ pub(super) async fn serve(
                 }
                 return;
             }
-            _ = stop.wait_for(|stopped| *stopped), if !closing => {
+            _ = stop.wait_for(|stopped| *stopped), if closing.is_none() => {
                 connection.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Some(Instant::now());
             }
-            () = tokio::time::sleep(check_after), if !closing => {
+            () = tokio::time::sleep(check_after), if closing.is_none() => {
                 if activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
                     metrics::counter!(crate::metrics::CONNECTIONS_DROPPED, "reason" => "idle")
                         .increment(1);
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)), if closing.is_some() => {
+                let lingering = closing.is_some_and(|at| at.elapsed() >= GOAWAY_PATIENCE);
+                if lingering && activity.idle_for().is_some() {
+                    return;
                 }
             }
         }

@@ -96,12 +96,16 @@ fn remap(response: &mut Response<tonic::body::Body>, path: &str) {
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .map(|m| percent_decode(m))
+        .map(percent_decode)
         .unwrap_or_default();
     let new_code = match status {
         _ if marked => Some(tonic::Code::InvalidArgument),
         Some("13") if is_framing_error(&message) => Some(tonic::Code::InvalidArgument),
-        Some("8") if message.contains("message length too large") => Some(tonic::Code::OutOfRange),
+        // A compressed request that inflates past the limit: the same
+        // answer as one over the limit on the wire.
+        Some("8") if message.contains("exceeded while decompressing") => {
+            Some(tonic::Code::OutOfRange)
+        }
         _ => None,
     };
     let Some(code) = new_code else { return };
@@ -126,7 +130,7 @@ fn is_framing_error(message: &str) -> bool {
         "Error decompressing",
         "Message compressed with",
         "protocol error",
-        "Unexpected end",
+        "Unexpected EOF",
         "failed to decode",
     ]
     .iter()
@@ -321,5 +325,41 @@ impl Body for OneMessage {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: &str, message: &str) -> Response<tonic::body::Body> {
+        let mut response = Response::new(tonic::body::Body::empty());
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from_str(status).unwrap());
+        response
+            .headers_mut()
+            .insert("grpc-message", HeaderValue::from_str(message).unwrap());
+        response
+    }
+
+    #[test]
+    fn framing_errors_become_the_callers_mistake() {
+        let mut inflated = answered(
+            "8",
+            "Error%20decompressing:%20size%20limit,%20of%201024%20bytes,%20exceeded%20while%20decompressing%20message",
+        );
+        remap(&mut inflated, "/a.B/C");
+        assert_eq!(inflated.headers()["grpc-status"], "11");
+        let mut missing = answered("13", "Missing%20request%20message.");
+        remap(&mut missing, "/a.B/C");
+        assert_eq!(missing.headers()["grpc-status"], "3");
+        let mut ours = answered("13", "internal%20error:%20a%20bug");
+        remap(&mut ours, "/a.B/C");
+        assert_eq!(
+            ours.headers()["grpc-status"],
+            "13",
+            "our own INTERNAL stays"
+        );
     }
 }

@@ -60,7 +60,7 @@ pub fn raise_open_file_limit() -> Option<u64> {
             }
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// Serves `routes` on `listener` until `shutdown` completes, then drains.

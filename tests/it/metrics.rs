@@ -10,7 +10,7 @@ use datalayer::proto::datalayer::{
 };
 
 /// `GET path` over plain HTTP/1.1: (status line, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -30,7 +30,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
 }
 
 /// The value of the first sample of `name` carrying every label in `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))

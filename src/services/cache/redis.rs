@@ -33,7 +33,7 @@ struct Scripts {
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    get: NamedScript::new("cache.get", &[PRELUDE, include_str!("lua/get.lua")]),
+    get: NamedScript::read_only("cache.get", &[PRELUDE, include_str!("lua/get.lua")]),
     set: NamedScript::new("cache.set", &[PRELUDE, include_str!("lua/set.lua")]),
     delete: NamedScript::new("cache.delete", &[PRELUDE, include_str!("lua/delete.lua")]),
     get_or_lease: NamedScript::new(

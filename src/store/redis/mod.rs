@@ -8,10 +8,11 @@
 
 mod cluster;
 mod lane;
+mod probe;
 pub mod script;
 pub mod settings;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use deadpool_redis::{
     Manager, Pool, Runtime,
@@ -28,6 +29,13 @@ use super::{PoolStatus, StoreError, StoreErrorKind};
 pub struct Redis {
     transport: Transport,
     redacted_url: String,
+    /// Whether scripts go with their Redis 7 shebang (the probe clears it
+    /// on Redis 6).
+    script_flags: AtomicBool,
+    /// Where the health probe writes (`keys::probe_key`).
+    probe_key: String,
+    /// What the probe last learnt of the server, to log changes once.
+    observed: probe::Observed,
 }
 
 /// How commands reach Redis.
@@ -42,47 +50,66 @@ enum Transport {
     Cluster(Box<cluster::ClusterTransport>),
 }
 
-/// Classifies a Redis error by what the caller should be told.
-pub fn classify(e: &RedisError) -> StoreErrorKind {
+/// Classifies a Redis error by what the caller should be told, with a
+/// short phrase saying what happened (health logs it as the reason).
+pub fn classify(e: &RedisError) -> (StoreErrorKind, &'static str) {
     use redis::ErrorKind;
     use redis::ServerErrorKind as S;
     let code = e.code().unwrap_or_default();
+    let text = e.to_string();
     match e.kind() {
-        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreErrorKind::Internal,
-        _ if code == "OOM" || e.to_string().contains("OOM command not allowed") => {
-            StoreErrorKind::Full
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => (
+            StoreErrorKind::Internal,
+            "redis answered something unexpected",
+        ),
+        _ if code == "OOM" || text.contains("OOM command not allowed") => {
+            (StoreErrorKind::Full, "redis is out of memory (maxmemory)")
         }
-        ErrorKind::Server(S::ReadOnly) => StoreErrorKind::Misconfigured,
-        _ if matches!(code, "READONLY" | "NOAUTH" | "WRONGPASS" | "NOPERM") => {
-            StoreErrorKind::Misconfigured
+        ErrorKind::Server(S::ReadOnly) => (
+            StoreErrorKind::Misconfigured,
+            "redis is a read-only replica",
+        ),
+        _ if code == "READONLY" => (
+            StoreErrorKind::Misconfigured,
+            "redis is a read-only replica",
+        ),
+        _ if matches!(code, "NOAUTH" | "WRONGPASS")
+            || matches!(e.kind(), ErrorKind::AuthenticationFailed) =>
+        {
+            (
+                StoreErrorKind::Misconfigured,
+                "redis refused our credentials",
+            )
         }
-        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => {
-            StoreErrorKind::Misconfigured
+        _ if code == "NOPERM" || matches!(e.kind(), ErrorKind::Server(S::NoPerm)) => (
+            StoreErrorKind::Misconfigured,
+            "redis refused a command (ACL)",
+        ),
+        _ if text.contains("DB index is out of range") => {
+            (StoreErrorKind::Misconfigured, "redis has no such database")
         }
-        ErrorKind::Server(S::NoPerm) => StoreErrorKind::Misconfigured,
+        ErrorKind::InvalidClientConfig => {
+            (StoreErrorKind::Misconfigured, "redis.url is not usable")
+        }
         // A script error, WRONGTYPE or CROSSSLOT happens again on retry: a
         // bug, not an outage. (Other ERRs, e.g. "max number of clients",
         // can pass.)
-        ErrorKind::Server(S::ResponseError) if e.to_string().contains("script") => {
-            StoreErrorKind::Internal
+        ErrorKind::Server(S::ResponseError) if text.contains("script") => {
+            (StoreErrorKind::Internal, "redis refused a script")
         }
-        ErrorKind::Server(S::CrossSlot) => StoreErrorKind::Internal,
-        _ if code == "WRONGTYPE" => StoreErrorKind::Internal,
-        _ if e.to_string().contains("DB index is out of range") => StoreErrorKind::Misconfigured,
-        _ => StoreErrorKind::Unavailable,
+        ErrorKind::Server(S::CrossSlot) => (StoreErrorKind::Internal, "redis refused (CROSSSLOT)"),
+        _ if code == "WRONGTYPE" => (StoreErrorKind::Internal, "redis refused (WRONGTYPE)"),
+        _ => (
+            StoreErrorKind::Unavailable,
+            "redis is unreachable or failing",
+        ),
     }
 }
 
 impl StoreError {
     /// A Redis error as the store's error, keeping it as the cause.
     pub fn from_redis(e: &RedisError) -> Self {
-        let kind = classify(e);
-        let what = match kind {
-            StoreErrorKind::Unavailable => "redis",
-            StoreErrorKind::Full => "redis is out of memory (maxmemory)",
-            StoreErrorKind::Misconfigured => "redis refuses",
-            StoreErrorKind::Internal => "redis refused",
-        };
+        let (kind, what) = classify(e);
         StoreError::new(kind, format!("{what}: {e}")).caused_by(e.clone())
     }
 }
@@ -124,9 +151,14 @@ impl Redis {
                 tls,
             )?)),
         };
+        let instance = crate::random::hex(8)
+            .map_err(|e| StoreError::internal(format!("no randomness: {e}")))?;
         Ok(Self {
             transport,
             redacted_url: url.redacted(),
+            script_flags: AtomicBool::new(true),
+            probe_key: crate::keys::probe_key(&instance),
+            observed: probe::Observed::default(),
         })
     }
 
@@ -168,6 +200,11 @@ impl Redis {
 
     pub fn redacted_url(&self) -> &str {
         &self.redacted_url
+    }
+
+    /// Whether scripts are sent with their shebang (Redis 7 and later).
+    pub fn script_flags(&self) -> bool {
+        self.script_flags.load(Ordering::Relaxed)
     }
 
     /// Runs `cmds` in the next pipeline inside a CLIENT span named after
@@ -214,16 +251,6 @@ impl Redis {
         answer
             .await
             .map_err(|_| StoreError::unavailable("the Redis lane stopped"))?
-    }
-
-    /// Whether Redis answers (PING).
-    pub async fn probe(&self) -> Result<(), StoreError> {
-        let mut replies = self.exec_untraced(vec![redis::cmd("PING")]).await?;
-        match replies.pop() {
-            Some(Ok(Value::SimpleString(pong))) if pong == "PONG" => Ok(()),
-            Some(Err(e)) => Err(StoreError::from_redis(&e)),
-            other => Err(StoreError::unavailable(format!("PING answered {other:?}"))),
-        }
     }
 
     pub fn pool_status(&self) -> Option<PoolStatus> {

@@ -117,7 +117,8 @@ impl RedisServer {
 
     fn answers_ping(&self) -> bool {
         self.command("PING\r\n")
-            .map(|reply| reply.starts_with("+PONG"))
+            // A server with a password answers, but only to be told it.
+            .map(|reply| reply.starts_with("+PONG") || reply.starts_with("-NOAUTH"))
             .unwrap_or(false)
     }
 
