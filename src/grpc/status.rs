@@ -51,10 +51,31 @@ pub fn bounded(text: &str, max: usize) -> String {
     }
 }
 
+/// "invalid argument: a: why; b: why" of at most [`MAX_MESSAGE_CHARS`],
+/// built without formatting more than it keeps.
+fn invalid_message(invalid: &crate::validate::Invalid) -> String {
+    let mut message = String::from("invalid argument: ");
+    for (i, v) in invalid.0.iter().enumerate() {
+        if message.len() >= MAX_MESSAGE_CHARS {
+            break;
+        }
+        if i > 0 {
+            message.push_str("; ");
+        }
+        message.push_str(&bounded(&v.field, MAX_DETAIL_CHARS));
+        message.push_str(": ");
+        message.push_str(&bounded(&v.description, MAX_DETAIL_CHARS));
+    }
+    bounded(&message, MAX_MESSAGE_CHARS)
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let code = code_of(&e);
-        let message = bounded(&e.to_string(), MAX_MESSAGE_CHARS);
+        let message = match &e {
+            Error::InvalidArgument(invalid) => invalid_message(invalid),
+            other => bounded(&other.to_string(), MAX_MESSAGE_CHARS),
+        };
         match e {
             Error::InvalidArgument(invalid) => {
                 let violations: Vec<_> = invalid
@@ -92,7 +113,7 @@ mod tests {
 
     #[test]
     fn statuses_are_bounded_whatever_the_input() {
-        let huge = "x".repeat(1 << 20);
+        let huge = "x".repeat(64 * 1024);
         let invalid = Invalid(
             (0..1000)
                 .map(|i| FieldViolation::new(format!("f{i}{huge}"), huge.clone()))

@@ -295,3 +295,135 @@ async fn logs_show_the_redis_url_without_its_password() {
     let status = app.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+/// Every URL form redis-rs takes prints without its secret: the password,
+/// a user part standing alone, and `pass` / `password` query parameters.
+#[test]
+fn no_url_form_prints_its_password() {
+    for url in [
+        "redis+unix:///tmp/nope.sock?pass=SECRET",
+        "unix:///tmp/nope.sock?pass=SECRET",
+        "redis://SECRET@127.0.0.1:1",
+        "redis://user:SECRET@127.0.0.1:1/0",
+        "redis+unix:///tmp/nope.sock?db=1&password=SECRET",
+    ] {
+        let mut app = Running::start(
+            &[],
+            &[
+                ("DATALAYER__SERVER__ADDR", "127.0.0.1:0"),
+                ("DATALAYER__REDIS__URL", url),
+                ("DATALAYER__TELEMETRY__LOG_FORMAT", "json"),
+            ],
+        );
+        let line = app.wait_for("using Redis");
+        assert!(line.contains("***"), "{url}: {line}");
+        app.wait_for("NOT_SERVING");
+        assert!(
+            app.seen.iter().all(|l| !l.contains("SECRET")),
+            "{url}: leaked in {:#?}",
+            app.seen
+        );
+    }
+}
+
+/// Health says why the store cannot serve, once per change: a wrong
+/// password, an unknown database, a read-only replica.
+#[test]
+fn health_logs_why_the_store_cannot_serve() {
+    let master = crate::harness::RedisServer::start_with(&["--requirepass", "right"]);
+    let plain = crate::harness::RedisServer::start();
+    let replica = crate::harness::RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &plain.port.to_string(),
+    ]);
+    for (url, reason) in [
+        (
+            format!("redis://:wrong@127.0.0.1:{}", master.port),
+            "authentication",
+        ),
+        (
+            format!("redis://127.0.0.1:{}/99", plain.port),
+            "unknown_database",
+        ),
+        (replica.url(), "read_only"),
+        ("redis://127.0.0.1:1".to_owned(), "unreachable"),
+    ] {
+        let mut app = Running::start(
+            &[],
+            &[
+                ("DATALAYER__SERVER__ADDR", "127.0.0.1:0"),
+                ("DATALAYER__REDIS__URL", &url),
+                ("DATALAYER__TELEMETRY__LOG_FORMAT", "json"),
+            ],
+        );
+        let line = app.wait_for("health NOT_SERVING");
+        assert!(
+            line.contains(&format!("\"reason\":\"{reason}\"")),
+            "{url}: {line}"
+        );
+        // Once per change, not once per probe.
+        std::thread::sleep(Duration::from_millis(1500));
+        while let Ok(line) = app.lines.try_recv() {
+            app.seen.push(line);
+        }
+        let repeats = app
+            .seen
+            .iter()
+            .filter(|l| l.contains("NOT_SERVING"))
+            .count();
+        assert_eq!(repeats, 1, "{url}: {:#?}", app.seen);
+    }
+}
+
+/// A maxmemory policy that evicts is named at start-up, with its risk.
+#[test]
+fn an_evicting_redis_is_warned_about() {
+    let redis = crate::harness::RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let mut app = Running::start(
+        &[],
+        &[
+            ("DATALAYER__SERVER__ADDR", "127.0.0.1:0"),
+            ("DATALAYER__REDIS__URL", &redis.url()),
+            ("DATALAYER__TELEMETRY__LOG_FORMAT", "json"),
+        ],
+    );
+    let line = app.wait_for("maxmemory-policy");
+    assert!(
+        line.contains("allkeys-lru") && line.contains("noeviction"),
+        "{line}"
+    );
+}
+
+/// The soft open-file limit is raised to the hard one at start-up.
+#[test]
+fn the_open_file_limit_is_raised() {
+    let script = format!("ulimit -S -n 256 && exec {BIN}",);
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("DATALAYER__SERVER__ADDR", "127.0.0.1:0")
+        .env("DATALAYER__METRICS__ADDR", "127.0.0.1:0")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let limits = format!("/proc/{}/limits", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (soft, hard) = loop {
+        let text = std::fs::read_to_string(&limits).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or("")
+            .to_owned();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 5 && fields[3] != "256" {
+            break (fields[3].to_owned(), fields[4].to_owned());
+        }
+        assert!(Instant::now() < deadline, "the limit stayed at 256: {line}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(soft, hard);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -142,7 +142,8 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => "unavailable")
+                let kind = super::classify(&e).0;
+                metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => kind.as_str())
                     .increment(1);
                 if breaks_connection(&e) {
                     tracing::warn!(error = %e, "redis connection lost; reconnecting");

@@ -136,6 +136,12 @@ impl ScriptCall<'_> {
     }
 }
 
+/// Counts a script's refusal (out of memory, read-only, ...) by its kind.
+fn counted(e: StoreError) -> StoreError {
+    metrics::counter!(crate::metrics::REDIS_ERRORS, "kind" => e.kind.as_str()).increment(1);
+    e
+}
+
 impl Redis {
     /// Runs script calls pipelined in one round trip, answered in order.
     ///
@@ -166,14 +172,14 @@ impl Redis {
                     missing.push(index);
                     values.push(None);
                 }
-                Err(e) => return Err(StoreError::from_redis(&e)),
+                Err(e) => return Err(counted(StoreError::from_redis(&e))),
             }
         }
         if !missing.is_empty() {
             let retry: Vec<redis::Cmd> = missing.iter().map(|&i| calls[i].as_eval(flags)).collect();
             let again = self.exec("EVAL (after NOSCRIPT)", retry).await?;
             for (reply, &index) in again.into_iter().zip(&missing) {
-                values[index] = Some(reply.map_err(|e| StoreError::from_redis(&e))?);
+                values[index] = Some(reply.map_err(|e| counted(StoreError::from_redis(&e)))?);
             }
         }
         values
