@@ -59,7 +59,8 @@ async fn requests_that_do_not_decode_are_invalid_argument_and_counted() {
     let valid = policy_check("closed".into()).encode_to_vec();
     let mut two = raw::frame(false, &valid);
     two.extend(raw::frame(false, &valid));
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "invalid UTF-8",
             vec![],
