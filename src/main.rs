@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let _telemetry = match telemetry::init(&settings.telemetry) {
             Ok(guard) => guard,
             Err(e) => {
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match app.run_until_stopped(shutdown_signal()).await {
+        match app.run_until_stopped(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
@@ -90,30 +91,33 @@ fn main() -> ExitCode {
     })
 }
 
-/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for SIGINT: {e}");
-            std::future::pending::<()>().await;
+/// Listens for SIGTERM (Kubernetes) and SIGINT (Ctrl-C) from now on — the
+/// handlers are installed before this returns, so a signal that comes
+/// while the service starts is not the default "die at once" — and
+/// completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            tracing::error!("cannot listen for {name}: {e}");
+            None
         }
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    async move {
+        let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(terminate) => {},
+            () = wait(interrupt) => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }
