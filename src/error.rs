@@ -17,6 +17,9 @@ pub enum Error {
     /// A quota or size the caller hit; retrying as is will not help.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Stored data cannot be read (flagd: a flag whose rule is broken).
+    #[error("{0}")]
+    DataLoss(String),
     /// The caller's deadline passed before an answer was ready.
     #[error("the call's deadline passed before the store answered")]
     DeadlineExceeded,

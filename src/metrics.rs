@@ -37,6 +37,7 @@ pub const CONNECTIONS_OPEN: &str = "datalayer_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "datalayer_connections_refused_total";
 pub const CONNECTIONS_DROPPED: &str = "datalayer_connections_dropped_total";
 pub const RATELIMIT_DECISIONS: &str = "datalayer_ratelimit_decisions_total";
+pub const FLAG_EVALUATIONS: &str = "datalayer_flag_evaluations_total";
 pub const STORE_UP: &str = "datalayer_store_up";
 pub const REDIS_ERRORS: &str = "datalayer_redis_errors_total";
 pub const REDIS_ROUNDTRIP: &str = "datalayer_redis_roundtrip_seconds";
@@ -111,6 +112,10 @@ fn describe() {
     describe_counter!(
         RATELIMIT_DECISIONS,
         "Rate-limit checks by policy (`inline` for inline limits) and result."
+    );
+    describe_counter!(
+        FLAG_EVALUATIONS,
+        "Flag evaluations by reason (STATIC, TARGETING_MATCH, DEFAULT, DISABLED)."
     );
     describe_gauge!(
         STORE_UP,

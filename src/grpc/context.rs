@@ -59,15 +59,32 @@ pub struct Ctx {
     pub tenant: Tenant,
     deadline: Instant,
     store_timeout: Duration,
+    /// The request's metadata (moved, not copied, from the request).
+    metadata: tonic::metadata::MetadataMap,
 }
 
 impl Ctx {
     pub fn new(tenant: Tenant, timeout: Duration, store_timeout: Duration) -> Self {
+        Self::with_metadata(tenant, timeout, store_timeout, Default::default())
+    }
+
+    pub fn with_metadata(
+        tenant: Tenant,
+        timeout: Duration,
+        store_timeout: Duration,
+        metadata: tonic::metadata::MetadataMap,
+    ) -> Self {
         Self {
             tenant,
             deadline: Instant::now() + timeout,
             store_timeout,
+            metadata,
         }
+    }
+
+    /// A request header as text, if it was sent and is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.metadata.get(name).and_then(|v| v.to_str().ok())
     }
 
     pub fn deadline(&self) -> Instant {

@@ -137,13 +137,15 @@ fn span_for<T>(method: &Method, request: &Request<T>) -> Span {
     span
 }
 
-fn context<T>(shared: &Shared, request: &Request<T>, timeout: Duration) -> Ctx {
-    let tenant = request
-        .extensions()
+/// The call's context and message, taking the request apart.
+fn context<T>(shared: &Shared, request: Request<T>, timeout: Duration) -> (Ctx, T) {
+    let (metadata, extensions, message) = request.into_parts();
+    let tenant = extensions
         .get::<Tenant>()
         .cloned()
         .unwrap_or_else(|| shared.default_tenant.clone());
-    Ctx::new(tenant, timeout, shared.deadlines.store)
+    let ctx = Ctx::with_metadata(tenant, timeout, shared.deadlines.store, metadata);
+    (ctx, message)
 }
 
 /// Counts and logs the end of a call.
@@ -197,14 +199,11 @@ where
     Resp: Message,
 {
     let span = span_for(method, &request);
-    let ctx = context(
-        shared,
-        &request,
-        shared.deadlines.for_metadata(request.metadata()),
-    );
+    let timeout = shared.deadlines.for_metadata(request.metadata());
+    let (ctx, message) = context(shared, request, timeout);
     let deadline = ctx.deadline();
     let started = Instant::now();
-    let call = handler(ctx, request.into_inner()).instrument(span.clone());
+    let call = handler(ctx, message).instrument(span.clone());
     let result = tokio::time::timeout_at(deadline, call)
         .await
         .unwrap_or(Err(Error::DeadlineExceeded));
@@ -246,16 +245,13 @@ where
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
-    let ctx = context(
-        shared,
-        &request,
-        shared.deadlines.for_metadata(request.metadata()),
-    );
+    let timeout = shared.deadlines.for_metadata(request.metadata());
+    let (ctx, message) = context(shared, request, timeout);
     let setup_deadline = ctx.deadline();
     let started = Instant::now();
     let opened = tokio::time::timeout_at(
         setup_deadline,
-        handler(ctx, request.into_inner()).instrument(span.clone()),
+        handler(ctx, message).instrument(span.clone()),
     )
     .await
     .unwrap_or(Err(Error::DeadlineExceeded));

@@ -34,6 +34,7 @@ pub fn code_of(error: &Error) -> Code {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
+        Error::DataLoss(_) => Code::DataLoss,
         Error::Store(e) => match e.kind {
             StoreErrorKind::Unavailable | StoreErrorKind::Misconfigured => Code::Unavailable,
             StoreErrorKind::Full => Code::ResourceExhausted,

@@ -9,6 +9,7 @@ crate::services! {
     ratelimit,
     cache,
     session,
+    flags,
     #[cfg(feature = "echo")]
     echo,
 }

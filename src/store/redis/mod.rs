@@ -36,6 +36,8 @@ pub struct Redis {
     probe_key: String,
     /// What the probe last learnt of the server, to log changes once.
     observed: probe::Observed,
+    /// For pub/sub connections of their own (standalone Redis only).
+    pubsub: Option<redis::Client>,
 }
 
 /// How commands reach Redis.
@@ -143,6 +145,13 @@ impl Redis {
                     })
             })
             .transpose()?;
+        let pubsub = match (s.mode, &tls) {
+            (RedisMode::Cluster, _) => None,
+            (RedisMode::Standalone, None) => redis::Client::open(url.expose()).ok(),
+            (RedisMode::Standalone, Some(certs)) => {
+                redis::Client::build_with_tls(url.expose(), certs.clone()).ok()
+            }
+        };
         let transport = match s.mode {
             RedisMode::Standalone => Self::lanes(url.expose(), s, tls)?,
             RedisMode::Cluster => Transport::Cluster(Box::new(cluster::ClusterTransport::new(
@@ -159,6 +168,7 @@ impl Redis {
             script_flags: AtomicBool::new(true),
             probe_key: crate::keys::probe_key(&instance),
             observed: probe::Observed::default(),
+            pubsub,
         })
     }
 
@@ -200,6 +210,12 @@ impl Redis {
 
     pub fn redacted_url(&self) -> &str {
         &self.redacted_url
+    }
+
+    /// A client for pub/sub connections, where pub/sub is used (standalone
+    /// Redis; on a cluster, services converge by polling).
+    pub fn pubsub_client(&self) -> Option<&redis::Client> {
+        self.pubsub.as_ref()
     }
 
     /// Whether scripts are sent with their shebang (Redis 7 and later).

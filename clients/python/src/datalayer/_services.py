@@ -9,13 +9,15 @@ import grpc.aio
 from datalayer._invoke import AsyncInvoker, Metadata, SyncInvoker
 from datalayer.cache.v1 import cache_pb2
 from datalayer.cache.v1 import cache_pb2_grpc
+from datalayer.flags.v1 import flags_pb2
+from datalayer.flags.v1 import flags_pb2_grpc
 from datalayer.ratelimit.v1 import ratelimit_pb2
 from datalayer.ratelimit.v1 import ratelimit_pb2_grpc
 from datalayer.session.v1 import session_pb2
 from datalayer.session.v1 import session_pb2_grpc
 
 #: Fully-qualified service name -> client attribute.
-SERVICES: dict[str, str] = {"datalayer.cache.v1.CacheService": "cache", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions"}
+SERVICES: dict[str, str] = {"datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flag", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions"}
 
 
 class CacheService:
@@ -194,6 +196,292 @@ class AsyncCacheService:
         told to wait, or get the stale value when there is one.
         """
         return await self._invoke(self.stub.GetOrLease, request, timeout=timeout, metadata=metadata)
+
+
+class FlagService:
+    """FlagService administers the feature flags that datalayer evaluates over
+    flagd's own protocol (flagd.evaluation.v1 and v2, for OpenFeature's flagd
+    providers). Flags live in flag sets (the name a provider sends as its
+    `flagd-selector`, e.g. "flags/allFlags.json"), as flagd JSON.
+
+    Every change is compare-and-set capable (`expected_version`; 0 means "must
+    not exist"), reaches every replica within a second, and is recorded in the
+    flag set's audit trail.
+
+    Reached as ``client.flag``.
+    """
+
+    def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = flags_pb2_grpc.FlagServiceStub(channel)
+        self._invoke = invoke
+
+    def put(
+        self,
+        request: flags_pb2.PutRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.PutResponse:
+        """Put creates or replaces one flag."""
+        return self._invoke(self.stub.Put, request, timeout=timeout, metadata=metadata)
+
+    def patch(
+        self,
+        request: flags_pb2.PatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.PatchResponse:
+        """Patch applies a JSON Merge Patch (RFC 7396) to one flag."""
+        return self._invoke(self.stub.Patch, request, timeout=timeout, metadata=metadata)
+
+    def delete(
+        self,
+        request: flags_pb2.DeleteRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.DeleteResponse:
+        """Delete removes one flag."""
+        return self._invoke(self.stub.Delete, request, timeout=timeout, metadata=metadata)
+
+    def get(
+        self,
+        request: flags_pb2.GetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.GetResponse:
+        """Get returns one flag."""
+        return self._invoke(self.stub.Get, request, timeout=timeout, metadata=metadata)
+
+    def list(
+        self,
+        request: flags_pb2.ListRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ListResponse:
+        """List returns a flag set's flags in key order, a page at a time."""
+        return self._invoke(self.stub.List, request, timeout=timeout, metadata=metadata)
+
+    def set_state(
+        self,
+        request: flags_pb2.SetStateRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.SetStateResponse:
+        """SetState enables or disables a flag: the kill switch."""
+        return self._invoke(self.stub.SetState, request, timeout=timeout, metadata=metadata)
+
+    def import(
+        self,
+        request: flags_pb2.ImportRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ImportResponse:
+        """Import writes a whole flag set from a flagd JSON document."""
+        return self._invoke(self.stub.Import, request, timeout=timeout, metadata=metadata)
+
+    def export(
+        self,
+        request: flags_pb2.ExportRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ExportResponse:
+        """Export returns a whole flag set as a flagd JSON document."""
+        return self._invoke(self.stub.Export, request, timeout=timeout, metadata=metadata)
+
+    def validate(
+        self,
+        request: flags_pb2.ValidateRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ValidateResponse:
+        """Validate checks a flagd JSON document and evaluates its flags against
+        sample contexts, writing nothing.
+        """
+        return self._invoke(self.stub.Validate, request, timeout=timeout, metadata=metadata)
+
+    def explain(
+        self,
+        request: flags_pb2.ExplainRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ExplainResponse:
+        """Explain evaluates one flag for a context and says why it resolved so:
+        which rule matched, which fractional bucket.
+        """
+        return self._invoke(self.stub.Explain, request, timeout=timeout, metadata=metadata)
+
+    def list_audit(
+        self,
+        request: flags_pb2.ListAuditRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ListAuditResponse:
+        """ListAudit returns a flag set's changes, newest first."""
+        return self._invoke(self.stub.ListAudit, request, timeout=timeout, metadata=metadata)
+
+    def list_flag_sets(
+        self,
+        request: flags_pb2.ListFlagSetsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ListFlagSetsResponse:
+        """ListFlagSets returns every flag set."""
+        return self._invoke(self.stub.ListFlagSets, request, timeout=timeout, metadata=metadata)
+
+
+class AsyncFlagService:
+    """FlagService administers the feature flags that datalayer evaluates over
+    flagd's own protocol (flagd.evaluation.v1 and v2, for OpenFeature's flagd
+    providers). Flags live in flag sets (the name a provider sends as its
+    `flagd-selector`, e.g. "flags/allFlags.json"), as flagd JSON.
+
+    Every change is compare-and-set capable (`expected_version`; 0 means "must
+    not exist"), reaches every replica within a second, and is recorded in the
+    flag set's audit trail.
+
+    Reached as ``client.flag``.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = flags_pb2_grpc.FlagServiceStub(channel)
+        self._invoke = invoke
+
+    async def put(
+        self,
+        request: flags_pb2.PutRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.PutResponse:
+        """Put creates or replaces one flag."""
+        return await self._invoke(self.stub.Put, request, timeout=timeout, metadata=metadata)
+
+    async def patch(
+        self,
+        request: flags_pb2.PatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.PatchResponse:
+        """Patch applies a JSON Merge Patch (RFC 7396) to one flag."""
+        return await self._invoke(self.stub.Patch, request, timeout=timeout, metadata=metadata)
+
+    async def delete(
+        self,
+        request: flags_pb2.DeleteRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.DeleteResponse:
+        """Delete removes one flag."""
+        return await self._invoke(self.stub.Delete, request, timeout=timeout, metadata=metadata)
+
+    async def get(
+        self,
+        request: flags_pb2.GetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.GetResponse:
+        """Get returns one flag."""
+        return await self._invoke(self.stub.Get, request, timeout=timeout, metadata=metadata)
+
+    async def list(
+        self,
+        request: flags_pb2.ListRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ListResponse:
+        """List returns a flag set's flags in key order, a page at a time."""
+        return await self._invoke(self.stub.List, request, timeout=timeout, metadata=metadata)
+
+    async def set_state(
+        self,
+        request: flags_pb2.SetStateRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.SetStateResponse:
+        """SetState enables or disables a flag: the kill switch."""
+        return await self._invoke(self.stub.SetState, request, timeout=timeout, metadata=metadata)
+
+    async def import(
+        self,
+        request: flags_pb2.ImportRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ImportResponse:
+        """Import writes a whole flag set from a flagd JSON document."""
+        return await self._invoke(self.stub.Import, request, timeout=timeout, metadata=metadata)
+
+    async def export(
+        self,
+        request: flags_pb2.ExportRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ExportResponse:
+        """Export returns a whole flag set as a flagd JSON document."""
+        return await self._invoke(self.stub.Export, request, timeout=timeout, metadata=metadata)
+
+    async def validate(
+        self,
+        request: flags_pb2.ValidateRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ValidateResponse:
+        """Validate checks a flagd JSON document and evaluates its flags against
+        sample contexts, writing nothing.
+        """
+        return await self._invoke(self.stub.Validate, request, timeout=timeout, metadata=metadata)
+
+    async def explain(
+        self,
+        request: flags_pb2.ExplainRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ExplainResponse:
+        """Explain evaluates one flag for a context and says why it resolved so:
+        which rule matched, which fractional bucket.
+        """
+        return await self._invoke(self.stub.Explain, request, timeout=timeout, metadata=metadata)
+
+    async def list_audit(
+        self,
+        request: flags_pb2.ListAuditRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ListAuditResponse:
+        """ListAudit returns a flag set's changes, newest first."""
+        return await self._invoke(self.stub.ListAudit, request, timeout=timeout, metadata=metadata)
+
+    async def list_flag_sets(
+        self,
+        request: flags_pb2.ListFlagSetsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> flags_pb2.ListFlagSetsResponse:
+        """ListFlagSets returns every flag set."""
+        return await self._invoke(self.stub.ListFlagSets, request, timeout=timeout, metadata=metadata)
 
 
 class RateLimitService:
@@ -574,11 +862,13 @@ class SyncServices:
     """The services of this client version, one attribute each."""
 
     cache: CacheService
+    flag: FlagService
     ratelimit: RateLimitService
     sessions: SessionService
 
     def _bind_services(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
         self.cache = CacheService(channel, invoke)
+        self.flag = FlagService(channel, invoke)
         self.ratelimit = RateLimitService(channel, invoke)
         self.sessions = SessionService(channel, invoke)
 
@@ -587,10 +877,12 @@ class AsyncServices:
     """The services of this client version, one attribute each."""
 
     cache: AsyncCacheService
+    flag: AsyncFlagService
     ratelimit: AsyncRateLimitService
     sessions: AsyncSessionService
 
     def _bind_services(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
         self.cache = AsyncCacheService(channel, invoke)
+        self.flag = AsyncFlagService(channel, invoke)
         self.ratelimit = AsyncRateLimitService(channel, invoke)
         self.sessions = AsyncSessionService(channel, invoke)
