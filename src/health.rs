@@ -73,7 +73,7 @@ impl Probe {
                 "unreachable",
                 format!(
                     "no answer within {} (health.probe_timeout)",
-                    humantime::format_duration(self.timeout)
+                    crate::validate::duration(self.timeout)
                 ),
             )),
         }

@@ -132,7 +132,7 @@ crate::section! {
     pub struct KeySettings {
         /// Tenant namespace of every key when calls carry no tenant of their
         /// own; every key starts with `dl:<namespace>:`. 1 to 64 characters
-        /// of [A-Za-z0-9_-].
+        /// of [A-Za-z0-9_-], starting with a letter or digit.
         pub namespace: String = "default".to_owned();
     }
     check = KeySettings::rules;

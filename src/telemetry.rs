@@ -1,7 +1,7 @@
 //! Logs through `tracing` (text or JSON), and traces over OTLP/gRPC when an
 //! endpoint is configured (`telemetry.otlp_endpoint`, else
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`). Incoming W3C `traceparent` headers are
-//! continued (see [`crate::rpc`]).
+//! continued (see [`crate::grpc::serve`]).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;

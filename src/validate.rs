@@ -234,6 +234,25 @@ pub fn batch(len: usize, field: &str, max: usize, setting: &str) -> Result<(), F
     Ok(())
 }
 
+/// A duration as settings and messages write it: the largest whole unit
+/// (`90d`, `36h`, `250ms`), as `humantime` reads it back.
+pub fn duration(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return humantime::format_duration(d).to_string();
+    }
+    if d.subsec_millis() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let secs = d.as_secs();
+    match secs {
+        0 => "0s".to_owned(),
+        s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// The range a duration in a request must fall in, and the setting that
 /// bounds it, for the error message.
 #[derive(Debug, Clone, Copy)]
@@ -268,10 +287,10 @@ impl DurationRange {
                 field,
                 format!(
                     "must be between {} and {} ({}), got {}",
-                    humantime::format_duration(self.min),
-                    humantime::format_duration(self.max),
+                    duration(self.min),
+                    duration(self.max),
                     self.setting,
-                    humantime::format_duration(d)
+                    duration(d)
                 ),
             ));
         }
@@ -334,6 +353,19 @@ mod tests {
         let q = quote(&long);
         assert!(q.len() < 200, "{}", q.len());
         assert!(q.ends_with(&format!("…({} bytes)", long.len())));
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        for (d, text) in [
+            (Duration::from_secs(90 * 86_400), "90d"),
+            (Duration::from_secs(36 * 3600), "36h"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(90), "90s"),
+        ] {
+            assert_eq!(duration(d), text);
+            assert_eq!(humantime::parse_duration(text).unwrap(), d);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Marks a status as a decode failure, so the server counts it under its
 /// method (see [`super::server`]); removed before the answer leaves.
@@ -51,10 +52,12 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(buf).map_err(|status| {
-            let mut status = Status::invalid_argument(format!(
-                "the request is not a valid protobuf message: {}",
-                status.message()
-            ));
+            let reason = format!("is not a valid protobuf message: {}", status.message());
+            let mut status = Status::with_error_details(
+                tonic::Code::InvalidArgument,
+                format!("invalid argument: request: {reason}"),
+                ErrorDetails::with_bad_request_violation("request", reason),
+            );
             status.metadata_mut().insert(
                 DECODE_ERROR_MARK,
                 tonic::metadata::MetadataValue::from_static("1"),

@@ -117,7 +117,7 @@ impl Ctx {
                 Ok(result) => result.map_err(Error::Store),
                 Err(_) => Err(Error::Store(StoreError::unavailable(format!(
                     "the store did not answer within {} (redis.command_timeout)",
-                    humantime::format_duration(self.store_timeout)
+                    crate::validate::duration(self.store_timeout)
                 )))),
             }
         }

@@ -31,6 +31,7 @@ use super::{
     conn::{Activity, CallGuard},
 };
 use crate::grpc::codec::DECODE_ERROR_MARK;
+use tonic_types::{ErrorDetails, StatusExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -92,13 +93,16 @@ fn status_only(code: tonic::Code, message: &str) -> Response<tonic::body::Body> 
 fn remap(response: &mut Response<tonic::body::Body>, path: &str) {
     let headers = response.headers_mut();
     let marked = headers.remove(DECODE_ERROR_MARK).is_some();
-    let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let status = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
         .map(percent_decode)
         .unwrap_or_default();
-    let new_code = match status {
+    let new_code = match status.as_deref() {
         _ if marked => Some(tonic::Code::InvalidArgument),
         Some("13") if is_framing_error(&message) => Some(tonic::Code::InvalidArgument),
         // A compressed request that inflates past the limit: the same
@@ -109,7 +113,23 @@ fn remap(response: &mut Response<tonic::body::Body>, path: &str) {
         _ => None,
     };
     let Some(code) = new_code else { return };
-    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    if marked {
+        // The codec's own answer already names the bad request.
+        headers.insert("grpc-status", HeaderValue::from(code as i32));
+    } else {
+        // tonic's framing error: answer as the codec does, with a
+        // BadRequest naming the request.
+        let status = if code == tonic::Code::InvalidArgument {
+            tonic::Status::with_error_details(
+                code,
+                format!("invalid argument: request: {message}"),
+                ErrorDetails::with_bad_request_violation("request", message.clone()),
+            )
+        } else {
+            tonic::Status::new(code, message.clone())
+        };
+        *response = status.into_http();
+    }
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')
@@ -306,8 +326,13 @@ impl Body for OneMessage {
                     && let Some(data) = frame.data_ref()
                     && !this.follow(data.chunk())
                 {
-                    let refused = tonic::Status::invalid_argument(
-                        "a unary call carries exactly one request message",
+                    let refused = tonic::Status::with_error_details(
+                        tonic::Code::InvalidArgument,
+                        "invalid argument: request: a unary call carries exactly one message",
+                        ErrorDetails::with_bad_request_violation(
+                            "request",
+                            "a unary call carries exactly one message",
+                        ),
                     );
                     return Poll::Ready(Some(Err(Box::new(refused))));
                 }

@@ -18,7 +18,7 @@
 //!
 //! Why not `schemars` + `validator`: their bounds are numbers only, while
 //! half of ours are durations written as `"30s"`; and validation must report
-//! every problem at once, naming each key, for `datalayer check-config`.
+//! every problem at once, naming each key.
 
 mod macros;
 mod values;

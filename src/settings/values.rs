@@ -92,17 +92,17 @@ impl Setting for Duration {
         json!({ "type": "string", "pattern": DURATION_PATTERN })
     }
     fn show(&self) -> String {
-        format!("`{}`", humantime::format_duration(*self))
+        format!("`{}`", crate::validate::duration(*self))
     }
 }
 
 impl Bound for Duration {
     fn describe(schema: &mut Value, min: Self, max: Self) {
-        schema["x-minimum"] = json!(humantime::format_duration(min).to_string());
-        schema["x-maximum"] = json!(humantime::format_duration(max).to_string());
+        schema["x-minimum"] = json!(crate::validate::duration(min));
+        schema["x-maximum"] = json!(crate::validate::duration(max));
     }
     fn show(self) -> String {
-        humantime::format_duration(self).to_string()
+        crate::validate::duration(self)
     }
 }
 

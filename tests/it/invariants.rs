@@ -28,6 +28,7 @@ pub fn workloads() -> Vec<(&'static str, Workload)> {
     all.push(("ratelimit", crate::ratelimit::workload));
     all.push(("cache", crate::cache::workload));
     all.push(("session", crate::session::workload));
+    all.push(("flags", crate::flags::workload));
     #[cfg(feature = "echo")]
     all.push(("echo", crate::echo::workload));
     all

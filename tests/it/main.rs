@@ -16,6 +16,7 @@ mod cluster;
 mod config;
 #[cfg(feature = "echo")]
 mod echo;
+mod flags;
 mod fuzz;
 mod hardening;
 mod invariants;

@@ -95,7 +95,9 @@ impl Handler {
     async fn apply_set(&self, ctx: &Ctx, ops: &[SetOp]) -> Result<Vec<pb::SetResponse>, Error> {
         let results = ctx.store(self.store.set_many(&ctx.tenant, ops)).await?;
         if results.len() != ops.len() {
-            return Err(Error::Internal("the store answered a short batch".to_owned()));
+            return Err(Error::Internal(
+                "the store answered a short batch".to_owned(),
+            ));
         }
         Ok(results.into_iter().map(set_response).collect())
     }
@@ -150,7 +152,9 @@ impl Handler {
         let mut tags = req.tags;
         tags.sort();
         tags.dedup();
-        let invalidated = ctx.store(self.store.invalidate_tags(&ctx.tenant, &tags)).await?;
+        let invalidated = ctx
+            .store(self.store.invalidate_tags(&ctx.tenant, &tags))
+            .await?;
         Ok(pb::InvalidateTagsResponse { invalidated })
     }
 

@@ -156,16 +156,16 @@ impl Store for MemoryCache {
         keys: &[String],
     ) -> Result<Vec<Option<Found>>, StoreError> {
         let now = self.memory.now_us();
-        Ok(self
-            .state
-            .with(tenant, |state| keys.iter().map(|k| state.found(k, now)).collect()))
+        Ok(self.state.with(tenant, |state| {
+            keys.iter().map(|k| state.found(k, now)).collect()
+        }))
     }
 
     async fn set_many(&self, tenant: &Tenant, ops: &[SetOp]) -> Result<Vec<SetResult>, StoreError> {
         let now = self.memory.now_us();
-        Ok(self
-            .state
-            .with(tenant, |state| ops.iter().map(|op| state.set(op, now)).collect()))
+        Ok(self.state.with(tenant, |state| {
+            ops.iter().map(|op| state.set(op, now)).collect()
+        }))
     }
 
     async fn delete(&self, tenant: &Tenant, key: &str) -> Result<bool, StoreError> {
@@ -186,9 +186,9 @@ impl Store for MemoryCache {
         new_token: &str,
     ) -> Result<LeaseResult, StoreError> {
         let now = self.memory.now_us();
-        Ok(self
-            .state
-            .with(tenant, |state| state.get_or_lease(key, lease_ttl_us, new_token, now)))
+        Ok(self.state.with(tenant, |state| {
+            state.get_or_lease(key, lease_ttl_us, new_token, now)
+        }))
     }
 }
 
@@ -214,7 +214,13 @@ impl CacheState {
         invalidated
     }
 
-    fn get_or_lease(&mut self, key: &str, lease_ttl_us: u64, new_token: &str, now: u64) -> LeaseResult {
+    fn get_or_lease(
+        &mut self,
+        key: &str,
+        lease_ttl_us: u64,
+        new_token: &str,
+        now: u64,
+    ) -> LeaseResult {
         let state = self;
         let found = state.found(key, now);
         if let Some(found) = &found
@@ -259,4 +265,3 @@ impl MemoryCache {
         })
     }
 }
-

@@ -123,7 +123,8 @@ impl Store for RedisCache {
             .iter()
             .map(|k| SCRIPTS.get.call(&[k.as_str()], &[]))
             .collect();
-        self.redis.eval_batch(&calls)
+        self.redis
+            .eval_batch(&calls)
             .await?
             .into_iter()
             .map(|reply| {
@@ -192,7 +193,8 @@ impl Store for RedisCache {
                 .arg(last_invalidation);
             calls.push(call);
         }
-        self.redis.eval_batch(&calls)
+        self.redis
+            .eval_batch(&calls)
             .await?
             .into_iter()
             .map(|reply| {

@@ -80,7 +80,11 @@ impl Settings {
         if tags.len() > self.max_tags {
             return Err(FieldViolation::new(
                 field,
-                format!("at most {} tags (cache.max_tags), got {}", self.max_tags, tags.len()),
+                format!(
+                    "at most {} tags (cache.max_tags), got {}",
+                    self.max_tags,
+                    tags.len()
+                ),
             )
             .into());
         }

@@ -11,8 +11,11 @@ use crate::store::{Backend, StoreError};
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    async fn get_many(&self, tenant: &Tenant, keys: &[String])
-    -> Result<Vec<Option<Found>>, StoreError>;
+    async fn get_many(
+        &self,
+        tenant: &Tenant,
+        keys: &[String],
+    ) -> Result<Vec<Option<Found>>, StoreError>;
     async fn set_many(&self, tenant: &Tenant, ops: &[SetOp]) -> Result<Vec<SetResult>, StoreError>;
     /// Deletes the entry and its lease; true if an entry was there.
     async fn delete(&self, tenant: &Tenant, key: &str) -> Result<bool, StoreError>;

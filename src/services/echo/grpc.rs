@@ -42,7 +42,10 @@ impl Handler {
         let times = if req.times == 0 || req.times > self.settings.max_times {
             Err(FieldViolation::new(
                 "times",
-                format!("must be between 1 and {} (echo.max_times)", self.settings.max_times),
+                format!(
+                    "must be between 1 and {} (echo.max_times)",
+                    self.settings.max_times
+                ),
             ))
         } else {
             Ok(req.times)

@@ -35,7 +35,6 @@ impl MemoryEcho {
     }
 }
 
-
 #[async_trait]
 impl Store for MemoryEcho {
     async fn say(&self, tenant: &Tenant, text: &str) -> Result<u64, StoreError> {

@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::Flags;
 use super::convert::{json_to_struct, struct_to_json};
 use super::eval::{self, CompiledFlag, Kind};
 use super::logic;
@@ -16,7 +17,6 @@ use super::model::{self, parse_document, parse_flag, parse_set_meta, set_meta_js
 use super::ops;
 use super::registry::ChangeType;
 use super::store::{Actor, Write};
-use super::Flags;
 use crate::error::Error;
 use crate::grpc::Ctx;
 use crate::grpc::convert::timestamp_out;
@@ -58,7 +58,10 @@ impl Handler {
         if text.len() > max {
             return Err(Invalid::one(
                 field,
-                format!("must be at most {max} bytes (flags.max_flag_bytes), got {}", text.len()),
+                format!(
+                    "must be at most {max} bytes (flags.max_flag_bytes), got {}",
+                    text.len()
+                ),
             ));
         }
         let value: Value = serde_json::from_str(text)
@@ -107,8 +110,12 @@ impl Handler {
                 Err(Invalid(found)) => problems.extend(found),
                 Ok(def) => {
                     if let Some(rule) = &def.targeting
-                        && let Err(p) = logic::prepare(rule, &doc.evaluators, self.0.settings.max_targeting_depth)
-                            .and_then(|prepared| logic::compile(&prepared))
+                        && let Err(p) = logic::prepare(
+                            rule,
+                            &doc.evaluators,
+                            self.0.settings.max_targeting_depth,
+                        )
+                        .and_then(|prepared| logic::compile(&prepared))
                     {
                         let path = if p.path.is_empty() {
                             format!("{at}.targeting")
@@ -150,7 +157,8 @@ impl Handler {
                 Self::actor(&ctx, "put"),
             ))
             .await?;
-        ctx.store(self.0.refresh(&ctx.tenant, &req.flag_set)).await?;
+        ctx.store(self.0.refresh(&ctx.tenant, &req.flag_set))
+            .await?;
         Ok(pb::PutResponse {
             written: outcome.written,
             version: outcome.version,
@@ -227,11 +235,18 @@ impl Handler {
         })
     }
 
-    async fn set_state(&self, ctx: Ctx, req: pb::SetStateRequest) -> Result<pb::SetStateResponse, Error> {
+    async fn set_state(
+        &self,
+        ctx: Ctx,
+        req: pb::SetStateRequest,
+    ) -> Result<pb::SetStateResponse, Error> {
         let state = match pb::State::try_from(req.state) {
             Ok(pb::State::Enabled) => Ok("ENABLED"),
             Ok(pb::State::Disabled) => Ok("DISABLED"),
-            _ => Err(FieldViolation::new("state", "must be STATE_ENABLED or STATE_DISABLED")),
+            _ => Err(FieldViolation::new(
+                "state",
+                "must be STATE_ENABLED or STATE_DISABLED",
+            )),
         };
         let (_, state, expected) = validate::all((
             names(&req.flag_set, &req.key),
@@ -264,7 +279,8 @@ impl Handler {
                 Self::actor(&ctx, "delete"),
             ))
             .await?;
-        ctx.store(self.0.refresh(&ctx.tenant, &req.flag_set)).await?;
+        ctx.store(self.0.refresh(&ctx.tenant, &req.flag_set))
+            .await?;
         Ok(pb::DeleteResponse {
             deleted: outcome.written,
         })
@@ -272,9 +288,15 @@ impl Handler {
 
     async fn get(&self, ctx: Ctx, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
         names(&req.flag_set, &req.key)?;
-        let flag = self.stored(&ctx, &req.flag_set, &req.key).await?.ok_or_else(|| {
-            Error::NotFound(format!("no flag `{}` in flag set `{}`", req.key, req.flag_set))
-        })?;
+        let flag = self
+            .stored(&ctx, &req.flag_set, &req.key)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no flag `{}` in flag set `{}`",
+                    req.key, req.flag_set
+                ))
+            })?;
         Ok(pb::GetResponse { flag: Some(flag) })
     }
 
@@ -285,12 +307,23 @@ impl Handler {
             n if n > 1000 => return Err(Error::invalid("page_size", "at most 1000")),
             n => n as usize,
         };
-        let Some(set) = ctx.store(self.0.store.load(&ctx.tenant, &req.flag_set)).await? else {
+        let Some(set) = ctx
+            .store(self.0.store.load(&ctx.tenant, &req.flag_set))
+            .await?
+        else {
             return Ok(pb::ListResponse::default());
         };
-        let mut flags: Vec<_> = set.flags.into_iter().filter(|f| f.key > req.page_token).collect();
+        let mut flags: Vec<_> = set
+            .flags
+            .into_iter()
+            .filter(|f| f.key > req.page_token)
+            .collect();
         flags.sort_by(|a, b| a.key.cmp(&b.key));
-        let next = if flags.len() > size { flags[size - 1].key.clone() } else { String::new() };
+        let next = if flags.len() > size {
+            flags[size - 1].key.clone()
+        } else {
+            String::new()
+        };
         Ok(pb::ListResponse {
             flags: flags
                 .into_iter()
@@ -308,7 +341,8 @@ impl Handler {
 
     async fn import(&self, ctx: Ctx, req: pb::ImportRequest) -> Result<pb::ImportResponse, Error> {
         model::name(&req.flag_set, "flag_set")?;
-        let doc = parse_document(&req.document, &self.0.settings).map_err(|e| e.under("document"))?;
+        let doc =
+            parse_document(&req.document, &self.0.settings).map_err(|e| e.under("document"))?;
         let (flags, problems) = self.checked_document(&doc, "document");
         if !problems.is_empty() {
             return Err(Invalid(problems).into());
@@ -325,7 +359,8 @@ impl Handler {
                 Self::actor(&ctx, "import"),
             ))
             .await?;
-        ctx.store(self.0.refresh(&ctx.tenant, &req.flag_set)).await?;
+        ctx.store(self.0.refresh(&ctx.tenant, &req.flag_set))
+            .await?;
         Ok(pb::ImportResponse {
             version,
             changed: changed.into_iter().map(|(k, _)| k).collect(),

@@ -134,7 +134,11 @@ pub fn rule_context(
     Value::Object(data)
 }
 
-fn default_of(def: &FlagDef, reason: Reason, metadata: Map<String, Value>) -> Result<Resolution, EvalError> {
+fn default_of(
+    def: &FlagDef,
+    reason: Reason,
+    metadata: Map<String, Value>,
+) -> Result<Resolution, EvalError> {
     match &def.default_variant {
         None => Ok(Resolution {
             value: None,
@@ -164,7 +168,12 @@ fn check_type(resolution: &Resolution, kind: Kind) -> Result<(), EvalError> {
         Kind::Any => true,
         Kind::Bool => value.is_boolean(),
         Kind::String => value.is_string(),
-        Kind::Int => value.as_i64().is_some() || value.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18),
+        Kind::Int => {
+            value.as_i64().is_some()
+                || value
+                    .as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+        }
         Kind::Float => value.is_number(),
         Kind::Object => value.is_object(),
     };
@@ -277,22 +286,40 @@ mod tests {
     }
 
     fn eval(flag: &CompiledFlag, context: Value, kind: Kind) -> Result<Resolution, EvalError> {
-        let data = rule_context("f", context.as_object().unwrap(), &Map::new(), 1_700_000_000);
+        let data = rule_context(
+            "f",
+            context.as_object().unwrap(),
+            &Map::new(),
+            1_700_000_000,
+        );
         resolve(flag, &Map::new(), data, kind)
     }
 
     #[test]
     fn reasons_follow_flagd() {
-        let f = flag(json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}));
+        let f = flag(
+            json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}),
+        );
         let r = eval(&f, json!({}), Kind::Bool).unwrap();
         assert_eq!((r.reason, r.value), (Reason::Static, Some(json!(false))));
         let t = flag(json!({
             "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
             "targeting": {"if": [{"==": [{"var": "email"}, "a@b.c"]}, "on", null]}
         }));
-        assert_eq!(eval(&t, json!({"email": "a@b.c"}), Kind::Bool).unwrap().reason, Reason::TargetingMatch);
-        assert_eq!(eval(&t, json!({"email": "x"}), Kind::Bool).unwrap().reason, Reason::Default);
-        assert!(matches!(eval(&t, json!({}), Kind::String), Err(EvalError::TypeMismatch(_))));
+        assert_eq!(
+            eval(&t, json!({"email": "a@b.c"}), Kind::Bool)
+                .unwrap()
+                .reason,
+            Reason::TargetingMatch
+        );
+        assert_eq!(
+            eval(&t, json!({"email": "x"}), Kind::Bool).unwrap().reason,
+            Reason::Default
+        );
+        assert!(matches!(
+            eval(&t, json!({}), Kind::String),
+            Err(EvalError::TypeMismatch(_))
+        ));
         let d = flag(json!({"state": "DISABLED", "variants": {"a": 1}, "defaultVariant": "a"}));
         let r = eval(&d, json!({}), Kind::Int).unwrap();
         assert_eq!((r.reason, r.variant), (Reason::Disabled, None));
@@ -300,9 +327,19 @@ mod tests {
 
     #[test]
     fn broken_rules_are_parse_errors_and_missing_variants_general() {
-        let bad = flag(json!({"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"invalid": [1]}}));
-        assert!(matches!(eval(&bad, json!({}), Kind::Int), Err(EvalError::Parse(_))));
-        let missing = flag(json!({"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [true, "three", "a"]}}));
-        assert!(matches!(eval(&missing, json!({}), Kind::Int), Err(EvalError::General(_))));
+        let bad = flag(
+            json!({"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"invalid": [1]}}),
+        );
+        assert!(matches!(
+            eval(&bad, json!({}), Kind::Int),
+            Err(EvalError::Parse(_))
+        ));
+        let missing = flag(
+            json!({"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [true, "three", "a"]}}),
+        );
+        assert!(matches!(
+            eval(&missing, json!({}), Kind::Int),
+            Err(EvalError::General(_))
+        ));
     }
 }

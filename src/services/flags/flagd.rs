@@ -13,10 +13,10 @@ use prost_types::Struct;
 use serde_json::{Map, Value, json};
 use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 
-use super::{Flags, now_secs};
 use super::convert::{json_to_struct, struct_to_json};
 use super::eval::{self, EvalError, Kind, Resolution};
 use super::model;
+use super::{Flags, now_secs};
 use crate::error::Error;
 use crate::grpc::Ctx;
 
@@ -24,7 +24,6 @@ use crate::grpc::Ctx;
 pub struct V1(pub Arc<Flags>);
 /// flagd evaluation v2 (`flagd.evaluation.v2.Service`).
 pub struct V2(pub Arc<Flags>);
-
 
 impl From<EvalError> for Error {
     fn from(e: EvalError) -> Self {
@@ -97,12 +96,23 @@ async fn events(
         .map(str::to_owned);
     let changes = changes.filter_map(move |change| {
         let keep = match change {
-            Ok(change) if change.tenant == tenant && selector.as_ref().is_none_or(|s| *s == change.set) => {
+            Ok(change)
+                if change.tenant == tenant
+                    && selector.as_ref().is_none_or(|s| *s == change.set) =>
+            {
                 let mut changed = Map::new();
                 for (key, kind) in &change.flags {
                     changed.insert(key.clone(), json!({"type": kind.as_str()}));
                 }
-                Some(Ok(("configuration_change".to_owned(), Some(json_to_struct(&json!({"flags": changed}).as_object().cloned().unwrap_or_default())))))
+                Some(Ok((
+                    "configuration_change".to_owned(),
+                    Some(json_to_struct(
+                        &json!({"flags": changed})
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default(),
+                    )),
+                )))
             }
             Ok(_) => None,
             // This subscriber fell behind the broadcast: tell it that
@@ -128,36 +138,119 @@ macro_rules! flagd {
         }
 
         impl $handler {
-            async fn resolve_boolean(&self, ctx: Ctx, req: $pb::ResolveBooleanRequest) -> Result<$pb::ResolveBooleanResponse, Error> {
-                let r = evaluate(&self.0, &ctx, &req.flag_key, req.context.as_ref(), Kind::Bool).await?;
-                Ok($pb::ResolveBooleanResponse { value: $value(as_bool(&r.value)), reason: r.reason.as_str().into(), variant: $variant(r.variant.clone()), metadata: metadata(&r) })
+            async fn resolve_boolean(
+                &self,
+                ctx: Ctx,
+                req: $pb::ResolveBooleanRequest,
+            ) -> Result<$pb::ResolveBooleanResponse, Error> {
+                let r = evaluate(
+                    &self.0,
+                    &ctx,
+                    &req.flag_key,
+                    req.context.as_ref(),
+                    Kind::Bool,
+                )
+                .await?;
+                Ok($pb::ResolveBooleanResponse {
+                    value: $value(as_bool(&r.value)),
+                    reason: r.reason.as_str().into(),
+                    variant: $variant(r.variant.clone()),
+                    metadata: metadata(&r),
+                })
             }
 
-            async fn resolve_string(&self, ctx: Ctx, req: $pb::ResolveStringRequest) -> Result<$pb::ResolveStringResponse, Error> {
-                let r = evaluate(&self.0, &ctx, &req.flag_key, req.context.as_ref(), Kind::String).await?;
-                Ok($pb::ResolveStringResponse { value: $value(as_string(&r.value)), reason: r.reason.as_str().into(), variant: $variant(r.variant.clone()), metadata: metadata(&r) })
+            async fn resolve_string(
+                &self,
+                ctx: Ctx,
+                req: $pb::ResolveStringRequest,
+            ) -> Result<$pb::ResolveStringResponse, Error> {
+                let r = evaluate(
+                    &self.0,
+                    &ctx,
+                    &req.flag_key,
+                    req.context.as_ref(),
+                    Kind::String,
+                )
+                .await?;
+                Ok($pb::ResolveStringResponse {
+                    value: $value(as_string(&r.value)),
+                    reason: r.reason.as_str().into(),
+                    variant: $variant(r.variant.clone()),
+                    metadata: metadata(&r),
+                })
             }
 
-            async fn resolve_int(&self, ctx: Ctx, req: $pb::ResolveIntRequest) -> Result<$pb::ResolveIntResponse, Error> {
-                let r = evaluate(&self.0, &ctx, &req.flag_key, req.context.as_ref(), Kind::Int).await?;
-                Ok($pb::ResolveIntResponse { value: $value(as_i64(&r.value)), reason: r.reason.as_str().into(), variant: $variant(r.variant.clone()), metadata: metadata(&r) })
+            async fn resolve_int(
+                &self,
+                ctx: Ctx,
+                req: $pb::ResolveIntRequest,
+            ) -> Result<$pb::ResolveIntResponse, Error> {
+                let r = evaluate(
+                    &self.0,
+                    &ctx,
+                    &req.flag_key,
+                    req.context.as_ref(),
+                    Kind::Int,
+                )
+                .await?;
+                Ok($pb::ResolveIntResponse {
+                    value: $value(as_i64(&r.value)),
+                    reason: r.reason.as_str().into(),
+                    variant: $variant(r.variant.clone()),
+                    metadata: metadata(&r),
+                })
             }
 
-            async fn resolve_float(&self, ctx: Ctx, req: $pb::ResolveFloatRequest) -> Result<$pb::ResolveFloatResponse, Error> {
-                let r = evaluate(&self.0, &ctx, &req.flag_key, req.context.as_ref(), Kind::Float).await?;
-                Ok($pb::ResolveFloatResponse { value: $value(as_f64(&r.value)), reason: r.reason.as_str().into(), variant: $variant(r.variant.clone()), metadata: metadata(&r) })
+            async fn resolve_float(
+                &self,
+                ctx: Ctx,
+                req: $pb::ResolveFloatRequest,
+            ) -> Result<$pb::ResolveFloatResponse, Error> {
+                let r = evaluate(
+                    &self.0,
+                    &ctx,
+                    &req.flag_key,
+                    req.context.as_ref(),
+                    Kind::Float,
+                )
+                .await?;
+                Ok($pb::ResolveFloatResponse {
+                    value: $value(as_f64(&r.value)),
+                    reason: r.reason.as_str().into(),
+                    variant: $variant(r.variant.clone()),
+                    metadata: metadata(&r),
+                })
             }
 
-            async fn resolve_object(&self, ctx: Ctx, req: $pb::ResolveObjectRequest) -> Result<$pb::ResolveObjectResponse, Error> {
-                let r = evaluate(&self.0, &ctx, &req.flag_key, req.context.as_ref(), Kind::Object).await?;
-                Ok($pb::ResolveObjectResponse { value: as_struct(&r.value), reason: r.reason.as_str().into(), variant: $variant(r.variant.clone()), metadata: metadata(&r) })
+            async fn resolve_object(
+                &self,
+                ctx: Ctx,
+                req: $pb::ResolveObjectRequest,
+            ) -> Result<$pb::ResolveObjectResponse, Error> {
+                let r = evaluate(
+                    &self.0,
+                    &ctx,
+                    &req.flag_key,
+                    req.context.as_ref(),
+                    Kind::Object,
+                )
+                .await?;
+                Ok($pb::ResolveObjectResponse {
+                    value: as_struct(&r.value),
+                    reason: r.reason.as_str().into(),
+                    variant: $variant(r.variant.clone()),
+                    metadata: metadata(&r),
+                })
             }
 
             async fn event_stream(
                 &self,
                 ctx: Ctx,
                 _req: $pb::EventStreamRequest,
-            ) -> Result<impl Stream<Item = Result<$pb::EventStreamResponse, Error>> + Send + 'static, Error> {
+            ) -> Result<
+                impl Stream<Item = Result<$pb::EventStreamResponse, Error>> + Send + 'static,
+                Error,
+            > {
                 Ok(events(&self.0, &ctx).await?.map(|event| {
                     event.map(|(r#type, data)| $pb::EventStreamResponse { r#type, data })
                 }))
@@ -180,14 +273,25 @@ flagd!(V2, v2, optional, optional);
 impl V1 {
     /// Every flag the selector serves, evaluated; flags that fail, or that
     /// leave the value to the caller's default, are left out.
-    async fn resolve_all(&self, ctx: Ctx, req: v1::ResolveAllRequest) -> Result<v1::ResolveAllResponse, Error> {
+    async fn resolve_all(
+        &self,
+        ctx: Ctx,
+        req: v1::ResolveAllRequest,
+    ) -> Result<v1::ResolveAllResponse, Error> {
         self.0.ensure(&ctx.tenant).await;
         let selector = ctx.header("flagd-selector").filter(|s| !s.is_empty());
         let context = req.context.as_ref().map(struct_to_json).unwrap_or_default();
         let mut out = std::collections::HashMap::new();
         for (set, flag) in self.0.registry.all(&ctx.tenant, selector) {
-            let data = eval::rule_context(&flag.key, &context, &self.0.registry.static_context, now_secs());
-            let Ok(r) = eval::resolve(&flag, &set.metadata, data, Kind::Any) else { continue };
+            let data = eval::rule_context(
+                &flag.key,
+                &context,
+                &self.0.registry.static_context,
+                now_secs(),
+            );
+            let Ok(r) = eval::resolve(&flag, &set.metadata, data, Kind::Any) else {
+                continue;
+            };
             let Some(value) = &r.value else { continue };
             use v1::any_flag::Value as V;
             let value = match value {
@@ -197,14 +301,20 @@ impl V1 {
                 Value::Object(o) => V::ObjectValue(json_to_struct(o)),
                 _ => continue,
             };
-            out.insert(flag.key.clone(), v1::AnyFlag {
-                reason: r.reason.as_str().into(),
-                variant: r.variant.clone().unwrap_or_default(),
-                value: Some(value),
-                metadata: metadata(&r),
-            });
+            out.insert(
+                flag.key.clone(),
+                v1::AnyFlag {
+                    reason: r.reason.as_str().into(),
+                    variant: r.variant.clone().unwrap_or_default(),
+                    value: Some(value),
+                    metadata: metadata(&r),
+                },
+            );
         }
-        Ok(v1::ResolveAllResponse { flags: out, metadata: None })
+        Ok(v1::ResolveAllResponse {
+            flags: out,
+            metadata: None,
+        })
     }
 }
 

@@ -15,7 +15,12 @@ use serde_json::{Map, Value};
 use super::ops::{Fractional, SemVer, StringTest};
 
 /// flagd's operations, under the names rules are compiled with.
-const CUSTOM: &[&str] = &["fractional", "sem_ver", "flagd_starts_with", "flagd_ends_with"];
+const CUSTOM: &[&str] = &[
+    "fractional",
+    "sem_ver",
+    "flagd_starts_with",
+    "flagd_ends_with",
+];
 
 pub static ENGINE: LazyLock<DataLogic> = LazyLock::new(|| {
     let mut engine = DataLogic::new();
@@ -87,7 +92,15 @@ fn walk(
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(i, item)| walk(item, evaluators, &join(path, &format!("[{i}]")), depth + 1, max_depth))
+            .map(|(i, item)| {
+                walk(
+                    item,
+                    evaluators,
+                    &join(path, &format!("[{i}]")),
+                    depth + 1,
+                    max_depth,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
         Value::Object(map) if map.len() == 1 => {
@@ -111,7 +124,10 @@ fn walk(
                 other => other,
             };
             if name.parse::<OpCode>().is_err() && !CUSTOM.contains(&name) {
-                return Err(problem(path, format!("`{op}` is not a JSON Logic or flagd operation")));
+                return Err(problem(
+                    path,
+                    format!("`{op}` is not a JSON Logic or flagd operation"),
+                ));
             }
             let args = walk(args, evaluators, &join(path, op), depth + 1, max_depth)?;
             let mut out = Map::new();
@@ -146,11 +162,17 @@ mod tests {
         let rule = json!({"if": [{"$ref": "is_ballmer"}, "hi", null]});
         let prepared = prepare(&rule, evaluators, 32).unwrap();
         assert_eq!(prepared["if"][0]["=="][1], "b@m.com");
-        let missing = prepare(&json!({"if": [{"$ref": "nope"}, 1, 2]}), evaluators, 32).unwrap_err();
+        let missing =
+            prepare(&json!({"if": [{"$ref": "nope"}, 1, 2]}), evaluators, 32).unwrap_err();
         assert_eq!(missing.path, "if[0]");
         let unknown = prepare(&json!({"invalid": ["x"]}), evaluators, 32).unwrap_err();
         assert!(unknown.description.contains("invalid"));
-        let renamed = prepare(&json!({"starts_with": [{"var": "id"}, "abc"]}), evaluators, 32).unwrap();
+        let renamed = prepare(
+            &json!({"starts_with": [{"var": "id"}, "abc"]}),
+            evaluators,
+            32,
+        )
+        .unwrap();
         assert!(renamed.get("flagd_starts_with").is_some());
     }
 

@@ -26,7 +26,15 @@ struct MemSet {
 }
 
 impl MemSet {
-    fn record(&mut self, now_us: u64, key: &str, actor: &Actor<'_>, before: &str, after: &str, max: usize) {
+    fn record(
+        &mut self,
+        now_us: u64,
+        key: &str,
+        actor: &Actor<'_>,
+        before: &str,
+        after: &str,
+        max: usize,
+    ) {
         self.next_id += 1;
         self.audit.push_front(AuditEntry {
             id: format!("{}-{}", now_us / 1000, self.next_id),
@@ -86,7 +94,12 @@ impl Store for MemoryFlags {
         }))
     }
 
-    async fn get(&self, tenant: &Tenant, set: &str, key: &str) -> Result<Option<StoredFlag>, StoreError> {
+    async fn get(
+        &self,
+        tenant: &Tenant,
+        set: &str,
+        key: &str,
+    ) -> Result<Option<StoredFlag>, StoreError> {
         Ok(self.sets.with(tenant, |sets| {
             let (definition, version) = sets.get(set)?.flags.get(key)?;
             Some(StoredFlag {
@@ -124,7 +137,8 @@ impl Store for MemoryFlags {
             s.version += 1;
             let (after, version) = match write {
                 Write::Put(definition) => {
-                    s.flags.insert(key.to_owned(), (definition.clone(), s.version));
+                    s.flags
+                        .insert(key.to_owned(), (definition.clone(), s.version));
                     (definition, s.version)
                 }
                 Write::Delete => {
@@ -158,7 +172,9 @@ impl Store for MemoryFlags {
             for (key, definition) in flags {
                 match s.flags.get(key) {
                     None => changed.push((key.clone(), ChangeType::Write)),
-                    Some((d, _)) if d != definition => changed.push((key.clone(), ChangeType::Update)),
+                    Some((d, _)) if d != definition => {
+                        changed.push((key.clone(), ChangeType::Update))
+                    }
                     Some(_) => {}
                 }
             }

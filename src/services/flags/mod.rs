@@ -15,9 +15,9 @@ mod convert;
 pub mod eval;
 mod flagd;
 pub mod logic;
+mod memory;
 pub mod model;
 pub mod ops;
-mod memory;
 mod redis;
 pub mod registry;
 pub mod settings;
@@ -50,14 +50,23 @@ impl Module for Service {
         let shared = registrar.shared();
         let flags = Arc::new(Flags {
             registry: Arc::new(Registry::new(
-                settings.sources.0.iter().map(|s| s.selector.clone()).collect(),
+                settings
+                    .sources
+                    .0
+                    .iter()
+                    .map(|s| s.selector.clone())
+                    .collect(),
                 settings.static_context.0.clone(),
                 settings.max_targeting_depth,
             )),
             store: store::build(registrar.backend(), settings.max_audit_entries),
             settings: settings.clone(),
         });
-        sync::start(flags.clone(), shared.default_tenant.clone(), shared.shutdown.clone());
+        sync::start(
+            flags.clone(),
+            shared.default_tenant.clone(),
+            shared.shutdown.clone(),
+        );
         registrar.add(flagd::V1(flags.clone()));
         registrar.add(flagd::V2(flags.clone()));
         registrar.add(admin::Handler(flags));

@@ -66,7 +66,11 @@ pub fn name(value: &str, field: &str) -> Result<(), FieldViolation> {
 }
 
 /// Metadata: an object of strings, numbers and booleans.
-fn metadata(value: Option<&Value>, path: &str, problems: &mut Vec<FieldViolation>) -> Map<String, Value> {
+fn metadata(
+    value: Option<&Value>,
+    path: &str,
+    problems: &mut Vec<FieldViolation>,
+) -> Map<String, Value> {
     match value {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => {
@@ -99,7 +103,13 @@ pub fn parse_flag(value: &Value, path: &str) -> Result<FlagDef, Invalid> {
     for key in flag.keys() {
         if !matches!(
             key.as_str(),
-            "state" | "variants" | "defaultVariant" | "targeting" | "metadata" | "source" | "selector"
+            "state"
+                | "variants"
+                | "defaultVariant"
+                | "targeting"
+                | "metadata"
+                | "source"
+                | "selector"
         ) {
             problems.push(bad(&format!("{path}.{key}"), "is not a flag property"));
         }
@@ -108,7 +118,10 @@ pub fn parse_flag(value: &Value, path: &str) -> Result<FlagDef, Invalid> {
         Some("ENABLED") => State::Enabled,
         Some("DISABLED") => State::Disabled,
         _ => {
-            problems.push(bad(&format!("{path}.state"), "must be \"ENABLED\" or \"DISABLED\""));
+            problems.push(bad(
+                &format!("{path}.state"),
+                "must be \"ENABLED\" or \"DISABLED\"",
+            ));
             State::Disabled
         }
     };
@@ -156,7 +169,11 @@ pub fn parse_flag(value: &Value, path: &str) -> Result<FlagDef, Invalid> {
             None
         }
     };
-    let metadata = metadata(flag.get("metadata"), &format!("{path}.metadata"), &mut problems);
+    let metadata = metadata(
+        flag.get("metadata"),
+        &format!("{path}.metadata"),
+        &mut problems,
+    );
     if problems.is_empty() {
         Ok(FlagDef {
             state,
@@ -190,7 +207,10 @@ pub fn parse_document(text: &str, settings: &Settings) -> Result<Document, Inval
     };
     let mut problems = Vec::new();
     for key in doc.keys() {
-        if !matches!(key.as_str(), "flags" | "metadata" | "$evaluators" | "$schema") {
+        if !matches!(
+            key.as_str(),
+            "flags" | "metadata" | "$evaluators" | "$schema"
+        ) {
             problems.push(bad(key, "is not a flag set property"));
         }
     }
@@ -246,7 +266,13 @@ pub fn set_meta_json(metadata: &Map<String, Value>, evaluators: &Map<String, Val
 /// Reads what [`set_meta_json`] wrote.
 pub fn parse_set_meta(text: &str) -> (Map<String, Value>, Map<String, Value>) {
     let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let get = |key: &str| value.get(key).and_then(Value::as_object).cloned().unwrap_or_default();
+    let get = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
     (get("metadata"), get("$evaluators"))
 }
 

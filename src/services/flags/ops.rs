@@ -41,7 +41,9 @@ fn evaluate_all(
     context: &mut ContextStack,
     evaluator: &dyn Evaluator,
 ) -> datalogic_rs::Result<Vec<Value>> {
-    args.iter().map(|a| evaluator.evaluate(a, context)).collect()
+    args.iter()
+        .map(|a| evaluator.evaluate(a, context))
+        .collect()
 }
 
 /// A value as flagd's canonical CBOR: integral floats in [-2^63, 2^64) as
@@ -126,7 +128,10 @@ impl Operator for Fractional {
                 .and_then(|f| f.get("flagKey"))
                 .cloned()
                 .unwrap_or(Value::String(String::new()));
-            (Value::Array(vec![flag_key, Value::String(targeting_key)]), &args[..])
+            (
+                Value::Array(vec![flag_key, Value::String(targeting_key)]),
+                &args[..],
+            )
         } else {
             (first.clone(), &args[1..])
         };
@@ -276,7 +281,10 @@ mod tests {
         assert_eq!(version(&json!("v1.2")).unwrap().to_string(), "1.2.0");
         assert_eq!(version(&json!(2.0)).unwrap().to_string(), "2.0.0");
         assert_eq!(version(&json!(1.2)).unwrap().to_string(), "1.2.0");
-        assert_eq!(version(&json!("1.0.0-alpha")).unwrap().to_string(), "1.0.0-alpha");
+        assert_eq!(
+            version(&json!("1.0.0-alpha")).unwrap().to_string(),
+            "1.0.0-alpha"
+        );
         assert!(version(&json!("2.0.0.0")).is_none());
         assert!(version(&json!("not-a-version")).is_none());
     }

@@ -71,7 +71,8 @@ fn text(v: &Value) -> Result<String, StoreError> {
 
 fn number(v: &Value) -> Result<u64, StoreError> {
     let s = text(v)?;
-    s.parse().map_err(|e| internal("number", format!("{s:?}: {e}")))
+    s.parse()
+        .map_err(|e| internal("number", format!("{s:?}: {e}")))
 }
 
 pub struct RedisFlags {
@@ -143,7 +144,8 @@ impl Store for RedisFlags {
         if number(exists)? == 0 {
             return Ok(None);
         }
-        let flags = Vec::<String>::from_redis_value(flags.clone()).map_err(|e| internal("flags", e))?;
+        let flags =
+            Vec::<String>::from_redis_value(flags.clone()).map_err(|e| internal("flags", e))?;
         let flags = flags
             .chunks(3)
             .map(|c| match c {
@@ -165,7 +167,12 @@ impl Store for RedisFlags {
         }))
     }
 
-    async fn get(&self, tenant: &Tenant, set: &str, key: &str) -> Result<Option<StoredFlag>, StoreError> {
+    async fn get(
+        &self,
+        tenant: &Tenant,
+        set: &str,
+        key: &str,
+    ) -> Result<Option<StoredFlag>, StoreError> {
         let k = set_keys(tenant, set);
         let mut call = SCRIPTS.get.call(&[&k.defs, &k.vers], &[]);
         call.cmd.arg(key);
@@ -192,7 +199,9 @@ impl Store for RedisFlags {
     ) -> Result<WriteOutcome, StoreError> {
         self.index(tenant, set).await?;
         let k = set_keys(tenant, set);
-        let mut call = SCRIPTS.write.call(&[&k.defs, &k.vers, &k.meta, &k.audit], &[]);
+        let mut call = SCRIPTS
+            .write
+            .call(&[&k.defs, &k.vers, &k.meta, &k.audit], &[]);
         let definition = match &write {
             Write::Put(d) => d.as_str(),
             Write::Delete => "",
@@ -228,7 +237,9 @@ impl Store for RedisFlags {
     ) -> Result<(u64, Vec<(String, ChangeType)>), StoreError> {
         self.index(tenant, set).await?;
         let k = set_keys(tenant, set);
-        let mut call = SCRIPTS.import.call(&[&k.defs, &k.vers, &k.meta, &k.audit], &[]);
+        let mut call = SCRIPTS
+            .import
+            .call(&[&k.defs, &k.vers, &k.meta, &k.audit], &[]);
         call.cmd
             .arg(meta)
             .arg(u8::from(replace))
@@ -288,7 +299,11 @@ impl Store for RedisFlags {
             .into_iter()
             .map(|(id, fields)| {
                 let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
-                let at_ms: u64 = id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+                let at_ms: u64 = id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0);
                 AuditEntry {
                     at_us: at_ms * 1000,
                     key: field("key"),

@@ -64,9 +64,7 @@ pub struct Registry {
     max_depth: usize,
 }
 
-fn lock<T>(
-    lock: &RwLock<T>,
-) -> std::sync::RwLockReadGuard<'_, T> {
+fn lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -151,7 +149,11 @@ impl Registry {
     }
 
     /// Every flag a selector serves, each once (later sets win).
-    pub fn all(&self, tenant: &Tenant, selector: Option<&str>) -> Vec<(Arc<FlagSet>, Arc<CompiledFlag>)> {
+    pub fn all(
+        &self,
+        tenant: &Tenant,
+        selector: Option<&str>,
+    ) -> Vec<(Arc<FlagSet>, Arc<CompiledFlag>)> {
         let sets = match selector {
             Some(name) => self.set(tenant, name).into_iter().collect(),
             None => self.sets(tenant),
@@ -179,7 +181,13 @@ impl Registry {
             .flags
             .iter()
             .map(|f| {
-                let compiled = CompiledFlag::new(&f.key, &f.definition, f.version, &evaluators, self.max_depth);
+                let compiled = CompiledFlag::new(
+                    &f.key,
+                    &f.definition,
+                    f.version,
+                    &evaluators,
+                    self.max_depth,
+                );
                 (f.key.clone(), Arc::new(compiled))
             })
             .collect();

@@ -73,8 +73,12 @@ pub trait Store: Send + Sync {
     async fn versions(&self, tenant: &Tenant) -> Result<Vec<(String, u64)>, StoreError>;
     async fn load(&self, tenant: &Tenant, set: &str) -> Result<Option<StoredSet>, StoreError>;
     /// One flag's definition and version.
-    async fn get(&self, tenant: &Tenant, set: &str, key: &str)
-    -> Result<Option<StoredFlag>, StoreError>;
+    async fn get(
+        &self,
+        tenant: &Tenant,
+        set: &str,
+        key: &str,
+    ) -> Result<Option<StoredFlag>, StoreError>;
     /// Writes or deletes one flag if it is at `expected` (0: absent).
     async fn write(
         &self,

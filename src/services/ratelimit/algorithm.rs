@@ -231,8 +231,8 @@ fn sliding_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outco
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::FailMode;
+    use super::*;
 
     fn limit(algorithm: Algorithm, limit: u64, period_us: u64, refill: u64) -> Limit {
         Limit {

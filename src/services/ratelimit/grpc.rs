@@ -109,12 +109,15 @@ fn inline_limit(msg: &pb::Limit) -> Result<Limit, Invalid> {
         ),
     };
     let (fail_mode, spec) = validate::all((fail_mode, spec))?;
-    Limit::parse(LimitSpec { fail_mode, ..spec })
-        .map_err(Invalid)
+    Limit::parse(LimitSpec { fail_mode, ..spec }).map_err(Invalid)
 }
 
 impl Handler {
-    pub fn new(store: Arc<dyn Store>, settings: Settings, policies: BTreeMap<Arc<str>, Limit>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        policies: BTreeMap<Arc<str>, Limit>,
+    ) -> Self {
         Self {
             store,
             settings,
@@ -142,7 +145,11 @@ impl Handler {
                         if known.is_empty() {
                             format!("unknown policy {}: no policies are configured", quote(name))
                         } else {
-                            format!("unknown policy {}; configured: {}", quote(name), known.join(", "))
+                            format!(
+                                "unknown policy {}; configured: {}",
+                                quote(name),
+                                known.join(", ")
+                            )
                         },
                     ))
                 }
@@ -152,10 +159,8 @@ impl Handler {
 
     /// The caller's key and its limit, reporting both sides' violations.
     fn target(&self, key: &str, source: Option<Source<'_>>) -> Result<Limited, Invalid> {
-        let (_, (scope, limit)) = validate::all((
-            validate::key(key, "key", MAX_KEY_BYTES),
-            self.limit(source),
-        ))?;
+        let (_, (scope, limit)) =
+            validate::all((validate::key(key, "key", MAX_KEY_BYTES), self.limit(source)))?;
         Ok(Limited {
             key: key.to_owned(),
             scope,

@@ -141,9 +141,9 @@ impl Limit {
                     field,
                     format!(
                         "must be between {} and {}, got {}",
-                        humantime::format_duration(MIN_PERIOD),
-                        humantime::format_duration(MAX_PERIOD),
-                        humantime::format_duration(p)
+                        crate::validate::duration(MIN_PERIOD),
+                        crate::validate::duration(MAX_PERIOD),
+                        crate::validate::duration(p)
                     ),
                 ));
                 None
@@ -175,7 +175,7 @@ impl Limit {
                 spec.period.1,
                 format!(
                     "refilling the whole bucket must take at most {}",
-                    humantime::format_duration(MAX_PERIOD)
+                    crate::validate::duration(MAX_PERIOD)
                 ),
             )]);
         }

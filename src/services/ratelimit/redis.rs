@@ -91,7 +91,10 @@ impl Store for RedisRateLimits {
         tenant: &Tenant,
         checks: &[RateCheck],
     ) -> Result<Vec<Decision>, StoreError> {
-        let keys: Vec<String> = checks.iter().map(|c| state_key(tenant, &c.target)).collect();
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|c| state_key(tenant, &c.target))
+            .collect();
         let calls: Vec<_> = checks.iter().zip(&keys).map(|(c, k)| call(k, c)).collect();
         self.redis
             .eval_batch(&calls)

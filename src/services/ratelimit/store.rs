@@ -11,8 +11,11 @@ use crate::store::{Backend, StoreError};
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Applies independent checks, each atomically, answered in order.
-    async fn check(&self, tenant: &Tenant, checks: &[RateCheck])
-    -> Result<Vec<Decision>, StoreError>;
+    async fn check(
+        &self,
+        tenant: &Tenant,
+        checks: &[RateCheck],
+    ) -> Result<Vec<Decision>, StoreError>;
     /// Forgets the state behind `target`.
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError>;
 }

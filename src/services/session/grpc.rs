@@ -135,7 +135,10 @@ impl Handler {
 
     async fn get(&self, ctx: Ctx, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
         let token = token(&req.token)?;
-        let session = found(ctx.store(self.store.get(&ctx.tenant, &token, req.touch)).await?)?;
+        let session = found(
+            ctx.store(self.store.get(&ctx.tenant, &token, req.touch))
+                .await?,
+        )?;
         Ok(pb::GetResponse {
             session: Some(to_proto(session)),
         })
@@ -144,9 +147,9 @@ impl Handler {
     async fn update(&self, ctx: Ctx, req: pb::UpdateRequest) -> Result<pb::UpdateResponse, Error> {
         let data = req.data.into_iter().collect();
         let update = match pb::UpdateMode::try_from(req.mode) {
-            Ok(pb::UpdateMode::Replace) if !req.remove_keys.is_empty() => Err(
-                FieldViolation::new("remove_keys", "only with mode MERGE"),
-            ),
+            Ok(pb::UpdateMode::Replace) if !req.remove_keys.is_empty() => {
+                Err(FieldViolation::new("remove_keys", "only with mode MERGE"))
+            }
             Ok(pb::UpdateMode::Replace) => Ok(None),
             Ok(_) => Ok(Some(req.remove_keys)),
             Err(_) => Err(FieldViolation::new(
@@ -204,7 +207,10 @@ impl Handler {
     async fn rotate(&self, ctx: Ctx, req: pb::RotateRequest) -> Result<pb::RotateResponse, Error> {
         let old = token(&req.token)?;
         let (token, new) = session::rotated_token(&old).map_err(randomness)?;
-        let session = found(ctx.store(self.store.rotate(&ctx.tenant, &old, &new)).await?)?;
+        let session = found(
+            ctx.store(self.store.rotate(&ctx.tenant, &old, &new))
+                .await?,
+        )?;
         Ok(pb::RotateResponse {
             token,
             session: Some(to_proto(session)),
@@ -223,7 +229,9 @@ impl Handler {
         req: pb::ListUserSessionsRequest,
     ) -> Result<pb::ListUserSessionsResponse, Error> {
         self.settings.user_id(&req.user_id, "user_id")?;
-        let sessions = ctx.store(self.store.list(&ctx.tenant, &req.user_id)).await?;
+        let sessions = ctx
+            .store(self.store.list(&ctx.tenant, &req.user_id))
+            .await?;
         Ok(pb::ListUserSessionsResponse {
             sessions: sessions.into_iter().map(to_proto).collect(),
         })
@@ -238,8 +246,7 @@ impl Handler {
             "" => Ok(None),
             except => session::parse_session_token(except, "except_token").map(Some),
         };
-        let ((), except) =
-            validate::all((self.settings.user_id(&req.user_id, "user_id"), except))?;
+        let ((), except) = validate::all((self.settings.user_id(&req.user_id, "user_id"), except))?;
         let revoked = ctx
             .store(self.store.revoke_user(
                 &ctx.tenant,
@@ -256,7 +263,9 @@ impl Handler {
         req: pb::CountUserSessionsRequest,
     ) -> Result<pb::CountUserSessionsResponse, Error> {
         self.settings.user_id(&req.user_id, "user_id")?;
-        let count = ctx.store(self.store.count(&ctx.tenant, &req.user_id)).await?;
+        let count = ctx
+            .store(self.store.count(&ctx.tenant, &req.user_id))
+            .await?;
         Ok(pb::CountUserSessionsResponse { count })
     }
 
@@ -267,13 +276,17 @@ impl Handler {
     ) -> Result<pb::IssueOneTimeTokenResponse, Error> {
         let s = &self.settings;
         let ttl = duration_in(req.ttl.as_ref(), "ttl").and_then(|d| s.one_time_ttl(d));
-        let ((), (), ttl_us) = validate::all((s.purpose(&req.purpose), s.subject(&req.subject), ttl))?;
+        let ((), (), ttl_us) =
+            validate::all((s.purpose(&req.purpose), s.subject(&req.subject), ttl))?;
         let (token, hash) = session::new_one_time_token().map_err(randomness)?;
         let expires_at = ctx
-            .store(
-                self.store
-                    .issue_one_time(&ctx.tenant, &hash, &req.purpose, &req.subject, ttl_us),
-            )
+            .store(self.store.issue_one_time(
+                &ctx.tenant,
+                &hash,
+                &req.purpose,
+                &req.subject,
+                ttl_us,
+            ))
             .await?;
         Ok(pb::IssueOneTimeTokenResponse {
             token,
@@ -291,7 +304,10 @@ impl Handler {
             session::parse_one_time_token(&req.token, "token"),
         ))?;
         let subject = ctx
-            .store(self.store.consume_one_time(&ctx.tenant, &hash, &req.purpose))
+            .store(
+                self.store
+                    .consume_one_time(&ctx.tenant, &hash, &req.purpose),
+            )
             .await?
             .ok_or_else(|| Error::NotFound(NO_ONE_TIME_TOKEN.to_owned()))?;
         Ok(pb::ConsumeOneTimeTokenResponse { subject })

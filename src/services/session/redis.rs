@@ -12,8 +12,8 @@ use deadpool_redis::redis::{FromRedisValue, Value};
 
 use super::store::Store;
 use super::{
-    CreateOutcome, DataUpdate, NewSession, ONE_TIME_SPACE, OnLimit, SESSION_SPACE,
-    SessionRecord, TokenRef, UpdateOutcome, user_tag,
+    CreateOutcome, DataUpdate, NewSession, ONE_TIME_SPACE, OnLimit, SESSION_SPACE, SessionRecord,
+    TokenRef, UpdateOutcome, user_tag,
 };
 use crate::keys::{self, Tenant};
 use crate::store::StoreError;
@@ -22,10 +22,12 @@ use crate::store::redis::{NamedScript, Redis, ScriptCall};
 struct Scripts {
     create: NamedScript,
     get: NamedScript,
+    peek: NamedScript,
     update: NamedScript,
     rotate: NamedScript,
     revoke: NamedScript,
     list: NamedScript,
+    list_read_only: NamedScript,
     revoke_user: NamedScript,
     one_time_issue: NamedScript,
     one_time_consume: NamedScript,
@@ -39,10 +41,15 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     Scripts {
         create: with_prelude("session.create", include_str!("lua/create.lua")),
         get: with_prelude("session.get", include_str!("lua/get.lua")),
+        peek: NamedScript::read_only("session.peek", &[PRELUDE, include_str!("lua/get.lua")]),
         update: with_prelude("session.update", include_str!("lua/update.lua")),
         rotate: with_prelude("session.rotate", include_str!("lua/rotate.lua")),
         revoke: with_prelude("session.revoke", include_str!("lua/revoke.lua")),
         list: with_prelude("session.list", include_str!("lua/list.lua")),
+        list_read_only: NamedScript::read_only(
+            "session.list_read_only",
+            &[PRELUDE, include_str!("lua/list.lua")],
+        ),
         revoke_user: with_prelude("session.revoke_user", include_str!("lua/revoke_user.lua")),
         one_time_issue: NamedScript::new(
             "session.one_time_issue",
@@ -143,6 +150,33 @@ impl RedisSessions {
     async fn run(&self, call: ScriptCall<'_>) -> Result<Value, StoreError> {
         self.redis.eval(call).await
     }
+
+    /// A user's sessions (`what`: "list" or "count"), pruning the index of
+    /// ended ones as it reads; on a full Redis, read without pruning.
+    async fn members(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        what: &str,
+    ) -> Result<Value, StoreError> {
+        let user_tag = &user_tag(user_id);
+        let index = session_index(tenant, user_tag);
+        let call = |script: &'static NamedScript, prune: &str| {
+            let mut call = script.call(&[&index], &[]);
+            call.cmd
+                .arg(user_id)
+                .arg(session_prefix(tenant, user_tag))
+                .arg(what)
+                .arg(prune);
+            call
+        };
+        match self.run(call(&SCRIPTS.list, "1")).await {
+            Err(e) if e.kind == crate::store::StoreErrorKind::Full => {
+                self.run(call(&SCRIPTS.list_read_only, "0")).await
+            }
+            other => other,
+        }
+    }
 }
 
 #[async_trait]
@@ -201,7 +235,9 @@ impl Store for RedisSessions {
         touch: bool,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let key = session_key(tenant, token);
-        let call = SCRIPTS.get.call(&[&key], &[u64::from(touch)]);
+        // Without touch it only reads: the form a full Redis still runs.
+        let script = if touch { &SCRIPTS.get } else { &SCRIPTS.peek };
+        let call = script.call(&[&key], &[u64::from(touch)]);
         maybe_record(self.run(call).await?)
     }
 
@@ -259,22 +295,18 @@ impl Store for RedisSessions {
     }
 
     async fn revoke(&self, tenant: &Tenant, token: &TokenRef) -> Result<bool, StoreError> {
-        let (key, index) = (session_key(tenant, token), session_index(tenant, &token.user_tag));
+        let (key, index) = (
+            session_key(tenant, token),
+            session_index(tenant, &token.user_tag),
+        );
         let mut call = SCRIPTS.revoke.call(&[&key, &index], &[]);
         call.cmd.arg(&token.hash);
         Ok(i64::from_redis_value(self.run(call).await?).map_err(internal)? == 1)
     }
 
     async fn list(&self, tenant: &Tenant, user_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let user_tag = &user_tag(user_id);
-        let index = session_index(tenant, user_tag);
-        let mut call = SCRIPTS.list.call(&[&index], &[]);
-        call.cmd
-            .arg(user_id)
-            .arg(session_prefix(tenant, user_tag))
-            .arg("list");
-        let sessions =
-            Vec::<Vec<String>>::from_redis_value(self.run(call).await?).map_err(internal)?;
+        let reply = self.members(tenant, user_id, "list").await?;
+        let sessions = Vec::<Vec<String>>::from_redis_value(reply).map_err(internal)?;
         sessions.iter().map(|fields| record(fields)).collect()
     }
 
@@ -295,14 +327,8 @@ impl Store for RedisSessions {
     }
 
     async fn count(&self, tenant: &Tenant, user_id: &str) -> Result<u64, StoreError> {
-        let user_tag = &user_tag(user_id);
-        let index = session_index(tenant, user_tag);
-        let mut call = SCRIPTS.list.call(&[&index], &[]);
-        call.cmd
-            .arg(user_id)
-            .arg(session_prefix(tenant, user_tag))
-            .arg("count");
-        u64::from_redis_value(self.run(call).await?).map_err(internal)
+        let reply = self.members(tenant, user_id, "count").await?;
+        u64::from_redis_value(reply).map_err(internal)
     }
 
     async fn issue_one_time(

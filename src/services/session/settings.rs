@@ -95,7 +95,8 @@ impl Settings {
     }
 
     pub fn one_time_ttl(&self, ttl: Option<Duration>) -> Result<u64, FieldViolation> {
-        DurationRange::up_to(self.max_one_time_ttl, "session.max_one_time_ttl").micros(ttl, None, "ttl")
+        DurationRange::up_to(self.max_one_time_ttl, "session.max_one_time_ttl")
+            .micros(ttl, None, "ttl")
     }
 
     /// A request's cap, 0 meaning the configured one.

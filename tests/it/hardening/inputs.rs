@@ -93,6 +93,10 @@ async fn requests_that_do_not_decode_are_invalid_argument_and_counted() {
             Some(Code::InvalidArgument as i32),
             "{name}: {answer:?}"
         );
+        assert!(
+            answer.headers.contains_key("grpc-status-details-bin"),
+            "{name}: a BadRequest names the request: {answer:?}"
+        );
     }
     let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
     let counted = crate::metrics::sample(

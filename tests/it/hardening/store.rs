@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use datalayer::proto::datalayer::{
     cache::v1::{GetRequest, SetRequest},
     ratelimit::v1::{CheckRequest, check_request::LimitSource},
-    session::v1::CreateRequest,
+    session::v1::{
+        CountUserSessionsRequest, CreateRequest, GetRequest as GetSessionRequest,
+        ListUserSessionsRequest,
+    },
 };
 use datalayer::store::redis::RedisUrl;
 use tonic::Code;
@@ -59,6 +62,16 @@ async fn a_full_redis_refuses_every_write_and_health_says_so() {
         .set(set("kept", 100))
         .await
         .expect("a write while there is room");
+    let session = app
+        .sessions
+        .clone()
+        .create(CreateRequest {
+            user_id: "kept".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a session while there is room")
+        .into_inner();
     let mut refused = None;
     for i in 0..2000 {
         match cache.set(set(&format!("big-{i}"), 10 * 1024)).await {
@@ -110,6 +123,29 @@ async fn a_full_redis_refuses_every_write_and_health_says_so() {
         .expect("reads work on a full Redis")
         .into_inner();
     assert!(found.found);
+    let mut sessions = app.sessions.clone();
+    sessions
+        .get(GetSessionRequest {
+            token: session.token.clone(),
+            touch: false,
+        })
+        .await
+        .expect("a session can be read on a full Redis");
+    let count = sessions
+        .count_user_sessions(CountUserSessionsRequest {
+            user_id: "kept".into(),
+        })
+        .await
+        .expect("sessions can be counted on a full Redis")
+        .into_inner()
+        .count;
+    assert_eq!(count, 1);
+    sessions
+        .list_user_sessions(ListUserSessionsRequest {
+            user_id: "kept".into(),
+        })
+        .await
+        .expect("sessions can be listed on a full Redis");
     app.wait_for_health(ServingStatus::NotServing).await;
     // Memory raised: writes and health come back by themselves.
     assert!(

@@ -19,6 +19,9 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Its working directory: whatever it writes (a replication RDB,
+    /// `nodes.conf`) lands here, never in the checkout.
+    dir: tempfile::TempDir,
 }
 
 pub fn free_port() -> u16 {
@@ -51,6 +54,7 @@ impl RedisServer {
             port: free_port(),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().expect("a temp dir"),
         };
         server.restart();
         server
@@ -66,7 +70,10 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(&self.extra_args)
+            .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -23,7 +23,9 @@ impl Handler {
                     problems: problems
                         .into_iter()
                         .map(|p| pb::Problem {
-                            path: format!("document.{}", p.field).trim_end_matches('.').to_owned(),
+                            path: format!("document.{}", p.field)
+                                .trim_end_matches('.')
+                                .to_owned(),
                             description: p.description,
                         })
                         .collect(),
@@ -35,9 +37,20 @@ impl Handler {
         let contexts: Vec<_> = req.contexts.iter().map(struct_to_json).collect();
         let mut results = Vec::new();
         for (key, text) in &flags {
-            let flag = CompiledFlag::new(key, text, 0, &doc.evaluators, self.0.settings.max_targeting_depth);
+            let flag = CompiledFlag::new(
+                key,
+                text,
+                0,
+                &doc.evaluators,
+                self.0.settings.max_targeting_depth,
+            );
             for (i, context) in contexts.iter().enumerate() {
-                let data = eval::rule_context(key, context, &self.0.registry.static_context, super::super::now_secs());
+                let data = eval::rule_context(
+                    key,
+                    context,
+                    &self.0.registry.static_context,
+                    super::super::now_secs(),
+                );
                 let run = eval::resolve(&flag, &doc.metadata, data, Kind::Any);
                 results.push(match run {
                     Ok(r) => pb::DryRun {
@@ -81,9 +94,15 @@ impl Handler {
         let selector = (!req.flag_set.is_empty()).then_some(req.flag_set.as_str());
         let (set, flag) = self.0.registry.lookup(&ctx.tenant, selector, &req.key)?;
         let context = req.context.as_ref().map(struct_to_json).unwrap_or_default();
-        let data = eval::rule_context(&req.key, &context, &self.0.registry.static_context, super::super::now_secs());
+        let data = eval::rule_context(
+            &req.key,
+            &context,
+            &self.0.registry.static_context,
+            super::super::now_secs(),
+        );
         let evaluated_context = data.as_object().map(json_to_struct);
-        let (run, taken) = ops::recording(|| eval::resolve(&flag, &set.metadata, data.clone(), Kind::Any));
+        let (run, taken) =
+            ops::recording(|| eval::resolve(&flag, &set.metadata, data.clone(), Kind::Any));
         let matched = explain_rule(&flag, &set.evaluators, &data);
         let fractional = taken
             .into_iter()
@@ -133,7 +152,11 @@ impl Handler {
         };
         let before = (!req.before.is_empty()).then_some(req.before.as_str());
         let entries = ctx
-            .store(self.0.store.audit(&ctx.tenant, &req.flag_set, limit + 1, before))
+            .store(
+                self.0
+                    .store
+                    .audit(&ctx.tenant, &req.flag_set, limit + 1, before),
+            )
             .await?;
         let more = entries.len() > limit;
         let entries: Vec<_> = entries.into_iter().take(limit).collect();
@@ -230,7 +253,11 @@ impl Handler {
 
 /// Which rule decided: for a top-level `if`, the first condition that
 /// held; otherwise the rule as a whole.
-fn explain_rule(flag: &CompiledFlag, evaluators: &serde_json::Map<String, Value>, data: &Value) -> String {
+fn explain_rule(
+    flag: &CompiledFlag,
+    evaluators: &serde_json::Map<String, Value>,
+    data: &Value,
+) -> String {
     let Ok(def) = &flag.def else {
         return "the flag cannot be read".into();
     };
@@ -245,7 +272,10 @@ fn explain_rule(flag: &CompiledFlag, evaluators: &serde_json::Map<String, Value>
     };
     for (i, condition) in branches.chunks(2).enumerate() {
         if condition.len() < 2 {
-            return format!("targeting.if[{}]: no condition held: the else branch", 2 * i);
+            return format!(
+                "targeting.if[{}]: no condition held: the else branch",
+                2 * i
+            );
         }
         let holds = logic::prepare(&condition[0], evaluators, 64)
             .and_then(|p| logic::compile(&p))

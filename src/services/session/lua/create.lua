@@ -5,7 +5,7 @@
 -- Returns {0} at the cap with REJECT, else {1, created_at_us, evicted ids...}.
 local now = now_us()
 local prefix, uid = ARGV[10], ARGV[2]
-local mine = session_members(KEYS[2], prefix, uid, now)
+local mine = session_members(KEYS[2], prefix, uid, now, true)
 local evicted = {}
 while #mine >= tonumber(ARGV[6]) do
   if ARGV[7] == '2' then return {0} end

@@ -1,4 +1,5 @@
--- KEYS[1]: a session. ARGV[1]: '1' to touch (slide the idle expiry).
+-- KEYS[1]: a session. ARGV[1]: '1' to touch (slide the idle expiry); '0'
+-- writes nothing (the read-only form, which a full Redis still runs).
 -- Returns the SESSION_FIELDS values, or {} if there is no live session.
 local now = now_us()
 local s = session_read(KEYS[1], now)

@@ -1,7 +1,9 @@
 -- KEYS[1]: the user's index. ARGV: user id, session key prefix, 'count' or
--- 'list'. Returns the count, or each live session's fields, oldest first.
+-- 'list', '1' to prune members whose session has gone ('0' writes nothing:
+-- the form a full Redis still runs). Returns the count, or each live
+-- session's fields, oldest first.
 local now = now_us()
-local mine = session_members(KEYS[1], ARGV[2], ARGV[1], now)
+local mine = session_members(KEYS[1], ARGV[2], ARGV[1], now, ARGV[4] == '1')
 if ARGV[3] == 'count' then return #mine end
 local out = {}
 for _, h in ipairs(mine) do

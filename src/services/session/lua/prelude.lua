@@ -23,13 +23,14 @@ local function session_expire(key, s)
 end
 
 -- The user's live token hashes, oldest first. Users whose ids share a slot
--- tag share an index, so members are matched on the stored user id.
-local function session_members(index, prefix, uid, now)
+-- tag share an index, so members are matched on the stored user id. With
+-- `prune`, members whose session has gone leave the index.
+local function session_members(index, prefix, uid, now, prune)
   local mine = {}
   for _, h in ipairs(redis.call('ZRANGE', index, 0, -1)) do
     local s = session_read(prefix .. h, now)
     if not s then
-      redis.call('ZREM', index, h)
+      if prune then redis.call('ZREM', index, h) end
     elseif s[2] == uid then
       mine[#mine + 1] = h
     end

@@ -1,0 +1,7 @@
+"""flagd-testbed: gherkin/connection.feature (steps and skips in conftest.py)."""
+
+from pytest_bdd import scenarios
+
+from flagd_support import GHERKIN
+
+scenarios(str(GHERKIN / "connection.feature"))
