@@ -64,6 +64,9 @@ pub struct Space {
     /// does (the invariant tests check it), and the start-up check warns
     /// when Redis's eviction policy could drop durable ones.
     pub durable: bool,
+    /// Durable keys a caller may give a TTL of its own (state documents and
+    /// counters): no TTL unless asked, a bounded one when asked.
+    pub caller_ttl: bool,
 }
 
 impl Space {
@@ -72,6 +75,7 @@ impl Space {
         Self {
             name,
             durable: false,
+            caller_ttl: false,
         }
     }
 
@@ -80,6 +84,16 @@ impl Space {
         Self {
             name,
             durable: true,
+            caller_ttl: false,
+        }
+    }
+
+    /// Durable keys that expire only when the caller gives them a TTL.
+    pub const fn durable_unless_ttl(name: &'static str) -> Self {
+        Self {
+            name,
+            durable: true,
+            caller_ttl: true,
         }
     }
 }

@@ -91,6 +91,13 @@ impl Ctx {
         self.deadline
     }
 
+    /// How long one store operation may take (`redis.command_timeout`):
+    /// what a stream's later store reads, past the call's set-up, are
+    /// bounded by.
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout
+    }
+
     /// Awaits a store operation.
     ///
     /// Only the *store* failing makes it unavailable: an error from it, or

@@ -10,6 +10,7 @@ crate::services! {
     cache,
     session,
     flags,
+    state,
     #[cfg(feature = "echo")]
     echo,
 }

@@ -29,6 +29,7 @@ pub fn workloads() -> Vec<(&'static str, Workload)> {
     all.push(("cache", crate::cache::workload));
     all.push(("session", crate::session::workload));
     all.push(("flags", crate::flags::workload));
+    all.push(("state", crate::state::workload));
     #[cfg(feature = "echo")]
     all.push(("echo", crate::echo::workload));
     all
@@ -89,7 +90,12 @@ fn check_keys(app: &TestApp, service: &str) {
             }
             _ => app.redis().pttl(&key),
         };
-        if declared.durable {
+        if declared.caller_ttl {
+            assert!(
+                ttl == -1 || (ttl > 0 && ttl <= MAX_TTL_MS),
+                "{service}: `{key}` has PTTL {ttl} (durable, or bounded when asked)"
+            );
+        } else if declared.durable {
             assert_eq!(ttl, -1, "{service}: durable `{key}` has a TTL of {ttl} ms");
         } else {
             assert!(

@@ -25,5 +25,6 @@ mod metrics;
 mod ratelimit;
 mod server;
 mod session;
+mod state;
 mod telemetry;
 mod tls;

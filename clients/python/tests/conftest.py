@@ -2,9 +2,14 @@
 (`DATALAYER_BIN`, default target/debug/datalayer) pointed at it, started once
 per session; health must say SERVING before any test runs.
 
-Every unary call made through a client built by the `client` /
-`async_client` fixtures is recorded, and `test_zz_coverage.py` checks that
-every RPC the running binary serves (asked by reflection) was called.
+A second binary on the in-process memory store (no `redis.url`) is started
+on demand (`memory_stack`, with the `memory_client` / `async_memory_client`
+fixtures).
+
+Every unary and server-streaming call made through a client built by these
+fixtures is recorded when it is made (a stream when it is opened), and
+`test_zz_coverage.py` checks that every RPC the running binary serves (asked
+by reflection) was called.
 """
 
 from __future__ import annotations
@@ -137,25 +142,29 @@ def reflect_services(addr: str) -> dict[str, list[str]]:
         return out
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def run_service(redis: Redis | None, called: set[str] | None = None) -> Iterator[Stack]:
+    """The binary on a free port, on `redis` (None: the memory store),
+    SERVING; stopped (with `redis`) when the generator is closed."""
     if not BIN.exists():
         pytest.fail(f"service binary {BIN} not found (build it, or set DATALAYER_BIN)")
-    redis = Redis(free_port())
-    redis.start()
     port = free_port()
     env = dict(os.environ)
+    env.pop("DATALAYER__REDIS__URL", None)
     env.update(
         DATALAYER__SERVER__ADDR=f"127.0.0.1:{port}",
         DATALAYER__METRICS__ADDR="127.0.0.1:0",
-        DATALAYER__REDIS__URL=f"redis://127.0.0.1:{redis.port}",
         DATALAYER__HEALTH__PROBE_INTERVAL="100ms",
         DATALAYER__HEALTH__PROBE_TIMEOUT="100ms",
         DATALAYER__TELEMETRY__LOG_LEVEL="warn",
     )
+    if redis is not None:
+        env["DATALAYER__REDIS__URL"] = f"redis://127.0.0.1:{redis.port}"
     log = open(Path(os.environ.get("DATALAYER_LOG", os.devnull)), "ab")
     proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=log)
-    s = Stack(addr=f"127.0.0.1:{port}", redis=redis, proc=proc)
+    # On the memory store, `redis` is a placeholder that was never started.
+    s = Stack(addr=f"127.0.0.1:{port}", redis=redis or Redis(0), proc=proc)
+    if called is not None:
+        s.called = called
     try:
         s.wait_serving()
         s.served = reflect_services(s.addr)
@@ -168,26 +177,53 @@ def stack() -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        redis.kill()
+        if redis is not None:
+            redis.kill()
         log.close()
 
 
-class _Recorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    redis = Redis(free_port())
+    redis.start()
+    yield from run_service(redis)
+
+
+@pytest.fixture(scope="session")
+def memory_stack(stack: Stack) -> Iterator[Stack]:
+    """The binary on the in-process memory store; its calls count for the
+    coverage check as those of `stack` do."""
+    yield from run_service(None, called=stack.called)
+
+
+def _record(called: set[str], details: Any) -> None:
+    m = details.method
+    called.add(m.decode() if isinstance(m, bytes) else m)
+
+
+class _Recorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
     def __init__(self, called: set[str]) -> None:
         self.called = called
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        self.called.add(details.method)
+        _record(self.called, details)
+        return continuation(details, request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        _record(self.called, details)
         return continuation(details, request)
 
 
-class _AsyncRecorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _AsyncRecorder(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     def __init__(self, called: set[str]) -> None:
         self.called = called
 
     async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        m = details.method
-        self.called.add(m.decode() if isinstance(m, bytes) else m)
+        _record(self.called, details)
+        return await continuation(details, request)
+
+    async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        _record(self.called, details)
         return await continuation(details, request)
 
 
@@ -213,6 +249,19 @@ def client(make_client: Callable[..., Client]) -> Client:
 @pytest.fixture
 async def async_client(stack: Stack) -> AsyncIterator[AsyncClient]:
     c = AsyncClient(stack.addr, interceptors=[_AsyncRecorder(stack.called)])
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def memory_client(memory_stack: Stack) -> Iterator[Client]:
+    with Client(memory_stack.addr, interceptors=[_Recorder(memory_stack.called)]) as c:
+        yield c
+
+
+@pytest.fixture
+async def async_memory_client(memory_stack: Stack) -> AsyncIterator[AsyncClient]:
+    c = AsyncClient(memory_stack.addr, interceptors=[_AsyncRecorder(memory_stack.called)])
     yield c
     await c.close()
 

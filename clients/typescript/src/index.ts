@@ -8,10 +8,20 @@
  * const answer = await dl.ratelimit.check({ key: "user:42", limitSource: { case: "policy", value: "auth" } });
  * ```
  *
- * Each service of `proto/datalayer` is a property (`ratelimit`, `cache`, ...)
- * holding a typed Connect client; errors are `ConnectError`s whose rich
- * details are read with `err.findDetails(BadRequestSchema)` or the helpers
- * `fieldViolations(err)` / `retryAfterMs(err)`.
+ * Each service of `proto/datalayer` is a property (`ratelimit`, `cache`,
+ * `sessions`, `flags`) holding a typed Connect client; errors are
+ * `ConnectError`s whose rich details are read with
+ * `err.findDetails(BadRequestSchema)` or the helpers `fieldViolations(err)` /
+ * `retryAfterMs(err)`.
+ *
+ * A server-streaming method (`flags.watch`) is the Connect client's own: it
+ * returns an `AsyncIterable` of the answers, with no default deadline and no
+ * retries (`{ timeoutMs }` bounds the whole stream, `{ signal }` ends it);
+ * its errors are thrown while iterating, as the same `ConnectError`s:
+ *
+ * ```ts
+ * for await (const change of dl.flags.watch({ flagSet: "flags/app.json" }, { signal })) { ... }
+ * ```
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import type { CallOptions, Client, Interceptor, Transport } from "@connectrpc/connect";
@@ -61,7 +71,8 @@ export interface ClientOptions extends RetryOptions {
   /** Sent as `authorization: Bearer <token>` on every call. */
   token?: string;
   /**
-   * Default deadline of a call in ms, covering its retries (default 5000).
+   * Default deadline of a unary call in ms, covering its retries (default
+   * 5000); server streams have none.
    * A call's own `{ timeoutMs }` overrides it. 0 or a negative value: no
    * client deadline (the service applies `server.default_timeout`).
    */
@@ -114,7 +125,10 @@ const sleep = (ms: number, signal?: AbortSignal) =>
  * Wraps every unary method of a Connect client: a default deadline covering
  * all attempts, and retries of UNAVAILABLE with exponential backoff and full
  * jitter, never sooner than the error's `google.rpc.RetryInfo`. A retry that
- * would pass the deadline is not made: the last error is thrown.
+ * would pass the deadline is not made: the last error is thrown. Streaming
+ * methods are passed through as Connect made them (a long-lived stream such
+ * as a Watch must not get the unary default deadline); Connect already throws
+ * their errors as `ConnectError`s, with the same details as unary errors.
  */
 function withRetries<S extends DescService>(service: S, client: Client<S>, opts: ClientOptions): Client<S> {
   const retries = opts.retries ?? 3;

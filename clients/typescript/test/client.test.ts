@@ -1,5 +1,6 @@
 // One suite per service, run against one real Redis and one real service
-// binary; then a check that every RPC the binary serves (by reflection) was
+// binary (FlagService: a second binary on the memory store, whose calls count
+// as well); then a check that every RPC the binary serves (by reflection) was
 // called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -8,25 +9,34 @@ import { Stack } from "./harness.js";
 import { rateLimitSuite } from "./ratelimit.suite.js";
 import { cacheSuite } from "./cache.suite.js";
 import { sessionsSuite } from "./sessions.suite.js";
+import { flagsSuite } from "./flags.suite.js";
 import { examplesSuite } from "./examples.suite.js";
 
 let stack: Stack | undefined;
+let memory: Stack | undefined;
 const current = () => {
   assert.ok(stack, "the stack is running");
   return stack;
 };
+const onMemory = () => {
+  assert.ok(memory, "the memory-store stack is running");
+  return memory;
+};
 
 before(async () => {
   stack = await Stack.start();
+  memory = await Stack.start({ store: "memory", called: stack.called });
 });
 
 after(async () => {
+  await memory?.stop();
   await stack?.stop();
 });
 
 rateLimitSuite(current);
 cacheSuite(current);
 sessionsSuite(current);
+flagsSuite(onMemory);
 examplesSuite(current);
 
 describe("coverage", () => {

@@ -1,8 +1,10 @@
 // Harness: a real redis-server on a free port and the real service binary
-// (DATALAYER_BIN, default target/debug/datalayer) pointed at it; health must
-// say SERVING first. The RPCs the binary serves are listed by reflection
-// (`buf curl --list-methods`), and every call made through `stack.client()`
-// is recorded so the suite can check that each served RPC was called.
+// (DATALAYER_BIN, default target/debug/datalayer) pointed at it, or the
+// binary alone on its in-process memory store (`Stack.start({ store:
+// "memory" })`); health must say SERVING first. The RPCs the binary serves
+// are listed by reflection (`buf curl --list-methods`), and every call made
+// through `stack.client()` (unary, or a stream when it is opened) is
+// recorded so the suite can check that each served RPC was called.
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import * as http2 from "node:http2";
@@ -109,34 +111,48 @@ export async function healthStatus(baseUrl: string, service = ""): Promise<numbe
   });
 }
 
+export interface StackOptions {
+  /** `redis` (default): a redis-server of its own; `memory`: no `redis.url`. */
+  store?: "redis" | "memory";
+  /** Record the calls into this set (e.g. another stack's `called`). */
+  called?: Set<string>;
+}
+
 export class Stack {
-  readonly called = new Set<string>();
+  readonly called: Set<string>;
   served = new Map<string, string[]>();
   private clients: DatalayerClient[] = [];
 
   constructor(
     readonly baseUrl: string,
+    /** On the memory store, a placeholder that is never started. */
     readonly redis: Redis,
     readonly proc: ChildProcess,
-  ) {}
+    called?: Set<string>,
+  ) {
+    this.called = called ?? new Set<string>();
+  }
 
-  static async start(): Promise<Stack> {
-    const redis = new Redis(await freePort());
-    await redis.start();
+  static async start(options: StackOptions = {}): Promise<Stack> {
+    const memory = options.store === "memory";
+    const redis = new Redis(memory ? 0 : await freePort());
+    if (!memory) await redis.start();
     const port = await freePort();
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      DATALAYER__SERVER__ADDR: `127.0.0.1:${port}`,
+      DATALAYER__METRICS__ADDR: "127.0.0.1:0",
+      DATALAYER__HEALTH__PROBE_INTERVAL: "100ms",
+      DATALAYER__HEALTH__PROBE_TIMEOUT: "100ms",
+      DATALAYER__TELEMETRY__LOG_LEVEL: "warn",
+    };
+    if (memory) delete env.DATALAYER__REDIS__URL;
+    else env.DATALAYER__REDIS__URL = `redis://127.0.0.1:${redis.port}`;
     const proc = spawn(BIN, [], {
       stdio: ["ignore", "ignore", process.env.DATALAYER_LOG ? "inherit" : "ignore"],
-      env: {
-        ...process.env,
-        DATALAYER__SERVER__ADDR: `127.0.0.1:${port}`,
-        DATALAYER__METRICS__ADDR: "127.0.0.1:0",
-        DATALAYER__REDIS__URL: `redis://127.0.0.1:${redis.port}`,
-        DATALAYER__HEALTH__PROBE_INTERVAL: "100ms",
-        DATALAYER__HEALTH__PROBE_TIMEOUT: "100ms",
-        DATALAYER__TELEMETRY__LOG_LEVEL: "warn",
-      },
+      env,
     });
-    const stack = new Stack(`http://127.0.0.1:${port}`, redis, proc);
+    const stack = new Stack(`http://127.0.0.1:${port}`, redis, proc, options.called);
     await stack.waitServing();
     stack.served = stack.reflect();
     return stack;

@@ -107,8 +107,15 @@ impl Flags {
     pub async fn resync(&self, tenant: &Tenant) -> Result<(), StoreError> {
         let versions = self.store.versions(tenant).await?;
         for (name, version) in &versions {
-            if self.registry.set(tenant, name).map(|s| s.version) != Some(*version) {
-                self.refresh(tenant, name).await?;
+            match self.registry.set(tenant, name).map(|s| s.version) {
+                Some(held) if held == *version => {}
+                // The store went back (its keys were deleted and written
+                // again): start that set afresh.
+                Some(held) if held > *version => {
+                    self.registry.forget(tenant, name);
+                    self.refresh(tenant, name).await?;
+                }
+                _ => self.refresh(tenant, name).await?,
             }
         }
         for set in self.registry.sets(tenant) {

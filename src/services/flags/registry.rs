@@ -167,16 +167,18 @@ impl Registry {
         by_key.into_values().collect()
     }
 
-    /// Takes a set as the store holds it; broadcasts what changed.
+    /// Takes a set as the store holds it; broadcasts what changed. A
+    /// snapshot older than the one held is ignored: reads race (a write's
+    /// own refresh, a change notice, the periodic resync), and set versions
+    /// only grow, so the older answer is the stale one.
     pub fn replace(&self, tenant: &Tenant, stored: StoredSet) -> Option<Arc<Change>> {
-        let old = self.set(tenant, &stored.name);
-        if old.as_ref().is_some_and(|o| o.version == stored.version) {
+        if self
+            .set(tenant, &stored.name)
+            .is_some_and(|o| o.version >= stored.version)
+        {
             return None;
         }
         let (metadata, evaluators) = parse_set_meta(&stored.meta);
-        let meta_changed = old
-            .as_ref()
-            .is_some_and(|o| o.metadata != metadata || o.evaluators != evaluators);
         let flags: BTreeMap<String, Arc<CompiledFlag>> = stored
             .flags
             .iter()
@@ -191,9 +193,19 @@ impl Registry {
                 (f.key.clone(), Arc::new(compiled))
             })
             .collect();
+        // Compare and swap under the write lock, and announce there too, so
+        // two refreshes racing with the same snapshot announce it once and
+        // changes are announced in version order.
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        let sets = tenants.entry(tenant.clone()).or_default();
+        let old = sets.get(&stored.name);
+        if old.is_some_and(|o| o.version >= stored.version) {
+            return None;
+        }
+        let meta_changed = old.is_some_and(|o| o.metadata != metadata || o.evaluators != evaluators);
         let mut changed = Vec::new();
         for (key, flag) in &flags {
-            match old.as_ref().and_then(|o| o.flags.get(key)) {
+            match old.and_then(|o| o.flags.get(key)) {
                 None => changed.push((key.clone(), ChangeType::Write)),
                 Some(before) if before.definition != flag.definition || meta_changed => {
                     changed.push((key.clone(), ChangeType::Update))
@@ -201,7 +213,7 @@ impl Registry {
                 Some(_) => {}
             }
         }
-        if let Some(old) = &old {
+        if let Some(old) = old {
             for key in old.flags.keys().filter(|k| !flags.contains_key(*k)) {
                 changed.push((key.clone(), ChangeType::Delete));
             }
@@ -213,22 +225,14 @@ impl Registry {
             evaluators,
             flags,
         });
-        {
-            let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-            tenants
-                .entry(tenant.clone())
-                .or_default()
-                .insert(stored.name.clone(), set);
-        }
+        sets.insert(stored.name.clone(), set);
         self.announce(tenant, stored.name, stored.version, changed)
     }
 
     /// Drops a set the store no longer has.
     pub fn forget(&self, tenant: &Tenant, name: &str) -> Option<Arc<Change>> {
-        let old = {
-            let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-            tenants.get_mut(tenant)?.remove(name)?
-        };
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        let old = tenants.get_mut(tenant)?.remove(name)?;
         let changed = old
             .flags
             .keys()

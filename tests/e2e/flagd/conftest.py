@@ -16,7 +16,6 @@ FlagService).
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ from support import free_port
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent
+from openfeature.provider.no_op_provider import NoOpProvider
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import CacheType, ResolverType
 
@@ -94,6 +94,13 @@ def skip_reason(feature: str, scenario: str, tags: set[str]) -> str | None:
             "openfeature-provider-flagd's RPC resolver drops the response metadata (flag_metadata is always "
             "empty in RPC mode); the server's metadata is checked directly in test_flagd_metadata_rpc.py"
         )
+    if "fractional-v2" in tags and scenario == "Fractional operator hash edge cases":
+        return (
+            "@fractional-v2 hash-boundary vectors (murmur3 of the raw string hits 0, 1, i32::MAX, ...); "
+            "@fractional-v3 hashes the value's CBOR encoding, so these keys no longer sit on the boundaries"
+        )
+    # @fractional-single-entry is tagged v2 but its outcome does not depend
+    # on the bucketing version: it runs.
     if tags & {"fractional-v1", "fractional-v2"} and "fractional-single-entry" not in tags:
         return "superseded bucketing version (@fractional-v1/@fractional-v2); the server implements @fractional-v3 (CBOR + murmur3)"
     if "deprecated" in tags:
@@ -141,6 +148,12 @@ def _needs_own_server(request) -> bool:
 
 # --------------------------------------------------------------------------
 # servers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openfeature_shutdown():
+    yield
+    api.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +256,10 @@ class World:
 def world(request):
     w = World(request=request)
     yield w
-    api.clear_providers()
+    if w.client is not None:
+        # Replacing the provider shuts the old one down in the background
+        # (a flagd provider takes ~0.15s to close its channel).
+        api.set_provider(NoOpProvider(), w.domain)
     if w.own_server and w.server is not None:
         w.server.stop()
 

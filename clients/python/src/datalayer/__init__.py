@@ -6,7 +6,9 @@
     with Client("localhost:50051") as client:
         answer = client.ratelimit.check(ratelimit_pb2.CheckRequest(key="user:42", policy="auth"))
 
-``Client`` blocks, ``AsyncClient`` is its asyncio twin. The generated
+``Client`` blocks, ``AsyncClient`` is its asyncio twin. Server-streaming
+RPCs (``client.flags.watch``) return a ``ServerStream`` (an iterator) or,
+on ``AsyncClient``, an ``AsyncServerStream`` (an async iterator). The generated
 messages and stubs live in one subpackage per service package
 (``datalayer.ratelimit.v1.ratelimit_pb2``, ``.ratelimit_pb2_grpc``,
 ``datalayer.cache.v1.cache_pb2``, ``datalayer.session.v1.session_pb2``, ...)
@@ -14,7 +16,7 @@ and can be used directly.
 """
 
 from datalayer._client import DEFAULT_TIMEOUT, AsyncClient, Client
-from datalayer._invoke import Metadata, RetryPolicy
+from datalayer._invoke import AsyncServerStream, Metadata, RetryPolicy, ServerStream
 from datalayer._services import SERVICES
 from datalayer.errors import (
     Aborted,
@@ -43,6 +45,7 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncServerStream",
     "Cancelled",
     "Client",
     "DatalayerError",
@@ -57,6 +60,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "RetryPolicy",
+    "ServerStream",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

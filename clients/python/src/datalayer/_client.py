@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import grpc
 import grpc.aio
@@ -17,6 +17,14 @@ __all__ = ["AsyncClient", "Client", "DEFAULT_TIMEOUT"]
 DEFAULT_TIMEOUT = 5.0
 
 ChannelOptions = Sequence[tuple[str, Any]]
+
+#: A sync gRPC client interceptor of any of the four call kinds.
+Interceptor = Union[
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+]
 
 
 def _metadata(token: str | None) -> Metadata:
@@ -37,7 +45,7 @@ class Client(SyncServices):
         tls: use TLS (implied by ``root_certificates``); system roots by default.
         root_certificates: PEM roots to verify the server with.
         token: sent as ``authorization: Bearer <token>`` on every call.
-        timeout: default deadline of a call in seconds, covering its retries
+        timeout: default deadline of a unary call in seconds, covering its retries
             (``None``: no client deadline; the service then applies its own
             ``server.default_timeout``). Each method takes ``timeout=`` too.
         retries: how many times UNAVAILABLE is retried (exponential backoff
@@ -47,9 +55,12 @@ class Client(SyncServices):
         interceptors: gRPC client interceptors wrapped around the channel
             (``grpc.aio`` interceptors for :class:`AsyncClient`).
 
-    Services: ``client.ratelimit``, ``client.cache`` (and one attribute per
-    service of ``proto/``), each with one typed method per RPC taking the
-    request message, e.g. ``client.ratelimit.check(CheckRequest(...))``.
+    Services: ``client.ratelimit``, ``client.cache``, ``client.sessions``,
+    ``client.flags`` (one attribute per service of ``proto/``), each with one
+    typed method per RPC taking the request message, e.g.
+    ``client.ratelimit.check(CheckRequest(...))``. A server-streaming RPC
+    (``client.flags.watch``) returns a :class:`datalayer.ServerStream`, an
+    iterator of its answers; the default ``timeout`` does not apply to it.
     Errors raise :class:`datalayer.errors.DatalayerError` subclasses.
     """
 
@@ -64,7 +75,7 @@ class Client(SyncServices):
         retries: int = 3,
         retry_policy: RetryPolicy | None = None,
         options: ChannelOptions = (),
-        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.target = target
         creds = _credentials(tls, root_certificates)

@@ -1,28 +1,36 @@
 """The path every call of the hand-written layer takes: default deadline,
 metadata (bearer token), retries of UNAVAILABLE with exponential backoff and
 jitter (honouring ``google.rpc.RetryInfo``), and mapping of gRPC errors to
-:mod:`datalayer.errors`."""
+:mod:`datalayer.errors`.
+
+Server-streaming calls return a :class:`ServerStream` (sync) or an
+:class:`AsyncServerStream`: iterators of the answers with the same metadata,
+error mapping and retries, except that a stream has no default deadline
+(only its own ``timeout=``) and is never retried once it has yielded."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence, TypeVar, Union
+from types import TracebackType
+from typing import AsyncIterator, Iterator, Protocol, Sequence, TypeVar, Union
 
 import grpc
 import grpc.aio
 
 from datalayer.errors import DatalayerError, DeadlineExceeded, Unavailable, from_rpc_error
 
-__all__ = ["AsyncInvoker", "Metadata", "RetryPolicy", "SyncInvoker"]
+__all__ = ["AsyncInvoker", "AsyncServerStream", "Metadata", "RetryPolicy", "ServerStream", "SyncInvoker"]
 
 #: Extra call metadata: ``(key, value)`` pairs; ``-bin`` keys take bytes.
 Metadata = Sequence[tuple[str, Union[str, bytes]]]
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+_Resp_co = TypeVar("_Resp_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,12 @@ class _Base:
         self.metadata: tuple[tuple[str, str | bytes], ...] = tuple(metadata)
         self.policy = policy
 
-    def _start(self, timeout: float | None, metadata: Metadata) -> tuple[float | None, tuple[tuple[str, str | bytes], ...]]:
-        budget = self.timeout if timeout is None else timeout
+    def _start(
+        self, timeout: float | None, metadata: Metadata, *, stream: bool = False
+    ) -> tuple[float | None, tuple[tuple[str, str | bytes], ...]]:
+        # The client's default deadline is for unary calls: a stream (a
+        # Watch) is meant to stay open, so it only ends by its own timeout.
+        budget = timeout if stream or timeout is not None else self.timeout
         deadline = None if budget is None else time.monotonic() + budget
         return deadline, self.metadata + tuple(metadata)
 
@@ -105,6 +117,18 @@ class SyncInvoker(_Base):
             time.sleep(delay)
             attempt += 1
 
+    def stream(
+        self,
+        method: grpc.UnaryStreamMultiCallable[_Req, _Resp],
+        request: _Req,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ServerStream[_Resp]:
+        """Opens a server-streaming call; see :class:`ServerStream`."""
+        deadline, md = self._start(timeout, metadata, stream=True)
+        return ServerStream(self, method, request, deadline, md)
+
 
 class AsyncInvoker(_Base):
     """Runs unary calls on a ``grpc.aio.Channel``."""
@@ -129,3 +153,227 @@ class AsyncInvoker(_Base):
                     raise err from e
             await asyncio.sleep(delay)
             attempt += 1
+
+    def stream(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[_Req, _Resp],
+        request: _Req,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> AsyncServerStream[_Resp]:
+        """Opens a server-streaming call; see :class:`AsyncServerStream`."""
+        deadline, md = self._start(timeout, metadata, stream=True)
+        return AsyncServerStream(self, method, request, deadline, md)
+
+
+class _SyncCall(Protocol[_Resp_co]):
+    def __next__(self) -> _Resp_co: ...
+
+    def cancel(self) -> bool: ...
+
+
+def _cancelled(e: grpc.RpcError) -> bool:
+    code = getattr(e, "code", None)
+    return callable(code) and code() == grpc.StatusCode.CANCELLED
+
+
+class ServerStream(Iterator[_Resp]):
+    """The answers of a server-streaming call, in order, as an iterator.
+
+    The call starts when the stream is created, not at the first
+    iteration (a ``Watch`` sees the changes made once the service has
+    opened it). Iterating blocks for the next answer; the iterator ends
+    when the service ends the stream. A failure raises the matching
+    :class:`datalayer.errors.DatalayerError`; UNAVAILABLE before the first
+    answer is retried as for unary calls (the call is opened again, within
+    the stream's deadline; a retried ``Watch`` sees changes from its new
+    attempt on), never after an answer was yielded: open the stream again
+    then (for ``Watch``: and re-read what you watch).
+
+    ``timeout`` (seconds) bounds the whole stream, retries included; by
+    default a stream has no deadline. :meth:`cancel` (from any thread) or
+    leaving a ``with`` block ends the stream: iteration then stops without
+    an error.
+    """
+
+    def __init__(
+        self,
+        invoker: SyncInvoker,
+        method: grpc.UnaryStreamMultiCallable[_Req, _Resp],
+        request: _Req,
+        deadline: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
+        def open_call(timeout: float | None) -> _SyncCall[_Resp]:
+            return method(request, timeout=timeout, metadata=metadata)
+
+        self._invoker = invoker
+        self._open_call = open_call
+        self._deadline = deadline
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._call: _SyncCall[_Resp] | None = None
+        self._attempt = 0
+        self._yielded = False
+        self._open()
+
+    def _open(self) -> None:
+        call = self._open_call(self._invoker._remaining(self._deadline))
+        with self._lock:
+            if self._cancel.is_set():
+                call.cancel()
+            else:
+                self._call = call
+
+    def _end(self) -> None:
+        with self._lock:
+            self._call = None
+
+    def __iter__(self) -> ServerStream[_Resp]:
+        return self
+
+    def __next__(self) -> _Resp:
+        while True:
+            with self._lock:
+                call = self._call
+            if call is None:
+                raise StopIteration
+            try:
+                answer = next(call)
+            except StopIteration:
+                self._end()
+                raise
+            except grpc.RpcError as e:
+                self._end()
+                if self._cancel.is_set() and _cancelled(e):
+                    raise StopIteration from None
+                err = from_rpc_error(e)
+                delay = None if self._yielded else self._invoker._retry_delay(err, self._attempt, self._deadline)
+                if delay is None:
+                    raise err from e
+                if self._cancel.wait(delay):
+                    raise StopIteration from None
+                self._attempt += 1
+                self._open()
+                continue
+            self._yielded = True
+            return answer
+
+    def cancel(self) -> bool:
+        """Ends the stream; False if it had already ended or been cancelled."""
+        with self._lock:
+            first = not self._cancel.is_set() and self._call is not None
+            self._cancel.set()
+            call = self._call
+        if call is not None:
+            call.cancel()
+        return first
+
+    def __enter__(self) -> ServerStream[_Resp]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+class AsyncServerStream(AsyncIterator[_Resp]):
+    """The asyncio twin of :class:`ServerStream`: ``async for answer in
+    stream``, ``async with stream``, :meth:`cancel` (from the event loop's
+    thread). The call starts when the stream is created, inside a running
+    event loop. Cancelling the task that awaits an answer cancels the task
+    as usual (``asyncio.CancelledError``); the stream is then still open
+    until :meth:`cancel` or garbage collection."""
+
+    def __init__(
+        self,
+        invoker: AsyncInvoker,
+        method: grpc.aio.UnaryStreamMultiCallable[_Req, _Resp],
+        request: _Req,
+        deadline: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
+        def open_call(timeout: float | None) -> grpc.aio.UnaryStreamCall[_Req, _Resp]:
+            return method(request, timeout=timeout, metadata=metadata)
+
+        self._invoker = invoker
+        self._open_call = open_call
+        self._deadline = deadline
+        self._cancel = asyncio.Event()
+        self._call: grpc.aio.Call | None = None
+        self._answers: AsyncIterator[_Resp] | None = None
+        self._attempt = 0
+        self._yielded = False
+        self._open()
+
+    def _open(self) -> None:
+        call = self._open_call(self._invoker._remaining(self._deadline))
+        self._call, self._answers = call, call.__aiter__()
+
+    def _end(self) -> None:
+        self._call = self._answers = None
+
+    def __aiter__(self) -> AsyncServerStream[_Resp]:
+        return self
+
+    async def __anext__(self) -> _Resp:
+        while True:
+            answers = self._answers
+            if answers is None or self._cancel.is_set():
+                self._end()
+                raise StopAsyncIteration
+            try:
+                answer = await answers.__anext__()
+            except StopAsyncIteration:
+                self._end()
+                raise
+            except asyncio.CancelledError:
+                # cancel() cancels the call, which grpc.aio reports so;
+                # a cancellation of the awaiting task itself goes on.
+                self._end()
+                if self._cancel.is_set():
+                    raise StopAsyncIteration from None
+                raise
+            except grpc.RpcError as e:
+                self._end()
+                if self._cancel.is_set() and _cancelled(e):
+                    raise StopAsyncIteration from None
+                err = from_rpc_error(e)
+                delay = None if self._yielded else self._invoker._retry_delay(err, self._attempt, self._deadline)
+                if delay is None:
+                    raise err from e
+                try:
+                    await asyncio.wait_for(self._cancel.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                else:
+                    raise StopAsyncIteration from None
+                self._attempt += 1
+                self._open()
+                continue
+            self._yielded = True
+            return answer
+
+    def cancel(self) -> bool:
+        """Ends the stream; False if it had already ended or been cancelled."""
+        first = not self._cancel.is_set() and self._call is not None
+        self._cancel.set()
+        if self._call is not None:
+            self._call.cancel()
+        return first
+
+    async def __aenter__(self) -> AsyncServerStream[_Resp]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()

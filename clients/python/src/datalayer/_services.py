@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import grpc.aio
 
-from datalayer._invoke import AsyncInvoker, Metadata, SyncInvoker
+from datalayer._invoke import AsyncInvoker, AsyncServerStream, Metadata, ServerStream, SyncInvoker
 from datalayer.cache.v1 import cache_pb2
 from datalayer.cache.v1 import cache_pb2_grpc
 from datalayer.flags.v1 import flags_pb2
@@ -15,9 +15,11 @@ from datalayer.ratelimit.v1 import ratelimit_pb2
 from datalayer.ratelimit.v1 import ratelimit_pb2_grpc
 from datalayer.session.v1 import session_pb2
 from datalayer.session.v1 import session_pb2_grpc
+from datalayer.state.v1 import state_pb2
+from datalayer.state.v1 import state_pb2_grpc
 
 #: Fully-qualified service name -> client attribute.
-SERVICES: dict[str, str] = {"datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flag", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions"}
+SERVICES: dict[str, str] = {"datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state"}
 
 
 class CacheService:
@@ -208,7 +210,7 @@ class FlagService:
     not exist"), reaches every replica within a second, and is recorded in the
     flag set's audit trail.
 
-    Reached as ``client.flag``.
+    Reached as ``client.flags``.
     """
 
     def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
@@ -276,7 +278,7 @@ class FlagService:
         """SetState enables or disables a flag: the kill switch."""
         return self._invoke(self.stub.SetState, request, timeout=timeout, metadata=metadata)
 
-    def import(
+    def import_(
         self,
         request: flags_pb2.ImportRequest,
         *,
@@ -320,6 +322,22 @@ class FlagService:
         """
         return self._invoke(self.stub.Explain, request, timeout=timeout, metadata=metadata)
 
+    def watch(
+        self,
+        request: flags_pb2.WatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ServerStream[flags_pb2.WatchResponse]:
+        """Watch streams the changes of one flag set, or of all.
+
+        Server streaming: returns an iterator of the answers (``ServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.Watch, request, timeout=timeout, metadata=metadata)
+
     def list_audit(
         self,
         request: flags_pb2.ListAuditRequest,
@@ -351,7 +369,7 @@ class AsyncFlagService:
     not exist"), reaches every replica within a second, and is recorded in the
     flag set's audit trail.
 
-    Reached as ``client.flag``.
+    Reached as ``client.flags``.
     """
 
     def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
@@ -419,7 +437,7 @@ class AsyncFlagService:
         """SetState enables or disables a flag: the kill switch."""
         return await self._invoke(self.stub.SetState, request, timeout=timeout, metadata=metadata)
 
-    async def import(
+    async def import_(
         self,
         request: flags_pb2.ImportRequest,
         *,
@@ -462,6 +480,22 @@ class AsyncFlagService:
         which rule matched, which fractional bucket.
         """
         return await self._invoke(self.stub.Explain, request, timeout=timeout, metadata=metadata)
+
+    def watch(
+        self,
+        request: flags_pb2.WatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> AsyncServerStream[flags_pb2.WatchResponse]:
+        """Watch streams the changes of one flag set, or of all.
+
+        Server streaming: returns an async iterator of the answers (``AsyncServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.Watch, request, timeout=timeout, metadata=metadata)
 
     async def list_audit(
         self,
@@ -858,31 +892,369 @@ class AsyncSessionService:
         return await self._invoke(self.stub.ConsumeOneTimeToken, request, timeout=timeout, metadata=metadata)
 
 
+class StateService:
+    """StateService keeps a bot's durable state: versioned documents in
+    collections, exact counters, and locks with fencing tokens.
+
+    Documents are durable (no TTL unless one is given, never evicted by a
+    well-configured Redis). A collection's keys share one hash slot, so
+    listing and multi-key reads are one round trip on a cluster too. Every
+    write returns a new version, strictly greater than any earlier version
+    of the collection; `expected_version` makes it compare-and-set (0: the
+    key must not exist), and a refused write changes nothing.
+
+    Reached as ``client.state``.
+    """
+
+    def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = state_pb2_grpc.StateServiceStub(channel)
+        self._invoke = invoke
+
+    def put(
+        self,
+        request: state_pb2.PutRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.PutResponse:
+        """Put writes a document."""
+        return self._invoke(self.stub.Put, request, timeout=timeout, metadata=metadata)
+
+    def get(
+        self,
+        request: state_pb2.GetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.GetResponse:
+        """Get reads a document, or one JSON Pointer (RFC 6901) path of a JSON one."""
+        return self._invoke(self.stub.Get, request, timeout=timeout, metadata=metadata)
+
+    def get_many(
+        self,
+        request: state_pb2.GetManyRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.GetManyResponse:
+        """GetMany reads several documents of one collection in one round trip."""
+        return self._invoke(self.stub.GetMany, request, timeout=timeout, metadata=metadata)
+
+    def delete(
+        self,
+        request: state_pb2.DeleteRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.DeleteResponse:
+        """Delete removes a document."""
+        return self._invoke(self.stub.Delete, request, timeout=timeout, metadata=metadata)
+
+    def patch(
+        self,
+        request: state_pb2.PatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.PatchResponse:
+        """Patch applies a JSON Merge Patch (RFC 7396) to a JSON document,
+        atomically: concurrent patches of different fields all survive.
+        """
+        return self._invoke(self.stub.Patch, request, timeout=timeout, metadata=metadata)
+
+    def list(
+        self,
+        request: state_pb2.ListRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.ListResponse:
+        """List returns a collection's keys in order, from a keyset cursor: a page
+        never repeats or skips a key that stayed in place while others changed.
+        """
+        return self._invoke(self.stub.List, request, timeout=timeout, metadata=metadata)
+
+    def count(
+        self,
+        request: state_pb2.CountRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.CountResponse:
+        """Count counts a collection's documents."""
+        return self._invoke(self.stub.Count, request, timeout=timeout, metadata=metadata)
+
+    def watch(
+        self,
+        request: state_pb2.WatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ServerStream[state_pb2.WatchResponse]:
+        """Watch streams a collection's changes, in order.
+
+        Server streaming: returns an iterator of the answers (``ServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.Watch, request, timeout=timeout, metadata=metadata)
+
+    def increment(
+        self,
+        request: state_pb2.IncrementRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.IncrementResponse:
+        """Increment adds to a counter atomically, within optional bounds."""
+        return self._invoke(self.stub.Increment, request, timeout=timeout, metadata=metadata)
+
+    def get_counters(
+        self,
+        request: state_pb2.GetCountersRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.GetCountersResponse:
+        """GetCounters reads several counters of one collection."""
+        return self._invoke(self.stub.GetCounters, request, timeout=timeout, metadata=metadata)
+
+    def acquire_lock(
+        self,
+        request: state_pb2.AcquireLockRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.AcquireLockResponse:
+        """AcquireLock takes a lock, waiting up to `wait` for it, and answers a
+        fencing token that strictly increases for every acquisition of the
+        lock, whoever acquires it.
+        """
+        return self._invoke(self.stub.AcquireLock, request, timeout=timeout, metadata=metadata)
+
+    def renew_lock(
+        self,
+        request: state_pb2.RenewLockRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.RenewLockResponse:
+        """RenewLock extends a held lock; FAILED_PRECONDITION ("lock lost") if the
+        lease is no longer the lock's.
+        """
+        return self._invoke(self.stub.RenewLock, request, timeout=timeout, metadata=metadata)
+
+    def release_lock(
+        self,
+        request: state_pb2.ReleaseLockRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.ReleaseLockResponse:
+        """ReleaseLock releases a held lock; releasing a lock already lost is a
+        normal answer (released = false).
+        """
+        return self._invoke(self.stub.ReleaseLock, request, timeout=timeout, metadata=metadata)
+
+
+class AsyncStateService:
+    """StateService keeps a bot's durable state: versioned documents in
+    collections, exact counters, and locks with fencing tokens.
+
+    Documents are durable (no TTL unless one is given, never evicted by a
+    well-configured Redis). A collection's keys share one hash slot, so
+    listing and multi-key reads are one round trip on a cluster too. Every
+    write returns a new version, strictly greater than any earlier version
+    of the collection; `expected_version` makes it compare-and-set (0: the
+    key must not exist), and a refused write changes nothing.
+
+    Reached as ``client.state``.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = state_pb2_grpc.StateServiceStub(channel)
+        self._invoke = invoke
+
+    async def put(
+        self,
+        request: state_pb2.PutRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.PutResponse:
+        """Put writes a document."""
+        return await self._invoke(self.stub.Put, request, timeout=timeout, metadata=metadata)
+
+    async def get(
+        self,
+        request: state_pb2.GetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.GetResponse:
+        """Get reads a document, or one JSON Pointer (RFC 6901) path of a JSON one."""
+        return await self._invoke(self.stub.Get, request, timeout=timeout, metadata=metadata)
+
+    async def get_many(
+        self,
+        request: state_pb2.GetManyRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.GetManyResponse:
+        """GetMany reads several documents of one collection in one round trip."""
+        return await self._invoke(self.stub.GetMany, request, timeout=timeout, metadata=metadata)
+
+    async def delete(
+        self,
+        request: state_pb2.DeleteRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.DeleteResponse:
+        """Delete removes a document."""
+        return await self._invoke(self.stub.Delete, request, timeout=timeout, metadata=metadata)
+
+    async def patch(
+        self,
+        request: state_pb2.PatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.PatchResponse:
+        """Patch applies a JSON Merge Patch (RFC 7396) to a JSON document,
+        atomically: concurrent patches of different fields all survive.
+        """
+        return await self._invoke(self.stub.Patch, request, timeout=timeout, metadata=metadata)
+
+    async def list(
+        self,
+        request: state_pb2.ListRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.ListResponse:
+        """List returns a collection's keys in order, from a keyset cursor: a page
+        never repeats or skips a key that stayed in place while others changed.
+        """
+        return await self._invoke(self.stub.List, request, timeout=timeout, metadata=metadata)
+
+    async def count(
+        self,
+        request: state_pb2.CountRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.CountResponse:
+        """Count counts a collection's documents."""
+        return await self._invoke(self.stub.Count, request, timeout=timeout, metadata=metadata)
+
+    def watch(
+        self,
+        request: state_pb2.WatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> AsyncServerStream[state_pb2.WatchResponse]:
+        """Watch streams a collection's changes, in order.
+
+        Server streaming: returns an async iterator of the answers (``AsyncServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.Watch, request, timeout=timeout, metadata=metadata)
+
+    async def increment(
+        self,
+        request: state_pb2.IncrementRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.IncrementResponse:
+        """Increment adds to a counter atomically, within optional bounds."""
+        return await self._invoke(self.stub.Increment, request, timeout=timeout, metadata=metadata)
+
+    async def get_counters(
+        self,
+        request: state_pb2.GetCountersRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.GetCountersResponse:
+        """GetCounters reads several counters of one collection."""
+        return await self._invoke(self.stub.GetCounters, request, timeout=timeout, metadata=metadata)
+
+    async def acquire_lock(
+        self,
+        request: state_pb2.AcquireLockRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.AcquireLockResponse:
+        """AcquireLock takes a lock, waiting up to `wait` for it, and answers a
+        fencing token that strictly increases for every acquisition of the
+        lock, whoever acquires it.
+        """
+        return await self._invoke(self.stub.AcquireLock, request, timeout=timeout, metadata=metadata)
+
+    async def renew_lock(
+        self,
+        request: state_pb2.RenewLockRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.RenewLockResponse:
+        """RenewLock extends a held lock; FAILED_PRECONDITION ("lock lost") if the
+        lease is no longer the lock's.
+        """
+        return await self._invoke(self.stub.RenewLock, request, timeout=timeout, metadata=metadata)
+
+    async def release_lock(
+        self,
+        request: state_pb2.ReleaseLockRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> state_pb2.ReleaseLockResponse:
+        """ReleaseLock releases a held lock; releasing a lock already lost is a
+        normal answer (released = false).
+        """
+        return await self._invoke(self.stub.ReleaseLock, request, timeout=timeout, metadata=metadata)
+
+
 class SyncServices:
     """The services of this client version, one attribute each."""
 
     cache: CacheService
-    flag: FlagService
+    flags: FlagService
     ratelimit: RateLimitService
     sessions: SessionService
+    state: StateService
 
     def _bind_services(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
         self.cache = CacheService(channel, invoke)
-        self.flag = FlagService(channel, invoke)
+        self.flags = FlagService(channel, invoke)
         self.ratelimit = RateLimitService(channel, invoke)
         self.sessions = SessionService(channel, invoke)
+        self.state = StateService(channel, invoke)
 
 
 class AsyncServices:
     """The services of this client version, one attribute each."""
 
     cache: AsyncCacheService
-    flag: AsyncFlagService
+    flags: AsyncFlagService
     ratelimit: AsyncRateLimitService
     sessions: AsyncSessionService
+    state: AsyncStateService
 
     def _bind_services(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
         self.cache = AsyncCacheService(channel, invoke)
-        self.flag = AsyncFlagService(channel, invoke)
+        self.flags = AsyncFlagService(channel, invoke)
         self.ratelimit = AsyncRateLimitService(channel, invoke)
         self.sessions = AsyncSessionService(channel, invoke)
+        self.state = AsyncStateService(channel, invoke)

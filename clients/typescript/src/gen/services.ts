@@ -4,14 +4,13 @@ import { CacheService } from "./datalayer/cache/v1/cache_pb.js";
 import { FlagService } from "./datalayer/flags/v1/flags_pb.js";
 import { RateLimitService } from "./datalayer/ratelimit/v1/ratelimit_pb.js";
 import { SessionService } from "./datalayer/session/v1/session_pb.js";
+import { StateService } from "./datalayer/state/v1/state_pb.js";
 
 // Not re-exported here, as another package exports the same names (import them
-// from ./datalayer/cache/v1/cache_pb.js): DeleteRequest, DeleteRequestSchema, DeleteResponse, DeleteResponseSchema, GetRequest, GetRequestSchema, GetResponse, GetResponseSchema.
+// from ./datalayer/cache/v1/cache_pb.js): DeleteRequest, DeleteRequestSchema, DeleteResponse, DeleteResponseSchema, GetManyRequest, GetManyRequestSchema, GetManyResponse, GetManyResponseSchema, GetRequest, GetRequestSchema, GetResponse, GetResponseSchema.
 export {
   CacheEntrySchema,
   CacheService,
-  GetManyRequestSchema,
-  GetManyResponseSchema,
   GetOrLeaseRequestSchema,
   GetOrLeaseResponseSchema,
   InvalidateTagsRequestSchema,
@@ -30,8 +29,6 @@ export {
 } from "./datalayer/cache/v1/cache_pb.js";
 export type {
   CacheEntry,
-  GetManyRequest,
-  GetManyResponse,
   GetOrLeaseRequest,
   GetOrLeaseResponse,
   InvalidateTagsRequest,
@@ -42,11 +39,9 @@ export type {
   SetResponse,
 } from "./datalayer/cache/v1/cache_pb.js";
 // Not re-exported here, as another package exports the same names (import them
-// from ./datalayer/flags/v1/flags_pb.js): DeleteRequest, DeleteRequestSchema, DeleteResponse, DeleteResponseSchema, GetRequest, GetRequestSchema, GetResponse, GetResponseSchema.
+// from ./datalayer/flags/v1/flags_pb.js): ChangeType, ChangeTypeSchema, DeleteRequest, DeleteRequestSchema, DeleteResponse, DeleteResponseSchema, GetRequest, GetRequestSchema, GetResponse, GetResponseSchema, ListRequest, ListRequestSchema, ListResponse, ListResponseSchema, PatchRequest, PatchRequestSchema, PatchResponse, PatchResponseSchema, PutRequest, PutRequestSchema, PutResponse, PutResponseSchema, WatchRequest, WatchRequestSchema, WatchResponse, WatchResponseSchema.
 export {
   AuditEntrySchema,
-  ChangeType,
-  ChangeTypeSchema,
   DryRunSchema,
   ExplainRequestSchema,
   ExplainResponseSchema,
@@ -62,21 +57,13 @@ export {
   ListAuditResponseSchema,
   ListFlagSetsRequestSchema,
   ListFlagSetsResponseSchema,
-  ListRequestSchema,
-  ListResponseSchema,
-  PatchRequestSchema,
-  PatchResponseSchema,
   ProblemSchema,
-  PutRequestSchema,
-  PutResponseSchema,
   SetStateRequestSchema,
   SetStateResponseSchema,
   State,
   StateSchema,
   ValidateRequestSchema,
   ValidateResponseSchema,
-  WatchRequestSchema,
-  WatchResponseSchema,
   file_datalayer_flags_v1_flags,
 } from "./datalayer/flags/v1/flags_pb.js";
 export type {
@@ -95,19 +82,11 @@ export type {
   ListAuditResponse,
   ListFlagSetsRequest,
   ListFlagSetsResponse,
-  ListRequest,
-  ListResponse,
-  PatchRequest,
-  PatchResponse,
   Problem,
-  PutRequest,
-  PutResponse,
   SetStateRequest,
   SetStateResponse,
   ValidateRequest,
   ValidateResponse,
-  WatchRequest,
-  WatchResponse,
 } from "./datalayer/flags/v1/flags_pb.js";
 export * from "./datalayer/ratelimit/v1/ratelimit_pb.js";
 // Not re-exported here, as another package exports the same names (import them
@@ -164,11 +143,46 @@ export type {
   UpdateRequest,
   UpdateResponse,
 } from "./datalayer/session/v1/session_pb.js";
+// Not re-exported here, as another package exports the same names (import them
+// from ./datalayer/state/v1/state_pb.js): ChangeType, ChangeTypeSchema, DeleteRequest, DeleteRequestSchema, DeleteResponse, DeleteResponseSchema, GetManyRequest, GetManyRequestSchema, GetManyResponse, GetManyResponseSchema, GetRequest, GetRequestSchema, GetResponse, GetResponseSchema, ListRequest, ListRequestSchema, ListResponse, ListResponseSchema, PatchRequest, PatchRequestSchema, PatchResponse, PatchResponseSchema, PutRequest, PutRequestSchema, PutResponse, PutResponseSchema, WatchRequest, WatchRequestSchema, WatchResponse, WatchResponseSchema.
+export {
+  AcquireLockRequestSchema,
+  AcquireLockResponseSchema,
+  CountRequestSchema,
+  CountResponseSchema,
+  DocumentSchema,
+  GetCountersRequestSchema,
+  GetCountersResponseSchema,
+  IncrementRequestSchema,
+  IncrementResponseSchema,
+  ReleaseLockRequestSchema,
+  ReleaseLockResponseSchema,
+  RenewLockRequestSchema,
+  RenewLockResponseSchema,
+  StateService,
+  file_datalayer_state_v1_state,
+} from "./datalayer/state/v1/state_pb.js";
+export type {
+  AcquireLockRequest,
+  AcquireLockResponse,
+  CountRequest,
+  CountResponse,
+  Document,
+  GetCountersRequest,
+  GetCountersResponse,
+  IncrementRequest,
+  IncrementResponse,
+  ReleaseLockRequest,
+  ReleaseLockResponse,
+  RenewLockRequest,
+  RenewLockResponse,
+} from "./datalayer/state/v1/state_pb.js";
 
 /** The services of this client version: client property -> service descriptor. */
 export const services = {
   cache: CacheService,
-  flag: FlagService,
+  flags: FlagService,
   ratelimit: RateLimitService,
   sessions: SessionService,
+  state: StateService,
 } as const;
