@@ -15,11 +15,40 @@
 # vendored `protoc-bin-vendored` crate and mimalloc's C code is compiled with
 # the gcc the rust image already ships: no apt step anywhere.
 
-ARG RUST_VERSION=1.95
+# Base images are pinned by digest (multi-arch index), so a rebuild uses the
+# very same layers until someone moves the pin on purpose. The tag stays in
+# front for readers; Docker resolves the digest alone. To move a pin, ask the
+# registry for the tag's current index digest and paste it here:
+#
+#   docker buildx imagetools inspect rust:1.95-bookworm        # "Digest:"
+#   crane digest gcr.io/distroless/cc-debian12:nonroot
+#
+# tests/deploy/test_dockerfile.py fails on any FROM without a digest.
+#
+# TODO(verify-digests): these two digests were taken from public references
+# (several independent projects and a BuildKit log resolving the same tags),
+# not read from the registries, which the machine that pinned them cannot
+# reach. Confirm them with the commands above on a machine that can, and
+# replace them if the registry answers differently.
+ARG RUST_IMAGE=rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 ARG CARGO_CHEF_VERSION=0.1.76
+# OCI image labels (org.opencontainers.image.*), set at build time:
+#
+#   docker build \
+#     --build-arg VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" \
+#     --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg SOURCE="$(git remote get-url origin)" \
+#     -t datalayer:0.1.0 .
+#
+# VERSION defaults to Cargo.toml's version (a test keeps them equal);
+# REVISION and SOURCE are empty unless given.
+ARG VERSION=0.1.0
+ARG REVISION=""
+ARG SOURCE=""
 
 # --- chef: the Rust toolchain plus cargo-chef ------------------------------
-FROM rust:${RUST_VERSION}-bookworm AS chef
+FROM ${RUST_IMAGE} AS chef
 ARG CARGO_CHEF_VERSION
 RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
 WORKDIR /app
@@ -40,10 +69,16 @@ COPY . .
 RUN cargo build --release --locked
 
 # --- runtime: distroless (glibc, libgcc, CA certificates; no shell) ---------
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
+ARG VERSION
+ARG REVISION
+ARG SOURCE
 LABEL org.opencontainers.image.title="datalayer" \
-      org.opencontainers.image.description="Rate limiting, caching and sessions for bots over gRPC, backed by Redis" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="Rate limiting, caching, sessions and more for bots over gRPC, backed by Redis" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
 COPY --from=builder /app/target/release/datalayer /usr/local/bin/datalayer
 USER 65532:65532
 # 50051: gRPC (server.addr); 9090: Prometheus /metrics (metrics.addr).

@@ -53,5 +53,37 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=proto-examples");
+    commit();
     Ok(())
+}
+
+/// `DATALAYER_COMMIT` for `--version`: the environment's (a Docker build
+/// has no `.git`: it passes the commit as a build argument), else git's,
+/// else "unknown".
+fn commit() {
+    println!("cargo:rerun-if-env-changed=DATALAYER_COMMIT");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = env::var("DATALAYER_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
+    // Rebuild when HEAD moves (a worktree's HEAD lives in its own git dir).
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"])
+            && let Some(common) = git(&["rev-parse", "--git-common-dir"])
+            && Path::new(&format!("{common}/{reference}")).exists()
+        {
+            println!("cargo:rerun-if-changed={common}/{reference}");
+        }
+    }
+    println!("cargo:rustc-env=DATALAYER_COMMIT={commit}");
 }

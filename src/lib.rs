@@ -35,6 +35,10 @@
 //!   [`telemetry`] sets up logs and OTLP traces; [`health`] runs the probe;
 //!   [`metrics`] serves Prometheus.
 
+pub mod access;
+pub mod audit;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -1,10 +1,10 @@
 //! The `datalayer` binary: parse arguments, load settings, start telemetry,
 //! run the application until SIGTERM or SIGINT.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::Parser;
-use datalayer::{config::Settings, startup::Application, telemetry};
+use clap::{Parser, Subcommand};
+use datalayer::{cli, config::Settings, startup::Application, telemetry};
 
 // Many small short-lived allocations per call (HTTP/2 frames, protobuf,
 // RESP): mimalloc measurably beats the system allocator here.
@@ -14,17 +14,83 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Rate limiting and other data-layer building blocks over gRPC, backed by
 /// Redis (or an in-process memory store when no Redis URL is set).
 #[derive(Debug, Parser)]
-#[command(name = "datalayer", version, about)]
+#[command(name = "datalayer", version = cli::VERSION, about)]
 struct Cli {
     /// Configuration file (TOML, YAML or JSON). Environment variables
     /// `DATALAYER__SECTION__KEY` override it.
-    #[arg(long, short, env = "DATALAYER_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        env = "DATALAYER_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC (what `datalayer` with no subcommand does).
+    Serve,
+    /// Validate the configuration, print every problem; exit 2 if any.
+    CheckConfig,
+    /// Print the settings in force (defaults < file < environment) as
+    /// JSON, secrets redacted.
+    PrintConfig,
+    /// Ask a running server's gRPC health service; exit 0 when SERVING,
+    /// 1 when not, 2 when it cannot be reached (for container health
+    /// checks and scripts).
+    Health {
+        /// The server: `host:port`, or `http://host:port`.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// One service's status (e.g. `datalayer.cache.v1.CacheService`);
+        /// empty: the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new random key; print it and its `auth.keys` entry (which
+    /// keeps only the key's SHA-256).
+    New {
+        /// The entry's id (shows in logs and the audit log).
+        #[arg(long, default_value = "new-key")]
+        id: String,
+        /// The tenant the key acts as.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let config = cli.config.as_deref();
+    match cli.command {
+        None | Some(Command::Serve) => serve(config),
+        Some(Command::CheckConfig) => cli::check_config(config),
+        Some(Command::PrintConfig) => cli::print_config(config),
+        Some(Command::Health {
+            addr,
+            service,
+            timeout,
+        }) => cli::health(&addr, &service, timeout),
+        Some(Command::Keys(KeysCommand::New { id, tenant })) => cli::keys_new(&id, &tenant),
+    }
+}
+
+fn serve(config: Option<&std::path::Path>) -> ExitCode {
+    let settings = match Settings::load(config) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("datalayer: {e}");

@@ -26,6 +26,32 @@ crate::section! {
         /// Address of the `/metrics` HTTP endpoint (its own port, not
         /// gRPC's).
         pub addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9090));
+        /// A file holding the bearer token scrapers must send
+        /// (`authorization: Bearer <token>`); unset: no token needed.
+        pub bearer_token_file: Option<std::path::PathBuf> = None;
+    }
+}
+
+impl MetricsSettings {
+    /// The scrapers' token, read once at start-up (trailing newline cut).
+    pub fn bearer_token(&self) -> Result<Option<Arc<[u8]>>, String> {
+        let Some(path) = &self.bearer_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "metrics.bearer_token_file: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!(
+                "metrics.bearer_token_file: {} is empty",
+                path.display()
+            ));
+        }
+        Ok(Some(Arc::from(token.as_bytes())))
     }
 }
 
@@ -46,6 +72,12 @@ pub const REDIS_POOL_WAIT: &str = "datalayer_redis_pool_wait_seconds";
 pub const REDIS_POOL_CONNECTIONS: &str = "datalayer_redis_pool_connections";
 pub const REDIS_POOL_IN_USE: &str = "datalayer_redis_pool_in_use_connections";
 pub const REDIS_POOL_WAITING: &str = "datalayer_redis_pool_waiting_calls";
+pub const AUTH_FAILURES: &str = "datalayer_auth_failures_total";
+pub const AUTH_RELOAD_ERRORS: &str = "datalayer_auth_reload_errors_total";
+pub const QUOTA_REFUSALS: &str = "datalayer_quota_refusals_total";
+pub const AUDIT_EVENTS: &str = "datalayer_audit_events_total";
+pub const AUDIT_DROPPED: &str = "datalayer_audit_dropped_total";
+pub const TLS_RELOADS: &str = "datalayer_tls_reloads_total";
 
 /// Seconds: 50 µs to 10 s, dense where calls usually land.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -137,6 +169,27 @@ fn describe() {
         "Time spent waiting for a pooled Redis connection."
     );
     describe_gauge!(REDIS_POOL_CONNECTIONS, "Connections the Redis pool holds.");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Calls refused by authentication or authorization, by reason (missing, malformed, unknown, expired, blocked, forbidden)."
+    );
+    describe_counter!(
+        AUTH_RELOAD_ERRORS,
+        "Times auth.keys_file could not be read (the keys in force stayed)."
+    );
+    describe_counter!(
+        QUOTA_REFUSALS,
+        "Calls refused by a tenant quota (RESOURCE_EXHAUSTED), by kind (rate, streams)."
+    );
+    describe_counter!(AUDIT_EVENTS, "Audit events recorded, by method.");
+    describe_counter!(
+        AUDIT_DROPPED,
+        "Audit events not stored in Redis (the writer was behind or the store failed); they are still logged."
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Times the server's TLS certificate was re-read, by outcome (ok, error)."
+    );
     describe_gauge!(REDIS_POOL_IN_USE, "Pooled Redis connections in use.");
     describe_gauge!(REDIS_POOL_WAITING, "Calls waiting for a pooled connection.");
 }
@@ -178,6 +231,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     before_render: Arc<dyn Fn() + Send + Sync>,
+    token: Option<Arc<[u8]>>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Histograms are drained into their summaries by upkeep.
@@ -205,12 +259,18 @@ pub async fn serve(
         let Ok(permit) = scrapes.clone().try_acquire_owned() else {
             continue;
         };
-        let (handle, before) = (handle.clone(), before_render.clone());
+        let (handle, before, token) = (handle.clone(), before_render.clone(), token.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (handle, before) = (handle.clone(), before.clone());
-                async move { Ok::<_, Infallible>(respond(&req, &handle, before.as_ref())) }
+                let (handle, before, token) = (handle.clone(), before.clone(), token.clone());
+                async move {
+                    Ok::<_, Infallible>(if authorized(&req, token.as_deref()) {
+                        respond(&req, &handle, before.as_ref())
+                    } else {
+                        unauthorized()
+                    })
+                }
             });
             // A scrape is one short request: no keep-alive, headers within
             // a few seconds, the whole exchange bounded.
@@ -223,6 +283,29 @@ pub async fn serve(
         });
     }
     upkeep.abort();
+}
+
+/// Whether a scrape carries the configured token (compared in constant
+/// time), or none is configured.
+fn authorized(req: &Request<hyper::body::Incoming>, token: Option<&[u8]>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(token) = token else { return true };
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|sent| bool::from(sent.ct_eq(token)))
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(
+        b"a bearer token is required\n",
+    )));
+    *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    r
 }
 
 fn respond(

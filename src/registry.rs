@@ -113,7 +113,7 @@ macro_rules! services {
         $( $(#[$attr])* pub mod $name; )*
 
         /// Every setting, by section: `server`, `redis`, `keys`, `health`,
-        /// `telemetry`, `metrics`, then one section per service.
+        /// `telemetry`, `metrics`, `auth`, then one section per service.
         #[derive(Debug, Clone, Default, ::serde::Deserialize)]
         #[serde(default, deny_unknown_fields)]
         pub struct Settings {
@@ -129,6 +129,8 @@ macro_rules! services {
             pub telemetry: $crate::telemetry::TelemetrySettings,
             #[serde(deserialize_with = "crate::settings::de")]
             pub metrics: $crate::metrics::MetricsSettings,
+            #[serde(deserialize_with = "crate::settings::de")]
+            pub auth: $crate::auth::AuthSettings,
             $(
                 $(#[$attr])*
                 #[serde(deserialize_with = "crate::settings::de")]
@@ -146,12 +148,24 @@ macro_rules! services {
                     ("health", &self.health),
                     ("telemetry", &self.telemetry),
                     ("metrics", &self.metrics),
+                    ("auth", &self.auth),
                 ];
                 $(
                     $(#[$attr])*
                     sections.push((stringify!($name), &self.$name));
                 )*
                 sections
+            }
+
+            /// Every setting as in force, by section (secrets redacted):
+            /// what `datalayer print-config` prints.
+            pub fn effective(&self) -> ::serde_json::Value {
+                ::serde_json::Value::Object(
+                    self.sections()
+                        .into_iter()
+                        .map(|(name, section)| (name.to_owned(), section.effective_value()))
+                        .collect(),
+                )
             }
 
             /// The JSON Schema of every section, in order.
@@ -164,6 +178,7 @@ macro_rules! services {
                     ("health", $crate::health::HealthSettings::schema()),
                     ("telemetry", $crate::telemetry::TelemetrySettings::schema()),
                     ("metrics", $crate::metrics::MetricsSettings::schema()),
+                    ("auth", $crate::auth::AuthSettings::schema()),
                 ];
                 $(
                     $(#[$attr])*

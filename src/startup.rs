@@ -10,11 +10,14 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::service::RoutesBuilder;
 
 use crate::{
+    audit::AuditLog,
+    auth::{self, Auth},
     config::Settings,
     grpc::{Deadlines, Shared},
     health::Probe,
     proto,
     registry::{Limits, RegisterError, Registrar},
+    server::tls::Tls,
     store::{Backend, memory::Memory, redis::Redis},
 };
 
@@ -42,6 +45,10 @@ pub enum StartupError {
     Namespace(String),
     #[error("{0}")]
     Register(#[from] RegisterError),
+    #[error("`auth`: {0}")]
+    Auth(String),
+    #[error("`server.tls`: {0}")]
+    Tls(String),
 }
 
 pub struct Application {
@@ -131,11 +138,26 @@ impl Application {
             max: s.max_timeout,
             store: settings.redis.command_timeout,
         };
+        let default_tenant = settings.keys.tenant().map_err(StartupError::Namespace)?;
+        let auth = Auth::new(&settings.auth, default_tenant.clone()).map_err(StartupError::Auth)?;
+        announce_auth(&auth, &settings);
+        let reloader =
+            auth::spawn_reloader(auth.clone(), settings.auth.reload_interval, stop_rx.clone());
+        let tls = if s.tls.enabled() {
+            let tls = Tls::new(&s.tls).map_err(StartupError::Tls)?;
+            tls.clone().spawn_reloader(stop_rx.clone());
+            Some(tls)
+        } else {
+            None
+        };
+        let audit: Arc<dyn AuditLog> =
+            crate::services::audit::Sink::start(&backend, &settings.audit);
         let shared = Shared {
             deadlines: shared_deadlines,
-            default_tenant: settings.keys.tenant().map_err(StartupError::Namespace)?,
+            default_tenant,
             shutdown: stop_rx.clone(),
             compress_min_bytes: s.compress_min_bytes,
+            audit: Some(audit),
         };
 
         let mut routes = RoutesBuilder::default();
@@ -161,6 +183,10 @@ impl Application {
         let metrics_task = match metrics {
             Some((listener, addr)) => {
                 let handle = crate::metrics::recorder().map_err(StartupError::Metrics)?;
+                let token = settings
+                    .metrics
+                    .bearer_token()
+                    .map_err(StartupError::Metrics)?;
                 tracing::info!(%addr, "serving Prometheus metrics at /metrics");
                 let pool = backend.clone();
                 let before_render = Arc::new(move || {
@@ -172,6 +198,7 @@ impl Application {
                     listener,
                     handle,
                     before_render,
+                    token,
                     stop_rx,
                 )))
             }
@@ -183,22 +210,53 @@ impl Application {
             let _ = stop_tx.send(true);
         };
 
-        tracing::info!(addr = %local_addr, store = backend.kind(), "datalayer serving gRPC");
+        tracing::info!(
+            addr = %local_addr,
+            store = backend.kind(),
+            tls = if tls.is_some() { "on" } else { "off" },
+            version = crate::cli::VERSION,
+            "datalayer serving gRPC"
+        );
         crate::server::serve(
             listener,
             routes.routes().prepare(),
             s,
             shared_deadlines,
             crate::server::unary_paths(proto::FILE_DESCRIPTOR_SET),
+            crate::server::Security { auth, tls },
             signal,
         )
         .await;
         probe_task.abort();
+        reloader.abort();
         if let Some(task) = metrics_task {
             task.abort();
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Says at start-up who may call: loudly when anyone may.
+fn announce_auth(auth: &Auth, settings: &Settings) {
+    if !auth.has_credentials() && !auth.required() {
+        tracing::warn!(
+            "no API keys configured (auth.keys): the service is OPEN — anyone who can reach it may \
+             read and change all data of tenant `{}`; configure keys and set auth.required = true",
+            settings.keys.namespace
+        );
+    } else if !auth.required() {
+        tracing::warn!(
+            "auth.required is false: calls without a key act as tenant `{}` with every permission",
+            settings.keys.namespace
+        );
+    } else {
+        tracing::info!(
+            keys = settings.auth.keys.len(),
+            keys_file = ?settings.auth.keys_file,
+            open = ?settings.auth.open,
+            "API keys required"
+        );
     }
 }
 

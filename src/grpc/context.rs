@@ -1,7 +1,11 @@
 //! What a handler knows about its call: the tenant whose keys it may touch
 //! and the deadline, with the one rule for waiting on the store.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -61,6 +65,10 @@ pub struct Ctx {
     store_timeout: Duration,
     /// The request's metadata (moved, not copied, from the request).
     metadata: tonic::metadata::MetadataMap,
+    /// Who calls: a key id, `cert:<common name>`, or `anonymous`.
+    principal: Arc<str>,
+    /// What an administrative call acted on, for its audit event.
+    audit_target: Arc<OnceLock<String>>,
 }
 
 impl Ctx {
@@ -79,7 +87,31 @@ impl Ctx {
             deadline: Instant::now() + timeout,
             store_timeout,
             metadata,
+            principal: Arc::from("anonymous"),
+            audit_target: Arc::default(),
         }
+    }
+
+    /// The same context acting as `principal`.
+    pub fn with_principal(mut self, principal: Arc<str>) -> Self {
+        self.principal = principal;
+        self
+    }
+
+    /// Who calls: a key id, `cert:<common name>`, or `anonymous`.
+    pub fn principal(&self) -> &Arc<str> {
+        &self.principal
+    }
+
+    /// Names what this (administrative) call acts on, for its audit event:
+    /// a flag, a rate-limit key, a user's sessions. Never a secret.
+    pub fn audit_target(&self, target: impl Into<String>) {
+        let _ = self.audit_target.set(target.into());
+    }
+
+    /// Where the handler's audit target lands (read after the call).
+    pub(crate) fn audit_slot(&self) -> Arc<OnceLock<String>> {
+        self.audit_target.clone()
     }
 
     /// A request header as text, if it was sent and is text.

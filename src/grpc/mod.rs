@@ -8,6 +8,7 @@
 //! and lists them in [`crate::grpc_service!`], which writes the tonic trait
 //! implementation (span, deadline, metrics, status) once for all of them.
 
+mod audited;
 pub mod codec;
 pub mod context;
 pub mod convert;

@@ -7,7 +7,10 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -20,8 +23,11 @@ use tonic::{Code, Request, Response, Status, codec::SingleMessageCompressionOver
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::audited::Audit;
 use super::context::{Ctx, Deadlines, parse_grpc_timeout};
 use super::status::code_of;
+use crate::access::Principal;
+use crate::audit::AuditLog;
 use crate::error::Error;
 use crate::keys::Tenant;
 use crate::metrics as m;
@@ -35,6 +41,8 @@ pub struct Method {
     pub method: &'static str,
     /// `datalayer.ratelimit.v1.RateLimitService/Check`, the span name.
     pub full: &'static str,
+    /// Administrative: every call is recorded in the audit log.
+    pub audited: bool,
     failures: LogLimiter,
 }
 
@@ -45,6 +53,7 @@ impl Method {
             service,
             method,
             full: Box::leak(format!("{service}/{method}").into_boxed_str()),
+            audited: crate::access::classify(service, method) == crate::access::Access::Admin,
             failures: LogLimiter::default(),
         }
     }
@@ -61,6 +70,8 @@ pub struct Shared {
     /// Answers smaller than this are sent uncompressed even when the
     /// caller accepts gzip (`server.compress_min_bytes`).
     pub compress_min_bytes: usize,
+    /// Where administrative calls are recorded.
+    pub audit: Option<Arc<dyn AuditLog>>,
 }
 
 /// A handler with what it shares: the type the generated service traits
@@ -140,11 +151,18 @@ fn span_for<T>(method: &Method, request: &Request<T>) -> Span {
 /// The call's context and message, taking the request apart.
 fn context<T>(shared: &Shared, request: Request<T>, timeout: Duration) -> (Ctx, T) {
     let (metadata, extensions, message) = request.into_parts();
-    let tenant = extensions
-        .get::<Tenant>()
-        .cloned()
-        .unwrap_or_else(|| shared.default_tenant.clone());
-    let ctx = Ctx::with_metadata(tenant, timeout, shared.deadlines.store, metadata);
+    let (tenant, principal) = match extensions.get::<Principal>() {
+        Some(p) => (p.tenant.clone(), p.id.clone()),
+        None => (
+            extensions
+                .get::<Tenant>()
+                .cloned()
+                .unwrap_or_else(|| shared.default_tenant.clone()),
+            Arc::from("anonymous"),
+        ),
+    };
+    let ctx = Ctx::with_metadata(tenant, timeout, shared.deadlines.store, metadata)
+        .with_principal(principal);
     (ctx, message)
 }
 
@@ -202,6 +220,7 @@ where
     let timeout = shared.deadlines.for_metadata(request.metadata());
     let (ctx, message) = context(shared, request, timeout);
     let deadline = ctx.deadline();
+    let audit = Audit::of(method, &ctx);
     let started = Instant::now();
     let call = handler(ctx, message).instrument(span.clone());
     let result = tokio::time::timeout_at(deadline, call)
@@ -209,6 +228,9 @@ where
         .unwrap_or(Err(Error::DeadlineExceeded));
     let code = result.as_ref().err().map_or(Code::Ok, code_of);
     finish(method, &span, started, code, result.as_ref().err());
+    if let Some(audit) = audit {
+        audit.record(shared, method, code);
+    }
     let answer = result.map_err(Status::from)?;
     let small = answer.encoded_len() < shared.compress_min_bytes;
     let mut response = Response::new(answer);

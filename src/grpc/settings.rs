@@ -1,6 +1,6 @@
 //! `server.*`: the gRPC listener and the limits every call shares.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::settings::{Problems, days, join, mins, ms, secs};
 
@@ -36,6 +36,8 @@ crate::section! {
         /// once (logged, and counted in datalayer_connections_refused_total).
         /// At start-up the soft open-file limit is raised to the hard one.
         pub max_connections: usize = 10_000, range(1, 1_000_000);
+        /// TLS (and mTLS) on the gRPC listener.
+        pub tls: TlsSettings = TlsSettings::default();
     }
     check = ServerSettings::rules;
 }
@@ -48,5 +50,52 @@ impl ServerSettings {
                 "must be at least server.default_timeout",
             );
         }
+    }
+}
+
+crate::section! {
+    /// TLS on the gRPC listener: set `cert_file` and `key_file` to serve
+    /// TLS only.
+    pub struct TlsSettings {
+        /// PEM certificate chain of the server.
+        pub cert_file: Option<PathBuf> = None;
+        /// PEM private key of the server.
+        pub key_file: Option<PathBuf> = None;
+        /// PEM CA whose client certificates are verified (mTLS); a verified
+        /// certificate's common name can act as a tenant (`auth.clients`).
+        pub client_ca_file: Option<PathBuf> = None;
+        /// Refuse connections without a verified client certificate (with
+        /// `client_ca_file`); false: a client certificate is optional.
+        pub require_client_cert: bool = false;
+        /// How often the files are checked for changes.
+        pub reload_interval: Duration = secs(10), range(secs(1), secs(3600));
+    }
+    check = TlsSettings::rules;
+}
+
+impl TlsSettings {
+    fn rules(&self, path: &str, problems: &mut Problems) {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            problems.push(
+                join(path, "key_file"),
+                "server.tls.cert_file and server.tls.key_file go together",
+            );
+        }
+        if self.client_ca_file.is_some() && self.cert_file.is_none() {
+            problems.push(
+                join(path, "client_ca_file"),
+                "needs server.tls.cert_file and key_file (mTLS is TLS first)",
+            );
+        }
+        if self.require_client_cert && self.client_ca_file.is_none() {
+            problems.push(
+                join(path, "require_client_cert"),
+                "needs server.tls.client_ca_file to verify client certificates against",
+            );
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
     }
 }

@@ -77,11 +77,41 @@ impl Drop for CallGuard {
 }
 
 pub(super) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    routes: Routes,
+    limits: Arc<Limits>,
+    stop: watch::Receiver<bool>,
+) {
+    match &limits.tls {
+        None => serve_io(stream, peer, None, routes, limits.clone(), stop).await,
+        Some(tls) => {
+            let accepted = tokio::select! {
+                accepted = super::tls::accept(tls.acceptor(), stream, limits.handshake_timeout) => accepted,
+                _ = wait_stop(stop.clone()) => return,
+            };
+            if let Some((stream, common_name)) = accepted {
+                serve_io(stream, peer, common_name, routes, limits.clone(), stop).await;
+            }
+        }
+    }
+}
+
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Serves HTTP/2 on an accepted (and, with TLS, handshaken) stream.
+async fn serve_io<S>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    common_name: Option<String>,
     routes: Routes,
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut preface = [0u8; 24];
     let read = tokio::select! {
         read = tokio::time::timeout(limits.handshake_timeout, stream.read_exact(&mut preface)) => read,
@@ -102,7 +132,15 @@ pub(super) async fn serve(
         }
     }
     let activity = Arc::new(Activity::new());
-    let service = Layered::new(routes, limits.clone(), activity.clone());
+    let service = Layered::new(
+        routes,
+        limits.clone(),
+        activity.clone(),
+        super::layer::Peer {
+            ip: Some(peer.ip()),
+            common_name: common_name.map(Arc::from),
+        },
+    );
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -154,13 +192,13 @@ pub(super) async fn serve(
 }
 
 /// A stream that first replays the bytes already read from it.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Option<Vec<u8>>,
     at: usize,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -181,7 +219,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

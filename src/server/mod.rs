@@ -12,6 +12,8 @@
 
 mod conn;
 mod layer;
+mod requests;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -36,6 +38,8 @@ pub(crate) struct Limits {
     pub deadlines: Deadlines,
     /// Paths of unary methods: their requests must carry one message.
     pub unary: Arc<std::collections::HashSet<String>>,
+    pub auth: Arc<crate::auth::Auth>,
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 /// Raises the soft limit of open files to the hard one (containers often
@@ -63,6 +67,12 @@ pub fn raise_open_file_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
+/// What the listener checks besides HTTP/2: who calls, and TLS.
+pub struct Security {
+    pub auth: Arc<crate::auth::Auth>,
+    pub tls: Option<Arc<tls::Tls>>,
+}
+
 /// Serves `routes` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -70,6 +80,7 @@ pub async fn serve(
     settings: &ServerSettings,
     deadlines: Deadlines,
     unary: std::collections::HashSet<String>,
+    security: Security,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = Arc::new(Limits {
@@ -77,6 +88,8 @@ pub async fn serve(
         idle_timeout: settings.idle_timeout,
         deadlines,
         unary: Arc::new(unary),
+        auth: security.auth,
+        tls: security.tls,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
@@ -122,7 +135,7 @@ pub async fn serve(
             open.clone(),
         );
         connections.spawn(async move {
-            conn::serve(stream, routes, limits, stop).await;
+            conn::serve(stream, peer, routes, limits, stop).await;
             open.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
         });

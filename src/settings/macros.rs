@@ -55,6 +55,17 @@ macro_rules! section {
                 String::new()
             }
 
+            fn effective(&self) -> ::serde_json::Value {
+                let mut fields = ::serde_json::Map::new();
+                $(
+                    fields.insert(
+                        stringify!($field).to_owned(),
+                        $crate::settings::Setting::effective(&self.$field),
+                    );
+                )*
+                ::serde_json::Value::Object(fields)
+            }
+
             fn check(&self, path: &str, problems: &mut $crate::settings::Problems) {
                 $(
                     let key = $crate::settings::join(path, stringify!($field));

@@ -72,16 +72,24 @@ pub trait Setting: Sized {
     fn show(&self) -> String;
     /// Problems of the value itself (a section checks its fields' bounds).
     fn check(&self, _path: &str, _problems: &mut Problems) {}
+    /// The value as `print-config` shows it (secrets redacted, as `show`).
+    fn effective(&self) -> Value {
+        Value::String(self.show().trim_matches('`').trim_matches('"').to_owned())
+    }
 }
 
 /// The object-safe part of a [`Setting`]: its checks.
 pub trait Check {
     fn check_all(&self, path: &str, problems: &mut Problems);
+    fn effective_value(&self) -> Value;
 }
 
 impl<T: Setting> Check for T {
     fn check_all(&self, path: &str, problems: &mut Problems) {
         self.check(path, problems);
+    }
+    fn effective_value(&self) -> Value {
+        self.effective()
     }
 }
 

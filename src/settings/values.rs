@@ -20,6 +20,9 @@ macro_rules! plain_setting {
             fn show(&self) -> String {
                 self.to_string()
             }
+            fn effective(&self) -> Value {
+                json!(*self)
+            }
         }
     )*};
 }
@@ -132,6 +135,9 @@ impl<T: Setting> Setting for Option<T> {
             None => "unset".to_owned(),
         }
     }
+    fn effective(&self) -> Value {
+        self.as_ref().map_or(Value::Null, Setting::effective)
+    }
     fn check(&self, path: &str, problems: &mut Problems) {
         if let Some(v) = self {
             v.check(path, problems);
@@ -173,5 +179,49 @@ impl<T: Setting> Setting for BTreeMap<String, T> {
         for (name, value) in self {
             value.check(&join(path, name), problems);
         }
+    }
+    fn effective(&self) -> Value {
+        Value::Object(
+            self.iter()
+                .map(|(k, v)| (k.clone(), v.effective()))
+                .collect(),
+        )
+    }
+}
+
+/// A list, e.g. API keys or method patterns; problems name `path[i]`.
+impl<T: Setting> Setting for Vec<T> {
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Inner<T>(T);
+        impl<'de, T: Setting> Deserialize<'de> for Inner<T> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                T::deserialize(d).map(Inner)
+            }
+        }
+        Ok(Vec::<Inner<T>>::deserialize(d)?
+            .into_iter()
+            .map(|v| v.0)
+            .collect())
+    }
+    fn schema() -> Value {
+        json!({ "type": "array", "items": T::schema() })
+    }
+    fn show(&self) -> String {
+        if self.is_empty() {
+            "none".to_owned()
+        } else {
+            self.iter()
+                .map(Setting::show)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+    fn check(&self, path: &str, problems: &mut Problems) {
+        for (i, value) in self.iter().enumerate() {
+            value.check(&format!("{path}[{i}]"), problems);
+        }
+    }
+    fn effective(&self) -> Value {
+        Value::Array(self.iter().map(Setting::effective).collect())
     }
 }

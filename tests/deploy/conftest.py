@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from deploy_helpers import FULL_VALUES, MONITORING_API, manifests, render
+from deploy_helpers import FULL_VALUES, MONITORING_APIS, manifests, render
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def default_docs(default_render: dict[str, str]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def full_render() -> dict[str, str]:
-    return render(FULL_VALUES, api_versions=[MONITORING_API])
+    return render(FULL_VALUES, api_versions=MONITORING_APIS)
 
 
 @pytest.fixture(scope="session")

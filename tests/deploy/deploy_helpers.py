@@ -30,10 +30,25 @@ NAMESPACE = "bots"
 # The Kubernetes version the chart is rendered for and validated against.
 KUBE_VERSION = "1.30.0"
 MONITORING_API = "monitoring.coreos.com/v1"
+# What a cluster with prometheus-operator serves, as Helm sees it: the group
+# version and each kind in it.
+PROMETHEUS_RULE_API = "monitoring.coreos.com/v1/PrometheusRule"
+MONITORING_APIS = [MONITORING_API, "monitoring.coreos.com/v1/ServiceMonitor", PROMETHEUS_RULE_API]
 
 # A values set with everything optional switched on: Redis Cluster through an
-# existing Secret, HPA, PDB and a ServiceMonitor.
+# existing Secret, HPA (with behavior), PDB, ServiceMonitor, PrometheusRule,
+# Grafana dashboard, NetworkPolicy, startup probe, update strategy, common
+# labels.
 FULL_VALUES: dict[str, Any] = {
+    "commonLabels": {"team": "bots"},
+    "revisionHistoryLimit": 5,
+    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+    "startupProbe": {"enabled": True, "failureThreshold": 10},
+    "networkPolicy": {
+        "enabled": True,
+        "grpc": {"namespaceLabels": {"team": "bots"}, "podLabels": {"datalayer-client": "true"}},
+        "metrics": {"namespaceLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    },
     "redis": {
         "mode": "cluster",
         "existingSecret": "redis-cluster-credentials",
@@ -45,11 +60,18 @@ FULL_VALUES: dict[str, Any] = {
         "maxReplicas": 12,
         "targetCPUUtilizationPercentage": 60,
         "targetMemoryUtilizationPercentage": 80,
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
     },
     "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
     "metrics": {
         "enabled": True,
-        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+        "serviceMonitor": {
+            "enabled": True,
+            "labels": {"release": "kube-prometheus"},
+            "relabelings": [{"action": "replace", "targetLabel": "cluster", "replacement": "prod"}],
+        },
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+        "grafanaDashboard": {"enabled": True},
     },
     "config": {
         "keys": {"namespace": "trading"},
@@ -119,9 +141,10 @@ def kinds(docs: list[dict[str, Any]]) -> list[str]:
 
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The datalayer container of the Deployment."""
+    """The datalayer container of the Deployment (always the first one)."""
     containers = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["datalayer"]
+    assert containers[0]["name"] == "datalayer"
+    assert [c["name"] for c in containers].count("datalayer") == 1
     return containers[0]
 
 
@@ -131,9 +154,16 @@ def env_var(docs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return matches[0] if matches else None
 
 
+def config_configmap(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ConfigMap holding the service's config file (not the dashboard's)."""
+    found = [d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {})]
+    assert len(found) == 1, [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"]
+    return found[0]
+
+
 def config_file(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The service's config file as the pods will read it."""
-    data = only(docs, "ConfigMap")["data"]
+    data = config_configmap(docs)["data"]
     assert list(data) == ["config.yaml"]
     parsed: dict[str, Any] = yaml.safe_load(data["config.yaml"])
     return parsed

@@ -23,6 +23,7 @@ from deploy_helpers import (
     FULL_VALUES,
     KUBE_VERSION,
     MONITORING_API,
+    MONITORING_APIS,
     NAMESPACE,
     RELEASE,
     REPO,
@@ -37,8 +38,8 @@ from deploy_helpers import (
 
 FULLNAME = f"{RELEASE}-datalayer"
 # Custom resources kubernetes-validate has no schema for: rendered, asserted,
-# not schema-checked.
-CRD_KINDS = {"ServiceMonitor"}
+# not schema-checked (test_monitoring.py checks the PrometheusRule's shape).
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a
 # recent one.
 VALIDATE_VERSIONS = ["1.27.0", KUBE_VERSION]
@@ -94,15 +95,20 @@ def test_helm_lint_reports_a_broken_values_file() -> None:
 @pytest.mark.parametrize(
     ("values", "api_versions", "expected_kinds"),
     [
-        (None, [], ["ConfigMap", "Deployment", "Service", "ServiceAccount"]),
+        # Pod: the `helm test` hook (tests.enabled is on by default).
+        (None, [], ["ConfigMap", "Deployment", "Pod", "Service", "ServiceAccount"]),
         (
             FULL_VALUES,
-            [MONITORING_API],
+            MONITORING_APIS,
             [
-                "ConfigMap",
+                "ConfigMap",  # the config file
+                "ConfigMap",  # the Grafana dashboard
                 "Deployment",
                 "HorizontalPodAutoscaler",
+                "NetworkPolicy",
+                "Pod",
                 "PodDisruptionBudget",
+                "PrometheusRule",
                 "Service",
                 "ServiceAccount",
                 "ServiceMonitor",
@@ -111,7 +117,7 @@ def test_helm_lint_reports_a_broken_values_file() -> None:
         (
             {"redis": {"url": "redis://:pw@redis-master:6379/0"}, "metrics": {"enabled": False}},
             [],
-            ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"],
+            ["ConfigMap", "Deployment", "Pod", "Secret", "Service", "ServiceAccount"],
         ),
     ],
     ids=["default", "full", "chart-secret-no-metrics"],
@@ -170,12 +176,19 @@ def test_all_objects_carry_the_standard_labels(full_docs: list[dict[str, Any]]) 
     version = str(chart_yaml()["appVersion"])
     for doc in full_docs:
         labels = doc["metadata"]["labels"]
-        assert labels["app.kubernetes.io/name"] == "datalayer", doc["kind"]
+        if doc["kind"] == "Pod":
+            # The helm test pod: no app.kubernetes.io/name, so that the
+            # Service and the PDB never select it (test_chart_features.py).
+            assert "app.kubernetes.io/name" not in labels
+            assert labels["app.kubernetes.io/component"] == "helm-test"
+        else:
+            assert labels["app.kubernetes.io/name"] == "datalayer", doc["kind"]
         assert labels["app.kubernetes.io/instance"] == RELEASE, doc["kind"]
         assert labels["app.kubernetes.io/version"] == version, doc["kind"]
         assert labels["app.kubernetes.io/managed-by"] == "Helm", doc["kind"]
         assert labels["helm.sh/chart"] == f"datalayer-{chart_yaml()['version']}", doc["kind"]
         assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
+        assert labels["team"] == "bots", f"{doc['kind']} lacks commonLabels"
 
 
 def test_selectors_match_the_pods(full_docs: list[dict[str, Any]]) -> None:
@@ -185,6 +198,7 @@ def test_selectors_match_the_pods(full_docs: list[dict[str, Any]]) -> None:
     assert deployment["spec"]["selector"]["matchLabels"] == selector
     assert only(full_docs, "Service")["spec"]["selector"] == selector
     assert only(full_docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    assert only(full_docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"] == selector
     assert selector.items() <= pod_labels.items()
 
 
@@ -504,9 +518,22 @@ def test_service_ports_and_app_protocol(default_docs: list[dict[str, Any]]) -> N
 
 
 def test_metrics_disabled_removes_ports_and_service_monitor() -> None:
-    values = {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}
-    docs = manifests(render(values, api_versions=[MONITORING_API]))
+    values = {
+        "metrics": {
+            "enabled": False,
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "grafanaDashboard": {"enabled": True},
+        },
+        "networkPolicy": {"enabled": True},
+    }
+    docs = manifests(render(values, api_versions=MONITORING_APIS))
     assert "ServiceMonitor" not in kinds(docs)
+    assert "PrometheusRule" not in kinds(docs)
+    assert kinds(docs).count("ConfigMap") == 1, "no dashboard without metrics"
+    # No ingress rule for a port nobody listens on.
+    rules = only(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert [r["ports"] for r in rules] == [[{"port": 50051, "protocol": "TCP"}]]
     assert [p["name"] for p in only(docs, "Service")["spec"]["ports"]] == ["grpc"]
     assert [p["name"] for p in container(docs)["ports"]] == ["grpc"]
     assert config_file(docs)["metrics"]["enabled"] is False
@@ -629,6 +656,29 @@ def test_schema_is_draft_07_and_declares_every_value() -> None:
         {"config": {"ratelimit": {"policies": {"auth": {"limt": 5}}}}},
         {"livenessProbe": {"httpGet": {"path": "/"}}},
         {"image": {"digest": "latest"}},
+        {"commonLabels": {"app.kubernetes.io/name": "other"}},
+        {"commonLabels": {"team": 7}},
+        {"strategy": {"type": "Recreate", "rollingUpdate": {"maxSurge": 1}}},
+        {"strategy": {"type": "BlueGreen"}},
+        {"strategy": {"rollingUpdate": {"maxUnavailable": "lots"}}},
+        {"revisionHistoryLimit": -1},
+        {"extraArgs": "--verbose"},
+        {"lifecycle": {"preStart": {}}},
+        {"initContainers": [{"name": "no-image"}]},
+        {"extraContainers": [{"image": "busybox"}]},
+        {"startupProbe": {"successThreshold": 2}},
+        {"service": {"nodePort": 70000}},
+        {"service": {"labels": {"helm.sh/chart": "x"}}},
+        {"autoscaling": {"behavior": {"scaleSideways": {}}}},
+        {"metrics": {"serviceMonitor": {"relabelings": {"action": "drop"}}}},
+        {"metrics": {"prometheusRule": {"errorRatio": 5}}},
+        {"metrics": {"prometheusRule": {"errorCodes": ["InternalError"]}}},
+        {"metrics": {"prometheusRule": {"selector": "{job=\"x\"}"}}},
+        {"metrics": {"prometheusRule": {"pipelineCommandsP99": 1000}}},
+        {"metrics": {"grafanaDashboard": {"namespace": "Not_A_Namespace"}}},
+        {"networkPolicy": {"ingress": []}},
+        {"networkPolicy": {"grpc": {"namespaceSelector": {}}}},
+        {"tests": {"timeout": "soon"}},
     ],
     ids=lambda v: json.dumps(v, separators=(",", ":")),
 )
@@ -690,7 +740,7 @@ DOC_EXAMPLES = [
     ids=[f"{d.relative_to(REPO)}#{i}" for d, i, _ in DOC_EXAMPLES],
 )
 def test_documented_values_render_and_validate(doc: Path, index: int, values: dict[str, Any]) -> None:
-    docs = manifests(render(values, api_versions=[MONITORING_API]))
+    docs = manifests(render(values, api_versions=MONITORING_APIS))
     for obj in docs:
         if obj["kind"] not in CRD_KINDS:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)

@@ -16,6 +16,17 @@ from deploy_helpers import DOCKERFILE, REPO
 
 BUILD_COMMAND = "cargo build --release --locked"
 RUNTIME_IMAGE = "gcr.io/distroless/cc-debian12:nonroot"
+# An image reference pinned by digest: name[:tag]@sha256:<64 hex digits>.
+PINNED = re.compile(r"(?P<name>[^@\s]+)@sha256:[0-9a-f]{64}")
+# The OCI labels the image must carry (org.opencontainers.image.*), and the
+# build ARG each one is set from, if any.
+OCI_LABELS = {
+    "title": None,
+    "licenses": None,
+    "version": "VERSION",
+    "revision": "REVISION",
+    "source": "SOURCE",
+}
 
 
 @dataclass
@@ -72,6 +83,13 @@ def dockerfile() -> tuple[dict[str, str], list[Stage]]:
     return parse(DOCKERFILE.read_text())
 
 
+def unpinned(image: str) -> str:
+    """`name:tag@sha256:…` without its digest."""
+    match = PINNED.fullmatch(image)
+    assert match, f"{image} is not pinned by digest"
+    return match.group("name")
+
+
 def stage_named(stages: list[Stage], name: str) -> Stage:
     (stage,) = [s for s in stages if s.name == name]
     return stage
@@ -111,11 +129,12 @@ def test_chef_stage_pins_rust_to_a_minor_on_bookworm(
 ) -> None:
     global_args, stages = dockerfile
     chef = stage_named(stages, "chef")
+    image = unpinned(chef.image)
     # bookworm = Debian 12, the same glibc as the distroless runtime
-    assert re.fullmatch(r"rust:1\.\d+-bookworm", chef.image), chef.image
+    assert re.fullmatch(r"rust:1\.\d+-bookworm", image), image
     cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
     minimum = tuple(int(x) for x in cargo["package"]["rust-version"].split(".")[:2])
-    pinned = tuple(int(x) for x in chef.image.split(":")[1].split("-")[0].split("."))
+    pinned = tuple(int(x) for x in image.split(":")[1].split("-")[0].split("."))
     assert pinned >= minimum
     installs = [c for c in run_commands([chef]) if "cargo install cargo-chef" in c]
     assert len(installs) == 1 and "--locked" in installs[0] and "--version" in installs[0]
@@ -125,7 +144,7 @@ def test_chef_stage_pins_rust_to_a_minor_on_bookworm(
 def test_runtime_is_distroless_nonroot(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
     _, stages = dockerfile
     final = stages[-1]
-    assert final.image == RUNTIME_IMAGE
+    assert unpinned(final.image) == RUNTIME_IMAGE
     assert final.args("USER") == ["65532:65532"]
 
 
@@ -245,3 +264,62 @@ def test_dockerignore_excludes_local_artifacts(dockerignore: list[str], path: st
 def test_dockerignore_keeps_what_the_build_needs(dockerignore: list[str], path: str) -> None:
     assert (REPO / path).exists(), path
     assert not ignored(dockerignore, path)
+
+
+# --- supply chain: pinned bases, OCI labels ---------------------------------------
+
+
+def test_every_base_image_is_pinned_by_digest(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    # A FROM names either an earlier stage or an image; every image is pinned
+    # by digest, so a rebuild cannot pick up different layers silently.
+    _, stages = dockerfile
+    names: set[str] = set()
+    images = []
+    for stage in stages:
+        if stage.image not in names:
+            images.append(stage.image)
+        if stage.name:
+            names.add(stage.name)
+    assert len(images) == 2, images  # the Rust builder and the runtime
+    for image in images:
+        assert "$" not in image, f"unresolved build argument in FROM {image}"
+        assert PINNED.fullmatch(image), f"FROM {image} is not pinned by @sha256: digest"
+
+
+def test_digest_check_is_live() -> None:
+    _, stages = parse("ARG BASE=debian:12\nFROM ${BASE} AS a\nFROM a\n")
+    assert stages[0].image == "debian:12" and not PINNED.fullmatch(stages[0].image)
+    assert stages[1].image == "a"  # a stage reference, not an image
+    assert PINNED.fullmatch("debian:12@sha256:" + "0" * 64)
+    assert not PINNED.fullmatch("debian:12@sha256:" + "0" * 63)
+
+
+def _labels(stage: Stage) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for args in stage.args("LABEL"):
+        for word in shlex.split(args):
+            key, sep, value = word.partition("=")
+            assert sep, f"LABEL {word!r} is not key=value"
+            labels[key] = value
+    return labels
+
+
+def test_final_stage_carries_the_oci_labels(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    global_args, stages = dockerfile
+    final = stages[-1]
+    labels = _labels(final)
+    cargo = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]
+    # ARGs declared before the first FROM are visible in a stage only once
+    # it declares them again.
+    declared = {a.split("=")[0] for a in final.args("ARG")}
+    for name, arg in OCI_LABELS.items():
+        key = f"org.opencontainers.image.{name}"
+        assert key in labels, f"LABEL {key} is missing"
+        if arg is not None:
+            assert labels[key] == f"${{{arg}}}", f"{key} is not set from ARG {arg}"
+            assert arg in global_args, f"ARG {arg} has no global default"
+            assert arg in declared, f"the runtime stage does not declare ARG {arg}"
+    assert labels["org.opencontainers.image.title"] == cargo["name"]
+    assert labels["org.opencontainers.image.licenses"] == cargo["license"]
+    # `docker build .` with no build args still labels the right version.
+    assert global_args["VERSION"] == cargo["version"]

@@ -40,9 +40,15 @@ fn stderr(output: &Output) -> String {
 fn help_and_version() {
     let version = run(&["--version"], &[]);
     assert!(version.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("datalayer {}", env!("CARGO_PKG_VERSION"))
+    let printed = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let prefix = format!("datalayer {} (commit ", env!("CARGO_PKG_VERSION"));
+    let commit = printed
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("`{printed}` is not `{prefix}<commit>)`"));
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{commit}"
     );
     let help = run(&["--help"], &[]);
     assert!(help.status.success());

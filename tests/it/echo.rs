@@ -13,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::{Backend, TestApp, assert_bad_field, spawn_app, timed};
 
-fn client(app: &TestApp) -> EchoServiceClient<tonic::transport::Channel> {
+fn client(app: &TestApp) -> EchoServiceClient<crate::harness::Channel> {
     EchoServiceClient::new(app.channel.clone())
 }
 

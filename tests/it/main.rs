@@ -10,9 +10,12 @@
 #[macro_use]
 mod harness;
 
+mod audit;
+mod auth;
 mod cache;
 mod cli;
 mod cluster;
+mod commands;
 mod config;
 #[cfg(feature = "echo")]
 mod echo;

@@ -159,3 +159,34 @@ async fn metrics_can_be_switched_off() {
     let app = spawn_app_with(Backend::Memory, |s| s.metrics.enabled = false).await;
     assert!(app.metrics_addr.is_none());
 }
+
+/// With `metrics.bearer_token_file`, a scrape without the token (or with
+/// another) is 401; with it, the metrics.
+#[tokio::test]
+async fn a_metrics_token_is_required_when_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cret-scrape\n").unwrap();
+    let app = crate::harness::spawn_app_with(crate::harness::Backend::Memory, move |s| {
+        s.metrics.bearer_token_file = Some(file);
+    })
+    .await;
+    let addr = app.metrics_addr.unwrap();
+    let (status, _) = http_get(addr, "/metrics").await;
+    assert!(status.contains("401"), "{status}");
+    let get = |token: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    assert!(get("wrong").await.starts_with("HTTP/1.1 401"));
+    let ok = get("s3cret-scrape").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("datalayer_"));
+}

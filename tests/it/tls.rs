@@ -183,3 +183,103 @@ async fn untrusted_certificates_are_refused() {
         .expect_err("the certificate is not trusted");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
+
+/// A client certificate signed by the test CA, in `dir` (client.crt/key).
+fn make_client_certificate(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=datalayer-client",
+        ],
+    );
+    // An extension makes it X.509 v3: rustls refuses v1 certificates.
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+        ],
+    );
+}
+
+/// mTLS to Redis: a Redis that requires client certificates serves the
+/// service that shows `redis.tls_cert_file` + `tls_key_file`, and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_shown_to_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    make_client_certificate(dir.path());
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let _redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (ca, cert, key) = (
+        dir.path().join("ca.crt"),
+        dir.path().join("client.crt"),
+        dir.path().join("client.key"),
+    );
+    let with_cert = spawn_app_with(Backend::Memory, {
+        let url = url.clone();
+        let ca = ca.clone();
+        move |s| {
+            s.redis.url = Some(RedisUrl::new(url));
+            s.redis.tls_ca_file = Some(ca);
+            s.redis.tls_cert_file = Some(cert);
+            s.redis.tls_key_file = Some(key);
+        }
+    })
+    .await;
+    with_cert.wait_for_health(ServingStatus::Serving).await;
+    let got = with_cert
+        .cache
+        .clone()
+        .get(GetRequest { key: "k".into() })
+        .await
+        .expect("get over mTLS");
+    assert!(!got.into_inner().found);
+
+    let without = spawn_app_with(Backend::Memory, move |s| {
+        s.redis.url = Some(RedisUrl::new(url));
+        s.redis.tls_ca_file = Some(ca);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(without.health_status("").await, ServingStatus::NotServing);
+}

@@ -22,6 +22,10 @@
  * ```ts
  * for await (const change of dl.flags.watch({ flagSet: "flags/app.json" }, { signal })) { ... }
  * ```
+ *
+ * `dl.state` also has lock helpers with fencing tokens and leader election
+ * (`./locks.ts`): `await using lease = await dl.state.lock("trader-leader",
+ * { ttl: "10s", wait: "5s" })`, `dl.state.withLock(...)`, `dl.state.leader(...)`.
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import type { CallOptions, Client, Interceptor, Transport } from "@connectrpc/connect";
@@ -30,6 +34,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { SecureClientSessionOptions } from "node:http2";
 import { BadRequestSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 import { services } from "./gen/services.js";
+import { stateLocks, type StateLocks } from "./locks.js";
 
 export * from "./gen/services.js";
 export {
@@ -45,6 +50,16 @@ export {
   LocalizedMessageSchema,
 } from "./gen/google/rpc/error_details_pb.js";
 export type { BadRequest, BadRequest_FieldViolation, RetryInfo } from "./gen/google/rpc/error_details_pb.js";
+export {
+  Lease,
+  LockError,
+  LockLostError,
+  LockNotAcquiredError,
+  WAIT_PER_CALL_MS,
+  parseDurationMs,
+  stateLocks,
+} from "./locks.js";
+export type { DurationLike, LeaderOptions, LockOptions, StateClient, StateLocks, StateServiceClient } from "./locks.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { CallOptions, Interceptor } from "@connectrpc/connect";
 
@@ -85,8 +100,12 @@ export interface ClientOptions extends RetryOptions {
 
 type Services = typeof services;
 
-/** One typed Connect client per service, plus `close()`. */
-export type DatalayerClient = { readonly [K in keyof Services]: Client<Services[K]> } & {
+/** Hand-written helpers added to a service's client (`dl.state.lock(...)`). */
+type Helpers = { state: StateLocks };
+type ServiceClient<K extends keyof Services> = K extends keyof Helpers ? Client<Services[K]> & Helpers[K] : Client<Services[K]>;
+
+/** One typed Connect client per service (`dl.state` with its lock helpers), plus `close()`. */
+export type DatalayerClient = { readonly [K in keyof Services]: ServiceClient<K> } & {
   /** The underlying transport, for `createClient(Service, transport)` from Connect. */
   readonly transport: Transport;
   /** Closes the HTTP/2 connection; calls after it fail. */
@@ -185,8 +204,11 @@ export function createClient(options: ClientOptions): DatalayerClient {
       withRetries(service, createConnectClient(service, transport), options),
     ]),
   );
+  const typed = clients as { [K in keyof Services]: Client<Services[K]> };
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   return {
-    ...(clients as { [K in keyof Services]: Client<Services[K]> }),
+    ...typed,
+    state: Object.assign(typed.state, stateLocks(typed.state, timeoutMs)),
     transport,
     close: () => sessionManager.abort(),
   };

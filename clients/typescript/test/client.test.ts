@@ -1,6 +1,6 @@
 // One suite per service, run against one real Redis and one real service
 // binary (FlagService: a second binary on the memory store, whose calls count
-// as well); then a check that every RPC the binary serves (by reflection) was
+// as well; StateService: on both); then a check that every RPC the binary serves (by reflection) was
 // called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -10,6 +10,7 @@ import { rateLimitSuite } from "./ratelimit.suite.js";
 import { cacheSuite } from "./cache.suite.js";
 import { sessionsSuite } from "./sessions.suite.js";
 import { flagsSuite } from "./flags.suite.js";
+import { stateSuite } from "./state.suite.js";
 import { examplesSuite } from "./examples.suite.js";
 
 let stack: Stack | undefined;
@@ -37,6 +38,8 @@ rateLimitSuite(current);
 cacheSuite(current);
 sessionsSuite(current);
 flagsSuite(onMemory);
+stateSuite(current);
+stateSuite(onMemory, "memory");
 examplesSuite(current);
 
 describe("coverage", () => {

@@ -30,7 +30,8 @@ Chart name and version, for the helm.sh/chart label.
 {{- end }}
 
 {{/*
-Labels on every object.
+Labels on every object: the standard ones, then `commonLabels` (the schema
+refuses commonLabels that would replace a standard one).
 */}}
 {{- define "datalayer.labels" -}}
 helm.sh/chart: {{ include "datalayer.chart" . }}
@@ -40,6 +41,30 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: datalayer
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of the datalayer pods: `podLabels` and `commonLabels` under the
+standard labels, which win, so the selector labels can never be replaced.
+*/}}
+{{- define "datalayer.podLabels" -}}
+{{- $labels := merge (fromYaml (include "datalayer.labels" .)) (.Values.podLabels | default dict) }}
+{{- toYaml $labels }}
+{{- end }}
+
+{{/*
+Labels of the `helm test` pod: the standard labels without
+app.kubernetes.io/name, so that neither the Service nor the
+PodDisruptionBudget (which select on name and instance) ever pick it up.
+*/}}
+{{- define "datalayer.testLabels" -}}
+{{- $labels := fromYaml (include "datalayer.labels" .) }}
+{{- $_ := unset $labels "app.kubernetes.io/name" }}
+{{- $_ := set $labels "app.kubernetes.io/component" "helm-test" }}
+{{- toYaml $labels }}
 {{- end }}
 
 {{/*
@@ -139,4 +164,40 @@ comes from a Secret through DATALAYER__REDIS__URL.
     "addr" (printf "0.0.0.0:%d" (int .Values.containerPorts.metrics)))
 }}
 {{- toYaml (mergeOverwrite $config $derived) }}
+{{- end }}
+
+{{/*
+PromQL label matchers selecting this release's series in the PrometheusRule:
+metrics.prometheusRule.selector, else the namespace and the job name
+prometheus-operator gives the ServiceMonitor's targets (the Service's name).
+*/}}
+{{- define "datalayer.promSelector" -}}
+{{- with .Values.metrics.prometheusRule.selector }}
+{{- . }}
+{{- else }}
+{{- printf "namespace=%q, job=%q" .Release.Namespace (include "datalayer.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The `host:port` of the gRPC Service inside the cluster.
+*/}}
+{{- define "datalayer.grpcAddress" -}}
+{{- printf "%s.%s.svc:%d" (include "datalayer.fullname" .) .Release.Namespace (int .Values.service.port) }}
+{{- end }}
+
+{{/*
+A NetworkPolicyPeer from {namespaceLabels, podLabels}: pods matching
+podLabels (all when empty) in the namespaces matching namespaceLabels (the
+release's own namespace when empty).
+*/}}
+{{- define "datalayer.networkPolicyPeer" -}}
+{{- $peer := dict "podSelector" (dict) }}
+{{- with .podLabels }}
+{{- $_ := set $peer "podSelector" (dict "matchLabels" .) }}
+{{- end }}
+{{- with .namespaceLabels }}
+{{- $_ := set $peer "namespaceSelector" (dict "matchLabels" .) }}
+{{- end }}
+{{- toYaml $peer }}
 {{- end }}

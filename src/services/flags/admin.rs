@@ -142,6 +142,7 @@ impl Handler {
     }
 
     async fn put(&self, ctx: Ctx, req: pb::PutRequest) -> Result<pb::PutResponse, Error> {
+        ctx.audit_target(crate::audit::target(&[&req.flag_set, &req.key]));
         let (_, definition, expected) = validate::all((
             names(&req.flag_set, &req.key),
             self.check(&ctx, &req.flag_set, &req.definition, "definition"),
@@ -217,6 +218,7 @@ impl Handler {
     }
 
     async fn patch(&self, ctx: Ctx, req: pb::PatchRequest) -> Result<pb::PatchResponse, Error> {
+        ctx.audit_target(crate::audit::target(&[&req.flag_set, &req.key]));
         let patch = serde_json::from_str::<Value>(&req.merge_patch)
             .map_err(|e| FieldViolation::new("merge_patch", format!("is not JSON: {e}")));
         let (_, patch, expected) = validate::all((
@@ -240,6 +242,7 @@ impl Handler {
         ctx: Ctx,
         req: pb::SetStateRequest,
     ) -> Result<pb::SetStateResponse, Error> {
+        ctx.audit_target(crate::audit::target(&[&req.flag_set, &req.key]));
         let state = match pb::State::try_from(req.state) {
             Ok(pb::State::Enabled) => Ok("ENABLED"),
             Ok(pb::State::Disabled) => Ok("DISABLED"),
@@ -265,6 +268,7 @@ impl Handler {
     }
 
     async fn delete(&self, ctx: Ctx, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, Error> {
+        ctx.audit_target(crate::audit::target(&[&req.flag_set, &req.key]));
         let (_, expected) = validate::all((
             names(&req.flag_set, &req.key),
             validate::expected_version(req.expected_version, "expected_version"),
@@ -340,6 +344,7 @@ impl Handler {
     }
 
     async fn import(&self, ctx: Ctx, req: pb::ImportRequest) -> Result<pb::ImportResponse, Error> {
+        ctx.audit_target(crate::audit::target(&[&req.flag_set]));
         model::name(&req.flag_set, "flag_set")?;
         let doc =
             parse_document(&req.document, &self.0.settings).map_err(|e| e.under("document"))?;

@@ -202,7 +202,8 @@ impl Registry {
         if old.is_some_and(|o| o.version >= stored.version) {
             return None;
         }
-        let meta_changed = old.is_some_and(|o| o.metadata != metadata || o.evaluators != evaluators);
+        let meta_changed =
+            old.is_some_and(|o| o.metadata != metadata || o.evaluators != evaluators);
         let mut changed = Vec::new();
         for (key, flag) in &flags {
             match old.and_then(|o| o.flags.get(key)) {

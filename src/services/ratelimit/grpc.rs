@@ -236,6 +236,7 @@ impl Handler {
     }
 
     async fn reset(&self, ctx: Ctx, req: pb::ResetRequest) -> Result<pb::ResetResponse, Error> {
+        ctx.audit_target(crate::audit::target(&[&req.key]));
         let target = self.target(&req.key, req.limit_source.as_ref().map(Source::from))?;
         ctx.store(self.store.reset(&ctx.tenant, &target)).await?;
         Ok(pb::ResetResponse {})

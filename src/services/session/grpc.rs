@@ -218,6 +218,8 @@ impl Handler {
     }
 
     async fn revoke(&self, ctx: Ctx, req: pb::RevokeRequest) -> Result<pb::RevokeResponse, Error> {
+        // The token is a secret: only that a session was named is logged.
+        ctx.audit_target("one session (token not logged)");
         let token = token(&req.token)?;
         let revoked = ctx.store(self.store.revoke(&ctx.tenant, &token)).await?;
         Ok(pb::RevokeResponse { revoked })
@@ -242,6 +244,7 @@ impl Handler {
         ctx: Ctx,
         req: pb::RevokeUserSessionsRequest,
     ) -> Result<pb::RevokeUserSessionsResponse, Error> {
+        ctx.audit_target(crate::audit::target(&["user", &req.user_id]));
         let except = match req.except_token.as_str() {
             "" => Ok(None),
             except => session::parse_session_token(except, "except_token").map(Some),

@@ -267,21 +267,27 @@ impl Store for MemoryState {
             })?),
         };
         Ok(self.state.with(tenant, |state| {
-            let c = state.collections.entry(collection.to_owned()).or_default();
+            // Reading never creates a collection: watching a name leaves
+            // nothing behind.
+            let c = state.collections.get(collection);
+            let seq = c.map_or(0, |c| c.seq);
             let Some(after) = after else {
                 return Changes {
-                    cursor: c.seq.to_string(),
-                    last_seq: c.seq,
+                    cursor: seq.to_string(),
+                    last_seq: seq,
                     changes: Vec::new(),
                 };
             };
             let changes: Vec<Change> = c
-                .log
-                .iter()
-                .filter(|ch| ch.seq > after)
-                .take(max)
-                .cloned()
-                .collect();
+                .map(|c| {
+                    c.log
+                        .iter()
+                        .filter(|ch| ch.seq > after)
+                        .take(max)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
             Changes {
                 cursor: changes.last().map_or(after, |ch| ch.seq).to_string(),
                 last_seq: 0,

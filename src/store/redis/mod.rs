@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use deadpool_redis::{
     Manager, Pool, Runtime,
-    redis::{self, AsyncConnectionConfig, RedisError, RedisResult, TlsCertificates, Value},
+    redis::{
+        self, AsyncConnectionConfig, ClientTlsConfig, RedisError, RedisResult, TlsCertificates,
+        Value,
+    },
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -127,24 +130,7 @@ impl Redis {
                 "redis.url is not set",
             ));
         };
-        let tls = s
-            .tls_ca_file
-            .as_ref()
-            .map(|path| {
-                std::fs::read(path)
-                    .map(|pem| TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    })
-                    .map_err(|e| {
-                        StoreError::new(
-                            StoreErrorKind::Misconfigured,
-                            format!("redis.tls_ca_file: cannot read {}", path.display()),
-                        )
-                        .caused_by(e)
-                    })
-            })
-            .transpose()?;
+        let tls = tls_certificates(s)?;
         let pubsub = match (s.mode, &tls) {
             (RedisMode::Cluster, _) => None,
             (RedisMode::Standalone, None) => redis::Client::open(url.expose()).ok(),
@@ -280,4 +266,36 @@ impl Redis {
             waiting: status.waiting,
         })
     }
+}
+
+/// The certificates of `rediss://`: a private CA (`redis.tls_ca_file`)
+/// and a client certificate (`redis.tls_cert_file` + `tls_key_file`).
+fn tls_certificates(s: &RedisSettings) -> Result<Option<TlsCertificates>, StoreError> {
+    let read = |path: &std::path::PathBuf, key: &str| {
+        std::fs::read(path).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Misconfigured,
+                format!("redis.{key}: cannot read {}", path.display()),
+            )
+            .caused_by(e)
+        })
+    };
+    let root_cert = s
+        .tls_ca_file
+        .as_ref()
+        .map(|p| read(p, "tls_ca_file"))
+        .transpose()?;
+    let client_tls = match (&s.tls_cert_file, &s.tls_key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert, "tls_cert_file")?,
+            client_key: read(key, "tls_key_file")?,
+        }),
+        _ => None,
+    };
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
 }

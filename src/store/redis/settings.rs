@@ -115,6 +115,11 @@ crate::section! {
         /// PEM file of the CA that signed Redis's certificate (`rediss://`
         /// behind a private CA).
         pub tls_ca_file: Option<PathBuf> = None;
+        /// PEM file of the client certificate shown to Redis (mTLS, with
+        /// `redis.tls_key_file`).
+        pub tls_cert_file: Option<PathBuf> = None;
+        /// PEM file of the client certificate's private key.
+        pub tls_key_file: Option<PathBuf> = None;
         /// Multiplexed connections that pipeline every call's commands.
         pub connections: usize = 2, range(1, 64);
         /// Connections in the pool (the pipelining connections are taken
@@ -164,7 +169,13 @@ impl RedisSettings {
                 }
             }
         }
-        if self.tls_ca_file.is_some()
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            problems.push(
+                join(path, "tls_key_file"),
+                "redis.tls_cert_file and redis.tls_key_file go together (mTLS to Redis)",
+            );
+        }
+        if (self.tls_ca_file.is_some() || self.tls_cert_file.is_some())
             && !self
                 .url
                 .as_ref()

@@ -20,11 +20,11 @@ use tonic::Code;
 use crate::harness::{Backend, TestApp, assert_bad_field, spawn_app, timed};
 use crate::invariants::fresh;
 
-pub fn admin(app: &TestApp) -> FlagServiceClient<tonic::transport::Channel> {
+pub fn admin(app: &TestApp) -> FlagServiceClient<crate::harness::Channel> {
     FlagServiceClient::new(app.channel.clone())
 }
 
-pub fn flagd(app: &TestApp) -> FlagdClient<tonic::transport::Channel> {
+pub fn flagd(app: &TestApp) -> FlagdClient<crate::harness::Channel> {
     FlagdClient::new(app.channel.clone())
 }
 

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod channel;
 pub mod raw;
 pub mod redis;
 
@@ -30,7 +31,9 @@ use datalayer::{
     store::redis::{RedisMode, RedisUrl},
 };
 use tokio::sync::oneshot;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
+
+pub use channel::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -175,11 +178,12 @@ pub async fn start(
         .await
         .expect("server runs");
     });
-    let channel = Channel::from_shared(format!("http://{addr}"))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .expect("connects to the service");
+    let channel = Channel::new(channel);
     TestApp {
         addr,
         metrics_addr,
@@ -197,6 +201,27 @@ pub async fn start(
 }
 
 impl TestApp {
+    /// The same server seen by a caller with `key`, whose tenant is
+    /// `namespace` (the view's keys are that tenant's); dropping the view
+    /// leaves the server running.
+    pub fn as_key(&self, key: &str, namespace: &str) -> TestApp {
+        let channel = self.channel.with_key(key);
+        TestApp {
+            addr: self.addr,
+            metrics_addr: self.metrics_addr,
+            namespace: namespace.to_owned(),
+            ratelimit: RateLimitServiceClient::new(channel.clone()),
+            cache: CacheServiceClient::new(channel.clone()),
+            sessions: SessionServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel.clone()),
+            channel,
+            backend: self.backend,
+            own_redis: None,
+            shutdown: None,
+            server: None,
+        }
+    }
+
     /// The Redis server behind a `Redis` or `OwnRedis` app, to inspect.
     pub fn redis(&self) -> &RedisServer {
         match self.backend {

@@ -9,12 +9,12 @@ mod watch;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::harness::Channel;
 use datalayer::proto::datalayer::state::v1::{
     self as pb, state_service_client::StateServiceClient,
 };
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::harness::{
     Backend, TestApp, assert_bad_field, pb_duration, spawn_app, spawn_app_with, timed,

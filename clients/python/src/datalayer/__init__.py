@@ -13,10 +13,30 @@ messages and stubs live in one subpackage per service package
 (``datalayer.ratelimit.v1.ratelimit_pb2``, ``.ratelimit_pb2_grpc``,
 ``datalayer.cache.v1.cache_pb2``, ``datalayer.session.v1.session_pb2``, ...)
 and can be used directly.
+
+Locks with fencing tokens and leader election ride on ``client.state``::
+
+    with client.state.lock("trader-leader", ttl="10s", wait="5s") as lease:
+        ...  # lease.fencing_token, lease.lost, lease.check()
+
+(see :mod:`datalayer._locks`: ``Lease``, ``Leadership``, ``LockLost``, ...).
 """
 
 from datalayer._client import DEFAULT_TIMEOUT, AsyncClient, Client
 from datalayer._invoke import AsyncServerStream, Metadata, RetryPolicy, ServerStream
+from datalayer._locks import (
+    AsyncLeadership,
+    AsyncLease,
+    AsyncLock,
+    DurationLike,
+    Leadership,
+    Lease,
+    Lock,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+    parse_duration,
+)
 from datalayer._services import SERVICES
 from datalayer.errors import (
     Aborted,
@@ -45,15 +65,25 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncLeadership",
+    "AsyncLease",
+    "AsyncLock",
     "AsyncServerStream",
     "Cancelled",
     "Client",
     "DatalayerError",
     "DeadlineExceeded",
+    "DurationLike",
     "FailedPrecondition",
     "FieldViolation",
     "Internal",
     "InvalidArgument",
+    "Leadership",
+    "Lease",
+    "Lock",
+    "LockError",
+    "LockLost",
+    "LockNotAcquired",
     "Metadata",
     "NotFound",
     "OutOfRange",
@@ -64,4 +94,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "parse_duration",
 ]

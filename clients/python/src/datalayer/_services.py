@@ -7,6 +7,9 @@ import grpc
 import grpc.aio
 
 from datalayer._invoke import AsyncInvoker, AsyncServerStream, Metadata, ServerStream, SyncInvoker
+from datalayer._locks import AsyncStateLocks, StateLocks
+from datalayer.audit.v1 import audit_pb2
+from datalayer.audit.v1 import audit_pb2_grpc
 from datalayer.cache.v1 import cache_pb2
 from datalayer.cache.v1 import cache_pb2_grpc
 from datalayer.flags.v1 import flags_pb2
@@ -19,7 +22,59 @@ from datalayer.state.v1 import state_pb2
 from datalayer.state.v1 import state_pb2_grpc
 
 #: Fully-qualified service name -> client attribute.
-SERVICES: dict[str, str] = {"datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state"}
+SERVICES: dict[str, str] = {"datalayer.audit.v1.AuditService": "audit", "datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state"}
+
+
+class AuditService:
+    """AuditService reads the caller's tenant's audit log: every administrative
+    call (flag changes, rate-limit resets, session revocations, dead-letter
+    redrives and purges) with who made it, what it acted on and how it
+    ended. The log is bounded (`audit.max_entries` per tenant, oldest first
+    out); a tenant reads only its own.
+
+    Reached as ``client.audit``.
+    """
+
+    def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = audit_pb2_grpc.AuditServiceStub(channel)
+        self._invoke = invoke
+
+    def list(
+        self,
+        request: audit_pb2.ListRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> audit_pb2.ListResponse:
+        """List returns the newest events first, from a cursor."""
+        return self._invoke(self.stub.List, request, timeout=timeout, metadata=metadata)
+
+
+class AsyncAuditService:
+    """AuditService reads the caller's tenant's audit log: every administrative
+    call (flag changes, rate-limit resets, session revocations, dead-letter
+    redrives and purges) with who made it, what it acted on and how it
+    ended. The log is bounded (`audit.max_entries` per tenant, oldest first
+    out); a tenant reads only its own.
+
+    Reached as ``client.audit``.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = audit_pb2_grpc.AuditServiceStub(channel)
+        self._invoke = invoke
+
+    async def list(
+        self,
+        request: audit_pb2.ListRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> audit_pb2.ListResponse:
+        """List returns the newest events first, from a cursor."""
+        return await self._invoke(self.stub.List, request, timeout=timeout, metadata=metadata)
 
 
 class CacheService:
@@ -892,7 +947,7 @@ class AsyncSessionService:
         return await self._invoke(self.stub.ConsumeOneTimeToken, request, timeout=timeout, metadata=metadata)
 
 
-class StateService:
+class StateService(StateLocks):
     """StateService keeps a bot's durable state: versioned documents in
     collections, exact counters, and locks with fencing tokens.
 
@@ -903,7 +958,7 @@ class StateService:
     of the collection; `expected_version` makes it compare-and-set (0: the
     key must not exist), and a refused write changes nothing.
 
-    Reached as ``client.state``.
+    Reached as ``client.state``. Helpers: ``datalayer._locks.StateLocks``.
     """
 
     def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
@@ -1059,7 +1114,7 @@ class StateService:
         return self._invoke(self.stub.ReleaseLock, request, timeout=timeout, metadata=metadata)
 
 
-class AsyncStateService:
+class AsyncStateService(AsyncStateLocks):
     """StateService keeps a bot's durable state: versioned documents in
     collections, exact counters, and locks with fencing tokens.
 
@@ -1070,7 +1125,7 @@ class AsyncStateService:
     of the collection; `expected_version` makes it compare-and-set (0: the
     key must not exist), and a refused write changes nothing.
 
-    Reached as ``client.state``.
+    Reached as ``client.state``. Helpers: ``datalayer._locks.AsyncStateLocks``.
     """
 
     def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
@@ -1229,6 +1284,7 @@ class AsyncStateService:
 class SyncServices:
     """The services of this client version, one attribute each."""
 
+    audit: AuditService
     cache: CacheService
     flags: FlagService
     ratelimit: RateLimitService
@@ -1236,6 +1292,7 @@ class SyncServices:
     state: StateService
 
     def _bind_services(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        self.audit = AuditService(channel, invoke)
         self.cache = CacheService(channel, invoke)
         self.flags = FlagService(channel, invoke)
         self.ratelimit = RateLimitService(channel, invoke)
@@ -1246,6 +1303,7 @@ class SyncServices:
 class AsyncServices:
     """The services of this client version, one attribute each."""
 
+    audit: AsyncAuditService
     cache: AsyncCacheService
     flags: AsyncFlagService
     ratelimit: AsyncRateLimitService
@@ -1253,6 +1311,7 @@ class AsyncServices:
     state: AsyncStateService
 
     def _bind_services(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        self.audit = AsyncAuditService(channel, invoke)
         self.cache = AsyncCacheService(channel, invoke)
         self.flags = AsyncFlagService(channel, invoke)
         self.ratelimit = AsyncRateLimitService(channel, invoke)

@@ -155,7 +155,9 @@ class GetRequest(_message.Message):
     key: _builtins.str
     json_pointer: _builtins.str
     """A JSON Pointer (RFC 6901) into a JSON document, e.g. "/settings/tz";
-    the answer's value is then that part, as JSON.
+    the answer's value is then that part, as JSON (content type
+    application/json), and found = false when the document or the path
+    is not there. A document that is not JSON is FAILED_PRECONDITION.
     """
     def __init__(
         self,
@@ -519,7 +521,9 @@ class IncrementRequest(_message.Message):
     max: _builtins.int
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """Expire the counter this long after its last increment; unset: durable."""
+        """Expire the counter this long after this increment; unset: durable
+        (an increment without ttl makes a counter that had one durable).
+        """
 
     def __init__(
         self,
@@ -691,7 +695,9 @@ class RenewLockRequest(_message.Message):
     name: _builtins.str
     lease_id: _builtins.str
     @_builtins.property
-    def ttl(self) -> _duration_pb2.Duration: ...
+    def ttl(self) -> _duration_pb2.Duration:
+        """Required: the lease's new time left, at most `state.max_lock_ttl`."""
+
     def __init__(
         self,
         *,

@@ -154,7 +154,9 @@ export type GetRequest = Message<"datalayer.state.v1.GetRequest"> & {
 
   /**
    * A JSON Pointer (RFC 6901) into a JSON document, e.g. "/settings/tz";
-   * the answer's value is then that part, as JSON.
+   * the answer's value is then that part, as JSON (content type
+   * application/json), and found = false when the document or the path
+   * is not there. A document that is not JSON is FAILED_PRECONDITION.
    *
    * @generated from field: string json_pointer = 3;
    */
@@ -525,7 +527,8 @@ export type IncrementRequest = Message<"datalayer.state.v1.IncrementRequest"> & 
   delta: bigint;
 
   /**
-   * Expire the counter this long after its last increment; unset: durable.
+   * Expire the counter this long after this increment; unset: durable
+   * (an increment without ttl makes a counter that had one durable).
    *
    * @generated from field: google.protobuf.Duration ttl = 4;
    */
@@ -704,6 +707,8 @@ export type RenewLockRequest = Message<"datalayer.state.v1.RenewLockRequest"> & 
   leaseId: string;
 
   /**
+   * Required: the lease's new time left, at most `state.max_lock_ttl`.
+   *
    * @generated from field: google.protobuf.Duration ttl = 3;
    */
   ttl?: Duration | undefined;
