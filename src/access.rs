@@ -58,6 +58,13 @@ const READ_PREFIXES: &[&str] = &[
 /// Method names that are administrative on any service, by prefix.
 const ADMIN_PREFIXES: &[&str] = &["Reset", "Revoke", "Purge", "Redrive", "Pause", "Resume"];
 
+/// Methods named like reads that change something: a cache lease, a
+/// session's sliding expiry (`Get` with `touch`).
+const WRITES_NAMED_LIKE_READS: &[(&str, &str)] = &[
+    ("datalayer.cache.v1.CacheService", "GetOrLease"),
+    ("datalayer.session.v1.SessionService", "Get"),
+];
+
 /// Flag changes change what every caller is served: all are audited.
 const FLAG_SERVICE: &str = "datalayer.flags.v1.FlagService";
 const FLAG_WRITES: &[&str] = &["Put", "Patch", "Delete", "SetState", "Import"];
@@ -82,6 +89,9 @@ pub fn classify(service: &str, method: &str) -> Access {
     if service.starts_with("datalayer.ratelimit.")
         || service.starts_with("envoy.service.ratelimit.")
     {
+        return Access::Write;
+    }
+    if WRITES_NAMED_LIKE_READS.contains(&(service, method)) {
         return Access::Write;
     }
     if READ_SERVICES.contains(&service) || READ_PREFIXES.iter().any(|p| method.starts_with(p)) {
@@ -222,6 +232,14 @@ mod tests {
             Access::Write
         );
         assert_eq!(classify("grpc.health.v1.Health", "Watch"), Access::Read);
+        assert_eq!(
+            classify("datalayer.cache.v1.CacheService", "GetOrLease"),
+            Access::Write
+        );
+        assert_eq!(
+            classify("datalayer.session.v1.SessionService", "Get"),
+            Access::Write
+        );
     }
 
     /// Bounded fuzz: random text never panics the parser or the matcher.

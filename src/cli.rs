@@ -17,6 +17,15 @@ pub const VERSION: &str = concat!(
 pub fn check_config(file: Option<&Path>) -> ExitCode {
     match Settings::load(file) {
         Ok(settings) => {
+            // The key file is read at start-up too: check it the same way.
+            let checked = settings
+                .keys
+                .tenant()
+                .and_then(|tenant| crate::auth::Auth::new(&settings.auth, tenant).map(|_| ()));
+            if let Err(e) = checked {
+                eprintln!("datalayer: `auth`: {e}");
+                return ExitCode::from(2);
+            }
             println!(
                 "configuration is valid ({} store, {} services)",
                 if settings.redis.url.is_some() {

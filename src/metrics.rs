@@ -78,6 +78,8 @@ pub const QUOTA_REFUSALS: &str = "datalayer_quota_refusals_total";
 pub const AUDIT_EVENTS: &str = "datalayer_audit_events_total";
 pub const AUDIT_DROPPED: &str = "datalayer_audit_dropped_total";
 pub const TLS_RELOADS: &str = "datalayer_tls_reloads_total";
+pub const QUEUE_MESSAGES: &str = "datalayer_queue_messages_total";
+pub const QUEUE_SCHEDULE_FIRES: &str = "datalayer_queue_schedule_fires_total";
 
 /// Seconds: 50 µs to 10 s, dense where calls usually land.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -185,6 +187,14 @@ fn describe() {
     describe_counter!(
         AUDIT_DROPPED,
         "Audit events not stored in Redis (the writer was behind or the store failed); they are still logged."
+    );
+    describe_counter!(
+        QUEUE_MESSAGES,
+        "Queue messages by event (enqueued, deduplicated, delivered, acked, nacked, lease_lost)."
+    );
+    describe_counter!(
+        QUEUE_SCHEDULE_FIRES,
+        "Schedule ticks this replica fired (each tick is fired by one replica)."
     );
     describe_counter!(
         TLS_RELOADS,

@@ -152,8 +152,18 @@ impl Application {
         };
         let audit: Arc<dyn AuditLog> =
             crate::services::audit::Sink::start(&backend, &settings.audit);
+        let mut tenants = vec![default_tenant.clone()];
+        let configured = settings.auth.keys.iter().map(|k| &k.tenant);
+        for name in configured.chain(settings.auth.clients.iter().map(|c| &c.tenant)) {
+            if let Ok(t) = crate::keys::Tenant::parse(name)
+                && !tenants.contains(&t)
+            {
+                tenants.push(t);
+            }
+        }
         let shared = Shared {
             deadlines: shared_deadlines,
+            tenants: tenants.into(),
             default_tenant,
             shutdown: stop_rx.clone(),
             compress_min_bytes: s.compress_min_bytes,
@@ -252,10 +262,16 @@ fn announce_auth(auth: &Auth, settings: &Settings) {
         );
     } else {
         tracing::info!(
-            keys = settings.auth.keys.len(),
+            keys = auth.key_count(),
             keys_file = ?settings.auth.keys_file,
             open = ?settings.auth.open,
             "API keys required"
+        );
+    }
+    if auth.has_credentials() && !settings.server.tls.enabled() {
+        tracing::warn!(
+            "API keys travel in plain text: serve TLS (server.tls.cert_file) or keep the \
+             service behind a TLS-terminating proxy on a private network"
         );
     }
 }

@@ -204,6 +204,30 @@ pub fn key(value: &str, field: &str, max: usize) -> Result<(), FieldViolation> {
     Ok(())
 }
 
+/// Longest name of a collection, queue, lock or schedule, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// A name callers choose for a collection, queue, lock or schedule: 1 to
+/// 128 bytes of `[A-Za-z0-9_.:-]` (it becomes part of Redis keys).
+pub fn name(value: &str, field: &str) -> Result<(), FieldViolation> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME_BYTES
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(
+            field,
+            format!(
+                "must be 1 to {MAX_NAME_BYTES} bytes of [A-Za-z0-9_.:-], got {}",
+                quote(value)
+            ),
+        ))
+    }
+}
+
 /// Text of `min..=max` bytes without control characters.
 pub fn text(value: &str, field: &str, min: usize, max: usize) -> Result<(), FieldViolation> {
     if value.len() < min || value.len() > max || value.chars().any(char::is_control) {

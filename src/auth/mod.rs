@@ -138,6 +138,11 @@ impl Auth {
         self.required
     }
 
+    /// How many keys are in force (inline and from the file).
+    pub fn key_count(&self) -> usize {
+        self.keys.load().len()
+    }
+
     /// Re-reads `auth.keys_file` if it changed; answers whether it did.
     pub fn reload(&self) -> Result<bool, String> {
         let Some(path) = &self.keys_file else {
@@ -150,7 +155,16 @@ impl Auth {
             return Ok(false);
         }
         let mut specs = self.inline.clone();
-        specs.extend(keys::read_file(path)?);
+        for spec in keys::read_file(path)? {
+            if specs.iter().any(|s| s.id == spec.id) {
+                return Err(format!(
+                    "{}: key id `{}` is also in auth.keys; ids must be unique",
+                    path.display(),
+                    spec.id
+                ));
+            }
+            specs.push(spec);
+        }
         let set = KeySet::new(&specs);
         tracing::info!(target: "audit", event = "keys_reloaded", keys = set.len(), file = %path.display(), "API keys loaded");
         self.keys.store(Arc::new(set));
@@ -161,6 +175,20 @@ impl Auth {
     /// Authenticates and authorizes one call, then applies its tenant's
     /// quota.
     pub fn authorize(&self, caller: &Caller<'_>) -> Result<Admitted, Denied> {
+        // Open methods (health probes) called without credentials pass
+        // even a blocked peer, and count against no quota.
+        let open_call = caller.authorization.is_none()
+            && caller.cert_common_name.is_none()
+            && self.open.allows(caller.service, caller.method);
+        if open_call {
+            return Ok(Admitted {
+                principal: Principal {
+                    tenant: self.default_tenant.clone(),
+                    id: Arc::from("anonymous"),
+                },
+                stream_slot: None,
+            });
+        }
         if let Some(peer) = caller.peer
             && let Some(wait) = self.blocked_for(peer)
         {
@@ -247,7 +275,11 @@ impl Auth {
     fn forbidden(&self, id: &str, method: &str) -> Denied {
         metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => "forbidden").increment(1);
         tracing::info!(target: "audit", event = "permission_denied", key = id, method, "refused");
-        Denied::PermissionDenied(format!("API key `{id}` may not call {method}"))
+        let who = match id.strip_prefix("cert:") {
+            Some(cn) => format!("the client certificate `{cn}`"),
+            None => format!("API key `{id}`"),
+        };
+        Denied::PermissionDenied(format!("{who} may not call {method}"))
     }
 
     /// Counts a failed authentication against the peer, logs it to the

@@ -92,6 +92,14 @@ impl Ctx {
         }
     }
 
+    /// The same call's context with a new deadline `timeout` from now: for
+    /// the store reads a long-lived stream makes after its set-up.
+    pub fn renewed(&self, timeout: Duration) -> Ctx {
+        let mut ctx = self.clone();
+        ctx.deadline = Instant::now() + timeout;
+        ctx
+    }
+
     /// The same context acting as `principal`.
     pub fn with_principal(mut self, principal: Arc<str>) -> Self {
         self.principal = principal;
@@ -154,10 +162,13 @@ impl Ctx {
         } else {
             match tokio::time::timeout_at(store_deadline, op).await {
                 Ok(result) => result.map_err(Error::Store),
-                Err(_) => Err(Error::Store(StoreError::unavailable(format!(
-                    "the store did not answer within {} (redis.command_timeout)",
-                    crate::validate::duration(self.store_timeout)
-                )))),
+                Err(_) => Err(Error::Store(
+                    StoreError::unavailable(format!(
+                        "the store did not answer within {} (redis.command_timeout)",
+                        crate::validate::duration(self.store_timeout)
+                    ))
+                    .maybe_applied(),
+                )),
             }
         }
     }

@@ -43,6 +43,8 @@ pub struct Method {
     pub full: &'static str,
     /// Administrative: every call is recorded in the audit log.
     pub audited: bool,
+    /// Only reads: safe to retry whatever happened.
+    pub read: bool,
     failures: LogLimiter,
 }
 
@@ -54,6 +56,7 @@ impl Method {
             method,
             full: Box::leak(format!("{service}/{method}").into_boxed_str()),
             audited: crate::access::classify(service, method) == crate::access::Access::Admin,
+            read: crate::access::classify(service, method) == crate::access::Access::Read,
             failures: LogLimiter::default(),
         }
     }
@@ -72,6 +75,10 @@ pub struct Shared {
     pub compress_min_bytes: usize,
     /// Where administrative calls are recorded.
     pub audit: Option<Arc<dyn AuditLog>>,
+    /// The tenants known at start-up: `keys.namespace` and those of the
+    /// configured keys and client certificates (for background work such
+    /// as queue schedules).
+    pub tenants: Arc<[Tenant]>,
 }
 
 /// A handler with what it shares: the type the generated service traits
@@ -205,6 +212,23 @@ fn finish(
     }
 }
 
+/// The status of a failed call. A write whose store command may have been
+/// applied (a timeout, a connection lost mid-call) is UNAVAILABLE without
+/// RetryInfo: clients retry only what carries it, so nothing is repeated
+/// blindly. A read, or a command that never reached the store, keeps it.
+fn status(method: &Method, e: Error) -> Status {
+    let unknown = matches!(&e, Error::Store(s) if s.is_unavailable() && s.outcome_unknown);
+    if unknown && !method.read {
+        let message =
+            format!("{e}; the write may have been applied: retry only if repeating it is safe");
+        return Status::new(
+            Code::Unavailable,
+            super::status::bounded(&message, super::status::MAX_MESSAGE_CHARS),
+        );
+    }
+    Status::from(e)
+}
+
 /// Serves one unary call: span, tenant, deadline, handler, metrics, status.
 pub async fn unary<Req, Resp, Fut>(
     shared: &Shared,
@@ -231,7 +255,7 @@ where
     if let Some(audit) = audit {
         audit.record(shared, method, code);
     }
-    let answer = result.map_err(Status::from)?;
+    let answer = result.map_err(|e| status(method, e))?;
     let small = answer.encoded_len() < shared.compress_min_bytes;
     let mut response = Response::new(answer);
     if small {

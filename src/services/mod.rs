@@ -11,6 +11,7 @@ crate::services! {
     session,
     flags,
     state,
+    queue,
     audit,
     #[cfg(feature = "echo")]
     echo,

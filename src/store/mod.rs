@@ -45,6 +45,10 @@ impl StoreErrorKind {
 #[error("{message}")]
 pub struct StoreError {
     pub kind: StoreErrorKind,
+    /// The command may have been applied: it was sent and no answer came
+    /// (a timeout, a connection lost mid-call). A write that failed so
+    /// must not be retried blindly.
+    pub outcome_unknown: bool,
     message: String,
     #[source]
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
@@ -54,9 +58,16 @@ impl StoreError {
     pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
+            outcome_unknown: false,
             message: message.into(),
             source: None,
         }
+    }
+
+    /// The same error, marked: the command may have been applied.
+    pub fn maybe_applied(mut self) -> Self {
+        self.outcome_unknown = true;
+        self
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {

@@ -30,6 +30,7 @@ pub fn workloads() -> Vec<(&'static str, Workload)> {
     all.push(("session", crate::session::workload));
     all.push(("flags", crate::flags::workload));
     all.push(("state", crate::state::workload));
+    all.push(("queue", crate::queue::workload));
     all.push(("audit", crate::audit::workload));
     #[cfg(feature = "echo")]
     all.push(("echo", crate::echo::workload));

@@ -25,6 +25,7 @@ mod hardening;
 mod invariants;
 mod layout;
 mod metrics;
+mod queue;
 mod ratelimit;
 mod server;
 mod session;

@@ -4,7 +4,10 @@ per session; health must say SERVING before any test runs.
 
 A second binary on the in-process memory store (no `redis.url`) is started
 on demand (`memory_stack`, with the `memory_client` / `async_memory_client`
-fixtures).
+fixtures). `run_service(..., config=FILE, credentials=...)` starts one with
+a configuration file (API keys, TLS: lists do not fit environment
+variables), `new_key` makes an API key with `datalayer keys new`, and
+`make_certs` a CA, a server and client certificates with `openssl`.
 
 Every unary and server-streaming call made through a client built by these
 fixtures is recorded when it is made (a stream when it is opened), and
@@ -15,6 +18,7 @@ by reflection) was called.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,6 +114,13 @@ class Stack:
     proc: subprocess.Popen[bytes]
     served: dict[str, list[str]] = field(default_factory=dict)  # service -> methods
     called: set[str] = field(default_factory=set)  # "/pkg.Service/Method"
+    #: For a TLS listener: how the harness's own health checks connect.
+    credentials: grpc.ChannelCredentials | None = None
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.addr)
+        return grpc.secure_channel(self.addr, self.credentials)
 
     def pause_service(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)
@@ -121,7 +132,7 @@ class Stack:
         return service in self.served
 
     def wait_serving(self, timeout: float = 15.0) -> None:
-        with grpc.insecure_channel(self.addr) as ch:
+        with self.channel() as ch:
             deadline = time.monotonic() + timeout
             while health_status(ch) != 1:
                 assert self.proc.poll() is None, "the service exited"
@@ -142,9 +153,21 @@ def reflect_services(addr: str) -> dict[str, list[str]]:
         return out
 
 
-def run_service(redis: Redis | None, called: set[str] | None = None) -> Iterator[Stack]:
+def run_service(
+    redis: Redis | None,
+    called: set[str] | None = None,
+    *,
+    config: Path | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    reflect: bool = True,
+) -> Iterator[Stack]:
     """The binary on a free port, on `redis` (None: the memory store),
-    SERVING; stopped (with `redis`) when the generator is closed."""
+    SERVING; stopped (with `redis`) when the generator is closed.
+
+    `config`: a configuration file (`--config`; the environment still sets
+    the address, metrics and health settings). `credentials`: how to reach a
+    TLS listener for the health checks. `reflect=False` skips listing the
+    served RPCs (reflection needs a key when `auth.required` is true)."""
     if not BIN.exists():
         pytest.fail(f"service binary {BIN} not found (build it, or set DATALAYER_BIN)")
     port = free_port()
@@ -160,14 +183,16 @@ def run_service(redis: Redis | None, called: set[str] | None = None) -> Iterator
     if redis is not None:
         env["DATALAYER__REDIS__URL"] = f"redis://127.0.0.1:{redis.port}"
     log = open(Path(os.environ.get("DATALAYER_LOG", os.devnull)), "ab")
-    proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=log)
+    args = [str(BIN)] + (["--config", str(config)] if config is not None else [])
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=log)
     # On the memory store, `redis` is a placeholder that was never started.
-    s = Stack(addr=f"127.0.0.1:{port}", redis=redis or Redis(0), proc=proc)
+    s = Stack(addr=f"127.0.0.1:{port}", redis=redis or Redis(0), proc=proc, credentials=credentials)
     if called is not None:
         s.called = called
     try:
         s.wait_serving()
-        s.served = reflect_services(s.addr)
+        if reflect:
+            s.served = reflect_services(s.addr)
         yield s
     finally:
         proc.send_signal(signal.SIGCONT)
@@ -274,3 +299,81 @@ def require(stack: Stack, service: str) -> None:
 
 def unique(prefix: str) -> str:
     return f"{prefix}:{time.monotonic_ns()}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key made by `datalayer keys new`: the secret, and the
+    `auth.keys` entry the command printed (which keeps only its SHA-256)."""
+
+    key: str
+    id: str
+    tenant: str
+    sha256: str
+
+    def entry(self, allow: tuple[str, ...] = ("*",), expires: str | None = None) -> str:
+        """The entry as a YAML flow mapping, as `keys new` prints it."""
+        quoted = ", ".join(f'"{a}"' for a in allow)
+        extra = f', expires: "{expires}"' if expires else ""
+        return f'{{ id: {self.id}, tenant: {self.tenant}, sha256: "{self.sha256}", allow: [{quoted}]{extra} }}'
+
+
+def new_key(key_id: str, tenant: str) -> ApiKey:
+    out = subprocess.run(
+        [str(BIN), "keys", "new", "--id", key_id, "--tenant", tenant], check=True, capture_output=True, text=True
+    ).stdout
+    key = re.search(r"^\s*(dlk_[0-9a-f]{64})$", out, re.M)
+    entry = re.search(r'^\s*- \{ id: (\S+), tenant: (\S+), sha256: "([0-9a-f]{64})", allow: \["\*"\] \}$', out, re.M)
+    assert key and entry, f"unexpected `datalayer keys new` output:\n{out}"
+    assert (entry[1], entry[2]) == (key_id, tenant)
+    return ApiKey(key=key[1], id=key_id, tenant=tenant, sha256=entry[3])
+
+
+@dataclass(frozen=True)
+class Certs:
+    """PEM files made by `make_certs` in `dir`: `ca.crt`, `server.crt` /
+    `server.key` (for localhost and 127.0.0.1), and `<cn>.crt` / `<cn>.key`
+    per client common name."""
+
+    dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def read(self, name: str) -> bytes:
+        return (self.dir / name).read_bytes()
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, f"openssl {' '.join(args)}: {done.stderr}"
+
+
+def make_certs(dir: Path, clients: tuple[str, ...] = ()) -> Certs:
+    """A CA, a server certificate it signed for localhost and 127.0.0.1
+    (subjectAltName), and one client certificate (X.509 v3, extendedKeyUsage
+    clientAuth) per common name in `clients`."""
+    ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    new_ca = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]
+    _openssl(dir, *new_ca, "-subj", "/CN=datalayer-client-test-ca", *ca_ext)
+    leaves = [("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")]
+    leaves += [(cn, cn, "extendedKeyUsage=clientAuth\n") for cn in clients]
+    for name, cn, ext in leaves:
+        (dir / f"{name}.ext").write_text(ext)
+        csr = ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr"]
+        _openssl(dir, *csr, "-subj", f"/CN={cn}")
+        sign = ["x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
+        _openssl(dir, *sign, "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return Certs(dir)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
+    """Polls `predicate` until it answers something truthy (returned), or
+    fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(interval)

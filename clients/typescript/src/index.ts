@@ -83,7 +83,7 @@ export interface ClientOptions extends RetryOptions {
    * `host:port` uses TLS when `tls` is set, plaintext otherwise.
    */
   baseUrl: string;
-  /** Sent as `authorization: Bearer <token>` on every call. */
+  /** An API key (or other bearer token), sent as `authorization: Bearer <token>` on every call. */
   token?: string;
   /**
    * Default deadline of a unary call in ms, covering its retries (default
@@ -92,7 +92,12 @@ export interface ClientOptions extends RetryOptions {
    * client deadline (the service applies `server.default_timeout`).
    */
   timeoutMs?: number;
-  /** Use TLS; an object gives Node's TLS options (e.g. `{ ca }`). */
+  /**
+   * Use TLS (verified against Node's CA roots by default); an object gives
+   * Node's TLS options: `{ ca }` (PEM CA to verify the server with),
+   * `{ cert, key }` (PEM client certificate and private key, for mTLS).
+   * Implied by an `https://` `baseUrl`; refused with an `http://` one.
+   */
   tls?: boolean | SecureClientSessionOptions;
   /** More Connect interceptors, run inside the token interceptor. */
   interceptors?: Interceptor[];
@@ -113,8 +118,31 @@ export type DatalayerClient = { readonly [K in keyof Services]: ServiceClient<K>
 };
 
 function normalizeBaseUrl(baseUrl: string, tls: ClientOptions["tls"]): string {
+  if (/^http:\/\//.test(baseUrl) && tls) {
+    throw new TypeError(`${baseUrl} is plaintext (http://) but tls options were given: use https://`);
+  }
   if (/^https?:\/\//.test(baseUrl)) return baseUrl;
   return `${tls ? "https" : "http"}://${baseUrl}`;
+}
+
+/** Added to the error of a plaintext connection the server closed before answering. */
+export const TLS_HINT =
+  " (the server closed the connection before answering; if it serves TLS, use an https:// baseUrl or the tls option)";
+
+/**
+ * A TLS-only server closes a plaintext connection during its handshake.
+ * Node reports that, before any answer, as a stream CANCELed by the client
+ * (the connection closed before the server's HTTP/2 settings), which
+ * Connect calls CANCELED, or as ECONNRESET, which Connect calls ABORTED.
+ * On a plaintext connection, unless the caller cancelled, either is
+ * UNAVAILABLE (as gRPC's own clients say), with a hint at TLS.
+ */
+function explain(err: ConnectError, plaintext: boolean, signal: AbortSignal | undefined): ConnectError {
+  if (!plaintext || signal?.aborted || [...err.metadata.keys()].length > 0) return err;
+  const closed = err.code === Code.Canceled && /stream closed with error code CANCEL/.test(err.rawMessage);
+  const reset = err.code === Code.Aborted && (err.cause as { code?: unknown } | undefined)?.code === "ECONNRESET";
+  if (!closed && !reset) return err;
+  return new ConnectError(err.rawMessage + TLS_HINT, Code.Unavailable, undefined, undefined, err);
 }
 
 /** The wait before retry number `attempt` (0-based), in ms. */
@@ -143,13 +171,20 @@ const sleep = (ms: number, signal?: AbortSignal) =>
 /**
  * Wraps every unary method of a Connect client: a default deadline covering
  * all attempts, and retries of UNAVAILABLE with exponential backoff and full
- * jitter, never sooner than the error's `google.rpc.RetryInfo`. A retry that
- * would pass the deadline is not made: the last error is thrown. Streaming
+ * jitter, never sooner than the error's `google.rpc.RetryInfo` (no other
+ * code is retried: RESOURCE_EXHAUSTED from a quota is thrown at once, with
+ * its `retryAfterMs(err)`). A retry that would pass the deadline is not
+ * made: the last error is thrown. Streaming
  * methods are passed through as Connect made them (a long-lived stream such
  * as a Watch must not get the unary default deadline); Connect already throws
  * their errors as `ConnectError`s, with the same details as unary errors.
  */
-function withRetries<S extends DescService>(service: S, client: Client<S>, opts: ClientOptions): Client<S> {
+function withRetries<S extends DescService>(
+  service: S,
+  client: Client<S>,
+  opts: ClientOptions,
+  plaintext: boolean,
+): Client<S> {
   const retries = opts.retries ?? 3;
   const defaultTimeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const wrapped: Record<string, unknown> = {};
@@ -171,7 +206,7 @@ function withRetries<S extends DescService>(service: S, client: Client<S>, opts:
         try {
           return await call(request, { ...options, timeoutMs: remaining });
         } catch (e) {
-          const err = ConnectError.from(e);
+          const err = explain(ConnectError.from(e), plaintext, options.signal);
           if (err.code !== Code.Unavailable || attempt >= retries) throw err;
           const delay = backoffMs(attempt, retryAfterMs(err), opts);
           if (deadline !== undefined && Date.now() + delay >= deadline) throw err;
@@ -201,7 +236,7 @@ export function createClient(options: ClientOptions): DatalayerClient {
   const clients = Object.fromEntries(
     Object.entries(services).map(([name, service]) => [
       name,
-      withRetries(service, createConnectClient(service, transport), options),
+      withRetries(service, createConnectClient(service, transport), options, baseUrl.startsWith("http:")),
     ]),
   );
   const typed = clients as { [K in keyof Services]: Client<Services[K]> };

@@ -1,7 +1,8 @@
 // One suite per service, run against one real Redis and one real service
 // binary (FlagService: a second binary on the memory store, whose calls count
-// as well; StateService: on both); then a check that every RPC the binary serves (by reflection) was
-// called. To cover a new service: write test/<name>.suite.ts and add it below.
+// as well; StateService: on both; API keys, quotas, TLS and mTLS: binaries
+// of their own, in security.suite.ts); then a check that every RPC the
+// binary serves (by reflection) was called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { services } from "@datalayer/client";
@@ -12,6 +13,8 @@ import { sessionsSuite } from "./sessions.suite.js";
 import { flagsSuite } from "./flags.suite.js";
 import { stateSuite } from "./state.suite.js";
 import { examplesSuite } from "./examples.suite.js";
+import { auditSuite } from "./audit.suite.js";
+import { securitySuite } from "./security.suite.js";
 
 let stack: Stack | undefined;
 let memory: Stack | undefined;
@@ -41,6 +44,8 @@ flagsSuite(onMemory);
 stateSuite(current);
 stateSuite(onMemory, "memory");
 examplesSuite(current);
+auditSuite(current);
+securitySuite();
 
 describe("coverage", () => {
   test("every served RPC was called", () => {

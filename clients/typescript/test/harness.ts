@@ -5,8 +5,13 @@
 // are listed by reflection (`buf curl --list-methods`), and every call made
 // through `stack.client()` (unary, or a stream when it is opened) is
 // recorded so the suite can check that each served RPC was called.
+// `Stack.start({ config, tls })` starts the binary with a configuration
+// file (API keys, TLS: lists do not fit environment variables); `newKey`
+// makes an API key with `datalayer keys new`, `makeCerts` a CA, a server
+// and client certificates with `openssl`.
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
+import { readFileSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import * as path from "node:path";
@@ -83,12 +88,16 @@ export class Redis {
 }
 
 /** grpc.health.v1.Health/Check over raw HTTP/2: the status number (1 = SERVING) or undefined. */
-export async function healthStatus(baseUrl: string, service = ""): Promise<number | undefined> {
+export async function healthStatus(
+  baseUrl: string,
+  service = "",
+  tls: http2.SecureClientSessionOptions = {},
+): Promise<number | undefined> {
   const name = Buffer.from(service);
   const msg = name.length ? Buffer.concat([Buffer.from([0x0a, name.length]), name]) : Buffer.alloc(0);
   const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, msg.length]), msg]);
   return new Promise((resolve) => {
-    const session = http2.connect(baseUrl);
+    const session = http2.connect(baseUrl, tls);
     session.on("error", () => resolve(undefined));
     const req = session.request({
       ":method": "POST",
@@ -116,6 +125,12 @@ export interface StackOptions {
   store?: "redis" | "memory";
   /** Record the calls into this set (e.g. another stack's `called`). */
   called?: Set<string>;
+  /** A configuration file (`--config`); the environment still sets the address, metrics and health. */
+  config?: string;
+  /** The listener serves TLS: the harness connects over https with these options (e.g. `{ ca }`). */
+  tls?: http2.SecureClientSessionOptions;
+  /** List the served RPCs by reflection (default true; reflection needs a key when `auth.required` is true). */
+  reflect?: boolean;
 }
 
 export class Stack {
@@ -129,6 +144,8 @@ export class Stack {
     readonly redis: Redis,
     readonly proc: ChildProcess,
     called?: Set<string>,
+    /** The TLS options the harness connects with, for a TLS listener. */
+    readonly tls?: http2.SecureClientSessionOptions,
   ) {
     this.called = called ?? new Set<string>();
   }
@@ -148,19 +165,20 @@ export class Stack {
     };
     if (memory) delete env.DATALAYER__REDIS__URL;
     else env.DATALAYER__REDIS__URL = `redis://127.0.0.1:${redis.port}`;
-    const proc = spawn(BIN, [], {
+    const proc = spawn(BIN, options.config ? ["--config", options.config] : [], {
       stdio: ["ignore", "ignore", process.env.DATALAYER_LOG ? "inherit" : "ignore"],
       env,
     });
-    const stack = new Stack(`http://127.0.0.1:${port}`, redis, proc, options.called);
+    const scheme = options.tls ? "https" : "http";
+    const stack = new Stack(`${scheme}://127.0.0.1:${port}`, redis, proc, options.called, options.tls);
     await stack.waitServing();
-    stack.served = stack.reflect();
+    if (options.reflect ?? true) stack.served = stack.reflect();
     return stack;
   }
 
   async waitServing(timeoutMs = 15_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while ((await healthStatus(this.baseUrl)) !== 1) {
+    while ((await healthStatus(this.baseUrl, "", this.tls)) !== 1) {
       if (this.proc.exitCode !== null) throw new Error(`the service exited (${this.proc.exitCode})`);
       if (Date.now() > deadline) throw new Error("health never became SERVING");
       await sleep(50);
@@ -222,3 +240,77 @@ export class Stack {
 
 let counter = 0;
 export const unique = (prefix: string) => `${prefix}:${process.pid}:${Date.now()}:${counter++}`;
+
+/** Polls `probe` until it answers something truthy (returned), or throws after `timeoutMs`. */
+export async function waitFor<T>(probe: () => Promise<T>, timeoutMs = 5000): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await sleep(50);
+  }
+}
+
+/** A key made by `datalayer keys new`: the secret and what its `auth.keys` entry keeps. */
+export interface ApiKey {
+  key: string;
+  id: string;
+  tenant: string;
+  sha256: string;
+}
+
+export function newKey(id: string, tenant: string): ApiKey {
+  const out = execFileSync(BIN, ["keys", "new", "--id", id, "--tenant", tenant], { encoding: "utf8" });
+  const key = /^\s*(dlk_[0-9a-f]{64})$/m.exec(out);
+  const entry = /^\s*- \{ id: (\S+), tenant: (\S+), sha256: "([0-9a-f]{64})", allow: \["\*"\] \}$/m.exec(out);
+  if (!key || !entry || entry[1] !== id || entry[2] !== tenant) {
+    throw new Error(`unexpected \`datalayer keys new\` output:\n${out}`);
+  }
+  return { key: key[1], id, tenant, sha256: entry[3] };
+}
+
+/** The `auth.keys` entry of `key` as a YAML flow mapping, as `keys new` prints it. */
+export function keyEntry(key: ApiKey, allow: string[] = ["*"], expires?: string): string {
+  const more = expires ? `, expires: "${expires}"` : "";
+  return `{ id: ${key.id}, tenant: ${key.tenant}, sha256: "${key.sha256}", allow: [${allow.map((a) => `"${a}"`).join(", ")}]${more} }`;
+}
+
+/** PEM files made by `makeCerts` in `dir`. */
+export class Certs {
+  constructor(readonly dir: string) {}
+  path(name: string): string {
+    return path.join(this.dir, name);
+  }
+  read(name: string): Buffer {
+    return readFileSync(this.path(name));
+  }
+}
+
+function openssl(cwd: string, ...args: string[]) {
+  execFileSync("openssl", args, { cwd, stdio: ["ignore", "ignore", "pipe"] });
+}
+
+/**
+ * A CA (`ca.crt`), a server certificate it signed for localhost and
+ * 127.0.0.1 (`server.crt`/`server.key`, with subjectAltName), and per
+ * common name in `clients` a client certificate (`<cn>.crt`/`<cn>.key`,
+ * X.509 v3 with extendedKeyUsage clientAuth).
+ */
+export function makeCerts(dir: string, clients: string[] = []): Certs {
+  const newCa = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2"];
+  const caExt = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"];
+  openssl(dir, ...newCa, "-subj", "/CN=datalayer-client-test-ca", ...caExt);
+  const leaves: [string, string, string][] = [
+    ["server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"],
+    ...clients.map((cn): [string, string, string] => [cn, cn, "extendedKeyUsage=clientAuth\n"]),
+  ];
+  for (const [name, cn, ext] of leaves) {
+    writeFileSync(path.join(dir, `${name}.ext`), ext);
+    const csr = ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`];
+    openssl(dir, ...csr, "-subj", `/CN=${cn}`);
+    const sign = ["x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"];
+    openssl(dir, ...sign, "-out", `${name}.crt`, "-days", "2", "-extfile", `${name}.ext`);
+  }
+  return new Certs(dir);
+}

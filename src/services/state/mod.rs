@@ -43,8 +43,6 @@ pub const FENCE_SPACE: Space = Space::durable("lkf");
 pub const LEASE_ID_LEN: usize = 32;
 /// Counters stay within ±2^53, exact in Lua's numbers.
 pub const COUNTER_LIMIT: i64 = 1 << 53;
-/// Longest collection or lock name, in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
 
 pub struct Service;
 
@@ -62,22 +60,7 @@ impl Module for Service {
 
 /// A collection or lock name: 1 to 128 bytes of `[A-Za-z0-9_.:-]`.
 pub fn name(value: &str, field: &str) -> Result<(), FieldViolation> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_NAME_BYTES
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(FieldViolation::new(
-            field,
-            format!(
-                "must be 1 to {MAX_NAME_BYTES} bytes of [A-Za-z0-9_.:-], got {}",
-                crate::validate::quote(value)
-            ),
-        ))
-    }
+    crate::validate::name(value, field)
 }
 
 /// What a write did to a document, as the change log records it.

@@ -115,7 +115,16 @@ impl StoreError {
     /// A Redis error as the store's error, keeping it as the cause.
     pub fn from_redis(e: &RedisError) -> Self {
         let (kind, what) = classify(e);
-        StoreError::new(kind, format!("{what}: {e}")).caused_by(e.clone())
+        let error = StoreError::new(kind, format!("{what}: {e}")).caused_by(e.clone());
+        // A connection that failed after the command went out, or a
+        // timeout: Redis may have run it. A refused connection ran nothing.
+        let lost_mid_call = (e.is_io_error() || e.is_timeout() || e.is_connection_dropped())
+            && !e.is_connection_refusal();
+        if kind == StoreErrorKind::Unavailable && lost_mid_call {
+            error.maybe_applied()
+        } else {
+            error
+        }
     }
 }
 

@@ -147,6 +147,15 @@ async fn failed_authentications_block_the_peer() {
     let blocked = cache_get(&app.as_key(&good, "x"), "k").await.unwrap_err();
     assert_eq!(blocked.code(), Code::Unauthenticated);
     assert!(blocked.message().contains("too many failed"), "{blocked:?}");
+    let probe = app
+        .health
+        .clone()
+        .check(HealthCheckRequest::default())
+        .await;
+    assert!(
+        probe.is_ok(),
+        "health probes pass a blocked peer: {probe:?}"
+    );
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert!(
         cache_get(&app.as_key(&good, "x"), "k").await.is_ok(),

@@ -4,6 +4,7 @@
 
 mod connections;
 mod inputs;
+mod retries;
 mod store;
 
 use std::time::Duration;

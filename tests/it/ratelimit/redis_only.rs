@@ -150,9 +150,12 @@ async fn redis_down_fails_by_policy_and_recovers_by_itself() {
         .await
         .expect_err("closed policy fails");
     assert_eq!(closed.code(), Code::Unavailable, "{closed:?}");
+    // A check consumes budget: it says "retry" only when Redis never got
+    // it (connection refused); a connection lost mid-call may have run it.
     assert!(
-        closed.get_details_retry_info().is_some(),
-        "UNAVAILABLE carries RetryInfo"
+        closed.get_details_retry_info().is_some()
+            || closed.message().contains("may have been applied"),
+        "UNAVAILABLE says whether a retry is safe: {closed:?}"
     );
 
     let open = call(&app, policy("open"), Some(Duration::from_millis(500)))

@@ -31,20 +31,54 @@ def _metadata(token: str | None) -> Metadata:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
-    if tls or root_certificates is not None:
-        return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+def _credentials(
+    tls: bool,
+    root_certificates: bytes | None,
+    client_cert: bytes | None,
+    client_key: bytes | None,
+) -> grpc.ChannelCredentials | None:
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key go together (the PEM certificate chain and its private key)")
+    if tls or root_certificates is not None or client_cert is not None:
+        return grpc.ssl_channel_credentials(
+            root_certificates=root_certificates,
+            private_key=client_key,
+            certificate_chain=client_cert,
+        )
     return None
+
+
+def _target(target: str, tls: bool, root_certificates: bytes | None, client_cert: bytes | None) -> tuple[str, bool]:
+    """``https://host:port`` means TLS, ``http://host:port`` plaintext; any
+    other gRPC target (``host:port``, ``dns:///...``) is taken as it is."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return target, tls
+    host = rest.rstrip("/")
+    if not host or "/" in host:
+        raise ValueError(f"{target!r}: expected {scheme}://host:port")
+    if scheme == "https":
+        return host, True
+    if tls or root_certificates is not None or client_cert is not None:
+        raise ValueError(f"{target!r} is plaintext (http://) but TLS options were given; use https://")
+    return host, False
 
 
 class Client(SyncServices):
     """A blocking client of the datalayer service.
 
     Args:
-        target: ``host:port`` (any gRPC target, e.g. ``dns:///datalayer:50051``).
-        tls: use TLS (implied by ``root_certificates``); system roots by default.
-        root_certificates: PEM roots to verify the server with.
-        token: sent as ``authorization: Bearer <token>`` on every call.
+        target: ``host:port`` (any gRPC target, e.g. ``dns:///datalayer:50051``),
+            or ``https://host:port`` (TLS) / ``http://host:port`` (plaintext).
+        tls: use TLS (implied by ``https://``, ``root_certificates`` and
+            ``client_cert``); the system's roots verify the server by default.
+        root_certificates: PEM CA certificate(s) to verify the server with,
+            instead of the system's roots (e.g. ``Path("ca.pem").read_bytes()``).
+        client_cert: PEM certificate chain shown to the server (mTLS), with
+            ``client_key``, its PEM private key; both or neither.
+        client_key: see ``client_cert``.
+        token: an API key (or other bearer token), sent as
+            ``authorization: Bearer <token>`` on every call.
         timeout: default deadline of a unary call in seconds, covering its retries
             (``None``: no client deadline; the service then applies its own
             ``server.default_timeout``). Each method takes ``timeout=`` too.
@@ -70,6 +104,8 @@ class Client(SyncServices):
         *,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
         token: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         retries: int = 3,
@@ -77,8 +113,9 @@ class Client(SyncServices):
         options: ChannelOptions = (),
         interceptors: Sequence[Interceptor] = (),
     ) -> None:
+        target, tls = _target(target, tls, root_certificates, client_cert)
         self.target = target
-        creds = _credentials(tls, root_certificates)
+        creds = _credentials(tls, root_certificates, client_cert, client_key)
         channel = (
             grpc.secure_channel(target, creds, options=list(options))
             if creds is not None
@@ -89,6 +126,7 @@ class Client(SyncServices):
             timeout=timeout,
             metadata=_metadata(token),
             policy=retry_policy or RetryPolicy(retries=retries),
+            plaintext=creds is None,
         )
         self._bind_services(self.channel, self._invoker)
 
@@ -117,6 +155,8 @@ class AsyncClient(AsyncServices):
         *,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
         token: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         retries: int = 3,
@@ -124,8 +164,9 @@ class AsyncClient(AsyncServices):
         options: ChannelOptions = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
+        target, tls = _target(target, tls, root_certificates, client_cert)
         self.target = target
-        creds = _credentials(tls, root_certificates)
+        creds = _credentials(tls, root_certificates, client_cert, client_key)
         self.channel: grpc.aio.Channel = (
             grpc.aio.secure_channel(target, creds, options=list(options), interceptors=list(interceptors))
             if creds is not None
@@ -135,6 +176,7 @@ class AsyncClient(AsyncServices):
             timeout=timeout,
             metadata=_metadata(token),
             policy=retry_policy or RetryPolicy(retries=retries),
+            plaintext=creds is None,
         )
         self._bind_services(self.channel, self._invoker)
 

@@ -59,11 +59,36 @@ class RetryPolicy:
         return (retry_after or 0.0) + self.rng.uniform(0.0, cap)
 
 
+#: Added to the error of a plaintext channel whose connection the server
+#: closed before answering: what a TLS-only server does to plaintext.
+TLS_HINT = (
+    " (the server closed the connection before answering; if it serves TLS, "
+    "connect with an https:// target, tls=True or root_certificates=)"
+)
+
+
 class _Base:
-    def __init__(self, *, timeout: float | None, metadata: Metadata, policy: RetryPolicy) -> None:
+    def __init__(
+        self, *, timeout: float | None, metadata: Metadata, policy: RetryPolicy, plaintext: bool = False
+    ) -> None:
         self.timeout = timeout
         self.metadata: tuple[tuple[str, str | bytes], ...] = tuple(metadata)
         self.policy = policy
+        self.plaintext = plaintext
+
+    def _error(self, e: grpc.RpcError) -> DatalayerError:
+        """The :class:`DatalayerError` of ``e``; on a plaintext channel, a
+        connection the server closed at once says TLS may be why."""
+        err = from_rpc_error(e)
+        if (
+            self.plaintext
+            and isinstance(err, Unavailable)
+            and "failed to connect" in err.message
+            and ("Socket closed" in err.message or "Connection reset" in err.message)
+        ):
+            err.message += TLS_HINT
+            err.args = (err.message,)
+        return err
 
     def _start(
         self, timeout: float | None, metadata: Metadata, *, stream: bool = False
@@ -110,7 +135,7 @@ class SyncInvoker(_Base):
             try:
                 return method(request, timeout=self._remaining(deadline), metadata=md)
             except grpc.RpcError as e:
-                err = from_rpc_error(e)
+                err = self._error(e)
                 delay = self._retry_delay(err, attempt, deadline)
                 if delay is None:
                     raise err from e
@@ -147,7 +172,7 @@ class AsyncInvoker(_Base):
             try:
                 return await method(request, timeout=self._remaining(deadline), metadata=md)
             except grpc.RpcError as e:
-                err = from_rpc_error(e)
+                err = self._error(e)
                 delay = self._retry_delay(err, attempt, deadline)
                 if delay is None:
                     raise err from e
@@ -248,7 +273,7 @@ class ServerStream(Iterator[_Resp]):
                 self._end()
                 if self._cancel.is_set() and _cancelled(e):
                     raise StopIteration from None
-                err = from_rpc_error(e)
+                err = self._invoker._error(e)
                 delay = None if self._yielded else self._invoker._retry_delay(err, self._attempt, self._deadline)
                 if delay is None:
                     raise err from e
@@ -343,7 +368,7 @@ class AsyncServerStream(AsyncIterator[_Resp]):
                 self._end()
                 if self._cancel.is_set() and _cancelled(e):
                     raise StopAsyncIteration from None
-                err = from_rpc_error(e)
+                err = self._invoker._error(e)
                 delay = None if self._yielded else self._invoker._retry_delay(err, self._attempt, self._deadline)
                 if delay is None:
                     raise err from e

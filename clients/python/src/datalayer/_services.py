@@ -14,6 +14,8 @@ from datalayer.cache.v1 import cache_pb2
 from datalayer.cache.v1 import cache_pb2_grpc
 from datalayer.flags.v1 import flags_pb2
 from datalayer.flags.v1 import flags_pb2_grpc
+from datalayer.queue.v1 import queue_pb2
+from datalayer.queue.v1 import queue_pb2_grpc
 from datalayer.ratelimit.v1 import ratelimit_pb2
 from datalayer.ratelimit.v1 import ratelimit_pb2_grpc
 from datalayer.session.v1 import session_pb2
@@ -22,7 +24,7 @@ from datalayer.state.v1 import state_pb2
 from datalayer.state.v1 import state_pb2_grpc
 
 #: Fully-qualified service name -> client attribute.
-SERVICES: dict[str, str] = {"datalayer.audit.v1.AuditService": "audit", "datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state"}
+SERVICES: dict[str, str] = {"datalayer.audit.v1.AuditService": "audit", "datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.queue.v1.QueueService": "queue", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state"}
 
 
 class AuditService:
@@ -571,6 +573,396 @@ class AsyncFlagService:
     ) -> flags_pb2.ListFlagSetsResponse:
         """ListFlagSets returns every flag set."""
         return await self._invoke(self.stub.ListFlagSets, request, timeout=timeout, metadata=metadata)
+
+
+class QueueService:
+    """QueueService is a job queue that never loses an accepted message: a
+    message is delivered at least once, to one consumer at a time, under a
+    lease whose token fences stale consumers out; it is retried with backoff
+    when a consumer fails, crashes or lets the lease run out, and after
+    `max_attempts` deliveries it goes to the queue's dead-letter list,
+    exactly once. FIFO within a priority; with a `group_key`, one message of
+    the group at a time, in order, across retries.
+
+    Every state change is one Lua script on the queue's hash slot, so any
+    number of service replicas may serve one queue.
+
+    Reached as ``client.queue``.
+    """
+
+    def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = queue_pb2_grpc.QueueServiceStub(channel)
+        self._invoke = invoke
+
+    def enqueue(
+        self,
+        request: queue_pb2.EnqueueRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.EnqueueResponse:
+        """Enqueue adds a message (or answers the first message's id when its
+        dedup_id was seen within the dedup window).
+        """
+        return self._invoke(self.stub.Enqueue, request, timeout=timeout, metadata=metadata)
+
+    def enqueue_batch(
+        self,
+        request: queue_pb2.EnqueueBatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.EnqueueBatchResponse:
+        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order."""
+        return self._invoke(self.stub.EnqueueBatch, request, timeout=timeout, metadata=metadata)
+
+    def lease(
+        self,
+        request: queue_pb2.LeaseRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.LeaseResponse:
+        """Lease hands out up to max_messages ready messages, waiting up to
+        `wait` for one to be ready.
+        """
+        return self._invoke(self.stub.Lease, request, timeout=timeout, metadata=metadata)
+
+    def ack(
+        self,
+        request: queue_pb2.AckRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.AckResponse:
+        """Ack completes a leased message. Acking again with the same lease is a
+        normal answer; a lease that is no longer the message's is
+        FAILED_PRECONDITION ("lease lost").
+        """
+        return self._invoke(self.stub.Ack, request, timeout=timeout, metadata=metadata)
+
+    def nack(
+        self,
+        request: queue_pb2.NackRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.NackResponse:
+        """Nack gives a leased message back: retried after retry_after (else the
+        message's backoff), or sent to the dead-letter list.
+        """
+        return self._invoke(self.stub.Nack, request, timeout=timeout, metadata=metadata)
+
+    def extend_lease(
+        self,
+        request: queue_pb2.ExtendLeaseRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ExtendLeaseResponse:
+        """ExtendLease keeps a leased message for longer."""
+        return self._invoke(self.stub.ExtendLease, request, timeout=timeout, metadata=metadata)
+
+    def cancel(
+        self,
+        request: queue_pb2.CancelRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.CancelResponse:
+        """Cancel removes a message that is not leased."""
+        return self._invoke(self.stub.Cancel, request, timeout=timeout, metadata=metadata)
+
+    def list_dead(
+        self,
+        request: queue_pb2.ListDeadRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ListDeadResponse:
+        """ListDead pages through the dead-letter list, oldest first."""
+        return self._invoke(self.stub.ListDead, request, timeout=timeout, metadata=metadata)
+
+    def redrive_dead(
+        self,
+        request: queue_pb2.RedriveDeadRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.RedriveDeadResponse:
+        """RedriveDead puts dead messages back in the queue with fresh attempts."""
+        return self._invoke(self.stub.RedriveDead, request, timeout=timeout, metadata=metadata)
+
+    def purge_dead(
+        self,
+        request: queue_pb2.PurgeDeadRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.PurgeDeadResponse:
+        """PurgeDead deletes dead messages."""
+        return self._invoke(self.stub.PurgeDead, request, timeout=timeout, metadata=metadata)
+
+    def pause(
+        self,
+        request: queue_pb2.PauseRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.PauseResponse:
+        """Pause stops deliveries of a queue (enqueues continue); Resume restarts
+        them.
+        """
+        return self._invoke(self.stub.Pause, request, timeout=timeout, metadata=metadata)
+
+    def resume(
+        self,
+        request: queue_pb2.ResumeRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ResumeResponse:
+        """Resume."""
+        return self._invoke(self.stub.Resume, request, timeout=timeout, metadata=metadata)
+
+    def stats(
+        self,
+        request: queue_pb2.StatsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.StatsResponse:
+        """Stats counts a queue's messages by state."""
+        return self._invoke(self.stub.Stats, request, timeout=timeout, metadata=metadata)
+
+    def upsert_schedule(
+        self,
+        request: queue_pb2.UpsertScheduleRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.UpsertScheduleResponse:
+        """UpsertSchedule enqueues a message from a template on every tick of a
+        cron expression (exactly one per tick, whatever the number of
+        replicas).
+        """
+        return self._invoke(self.stub.UpsertSchedule, request, timeout=timeout, metadata=metadata)
+
+    def delete_schedule(
+        self,
+        request: queue_pb2.DeleteScheduleRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.DeleteScheduleResponse:
+        """DeleteSchedule."""
+        return self._invoke(self.stub.DeleteSchedule, request, timeout=timeout, metadata=metadata)
+
+    def list_schedules(
+        self,
+        request: queue_pb2.ListSchedulesRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ListSchedulesResponse:
+        """ListSchedules."""
+        return self._invoke(self.stub.ListSchedules, request, timeout=timeout, metadata=metadata)
+
+
+class AsyncQueueService:
+    """QueueService is a job queue that never loses an accepted message: a
+    message is delivered at least once, to one consumer at a time, under a
+    lease whose token fences stale consumers out; it is retried with backoff
+    when a consumer fails, crashes or lets the lease run out, and after
+    `max_attempts` deliveries it goes to the queue's dead-letter list,
+    exactly once. FIFO within a priority; with a `group_key`, one message of
+    the group at a time, in order, across retries.
+
+    Every state change is one Lua script on the queue's hash slot, so any
+    number of service replicas may serve one queue.
+
+    Reached as ``client.queue``.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = queue_pb2_grpc.QueueServiceStub(channel)
+        self._invoke = invoke
+
+    async def enqueue(
+        self,
+        request: queue_pb2.EnqueueRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.EnqueueResponse:
+        """Enqueue adds a message (or answers the first message's id when its
+        dedup_id was seen within the dedup window).
+        """
+        return await self._invoke(self.stub.Enqueue, request, timeout=timeout, metadata=metadata)
+
+    async def enqueue_batch(
+        self,
+        request: queue_pb2.EnqueueBatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.EnqueueBatchResponse:
+        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order."""
+        return await self._invoke(self.stub.EnqueueBatch, request, timeout=timeout, metadata=metadata)
+
+    async def lease(
+        self,
+        request: queue_pb2.LeaseRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.LeaseResponse:
+        """Lease hands out up to max_messages ready messages, waiting up to
+        `wait` for one to be ready.
+        """
+        return await self._invoke(self.stub.Lease, request, timeout=timeout, metadata=metadata)
+
+    async def ack(
+        self,
+        request: queue_pb2.AckRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.AckResponse:
+        """Ack completes a leased message. Acking again with the same lease is a
+        normal answer; a lease that is no longer the message's is
+        FAILED_PRECONDITION ("lease lost").
+        """
+        return await self._invoke(self.stub.Ack, request, timeout=timeout, metadata=metadata)
+
+    async def nack(
+        self,
+        request: queue_pb2.NackRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.NackResponse:
+        """Nack gives a leased message back: retried after retry_after (else the
+        message's backoff), or sent to the dead-letter list.
+        """
+        return await self._invoke(self.stub.Nack, request, timeout=timeout, metadata=metadata)
+
+    async def extend_lease(
+        self,
+        request: queue_pb2.ExtendLeaseRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ExtendLeaseResponse:
+        """ExtendLease keeps a leased message for longer."""
+        return await self._invoke(self.stub.ExtendLease, request, timeout=timeout, metadata=metadata)
+
+    async def cancel(
+        self,
+        request: queue_pb2.CancelRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.CancelResponse:
+        """Cancel removes a message that is not leased."""
+        return await self._invoke(self.stub.Cancel, request, timeout=timeout, metadata=metadata)
+
+    async def list_dead(
+        self,
+        request: queue_pb2.ListDeadRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ListDeadResponse:
+        """ListDead pages through the dead-letter list, oldest first."""
+        return await self._invoke(self.stub.ListDead, request, timeout=timeout, metadata=metadata)
+
+    async def redrive_dead(
+        self,
+        request: queue_pb2.RedriveDeadRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.RedriveDeadResponse:
+        """RedriveDead puts dead messages back in the queue with fresh attempts."""
+        return await self._invoke(self.stub.RedriveDead, request, timeout=timeout, metadata=metadata)
+
+    async def purge_dead(
+        self,
+        request: queue_pb2.PurgeDeadRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.PurgeDeadResponse:
+        """PurgeDead deletes dead messages."""
+        return await self._invoke(self.stub.PurgeDead, request, timeout=timeout, metadata=metadata)
+
+    async def pause(
+        self,
+        request: queue_pb2.PauseRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.PauseResponse:
+        """Pause stops deliveries of a queue (enqueues continue); Resume restarts
+        them.
+        """
+        return await self._invoke(self.stub.Pause, request, timeout=timeout, metadata=metadata)
+
+    async def resume(
+        self,
+        request: queue_pb2.ResumeRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ResumeResponse:
+        """Resume."""
+        return await self._invoke(self.stub.Resume, request, timeout=timeout, metadata=metadata)
+
+    async def stats(
+        self,
+        request: queue_pb2.StatsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.StatsResponse:
+        """Stats counts a queue's messages by state."""
+        return await self._invoke(self.stub.Stats, request, timeout=timeout, metadata=metadata)
+
+    async def upsert_schedule(
+        self,
+        request: queue_pb2.UpsertScheduleRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.UpsertScheduleResponse:
+        """UpsertSchedule enqueues a message from a template on every tick of a
+        cron expression (exactly one per tick, whatever the number of
+        replicas).
+        """
+        return await self._invoke(self.stub.UpsertSchedule, request, timeout=timeout, metadata=metadata)
+
+    async def delete_schedule(
+        self,
+        request: queue_pb2.DeleteScheduleRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.DeleteScheduleResponse:
+        """DeleteSchedule."""
+        return await self._invoke(self.stub.DeleteSchedule, request, timeout=timeout, metadata=metadata)
+
+    async def list_schedules(
+        self,
+        request: queue_pb2.ListSchedulesRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.ListSchedulesResponse:
+        """ListSchedules."""
+        return await self._invoke(self.stub.ListSchedules, request, timeout=timeout, metadata=metadata)
 
 
 class RateLimitService:
@@ -1287,6 +1679,7 @@ class SyncServices:
     audit: AuditService
     cache: CacheService
     flags: FlagService
+    queue: QueueService
     ratelimit: RateLimitService
     sessions: SessionService
     state: StateService
@@ -1295,6 +1688,7 @@ class SyncServices:
         self.audit = AuditService(channel, invoke)
         self.cache = CacheService(channel, invoke)
         self.flags = FlagService(channel, invoke)
+        self.queue = QueueService(channel, invoke)
         self.ratelimit = RateLimitService(channel, invoke)
         self.sessions = SessionService(channel, invoke)
         self.state = StateService(channel, invoke)
@@ -1306,6 +1700,7 @@ class AsyncServices:
     audit: AsyncAuditService
     cache: AsyncCacheService
     flags: AsyncFlagService
+    queue: AsyncQueueService
     ratelimit: AsyncRateLimitService
     sessions: AsyncSessionService
     state: AsyncStateService
@@ -1314,6 +1709,7 @@ class AsyncServices:
         self.audit = AsyncAuditService(channel, invoke)
         self.cache = AsyncCacheService(channel, invoke)
         self.flags = AsyncFlagService(channel, invoke)
+        self.queue = AsyncQueueService(channel, invoke)
         self.ratelimit = AsyncRateLimitService(channel, invoke)
         self.sessions = AsyncSessionService(channel, invoke)
         self.state = AsyncStateService(channel, invoke)

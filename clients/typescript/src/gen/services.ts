@@ -3,6 +3,7 @@
 import { AuditService } from "./datalayer/audit/v1/audit_pb.js";
 import { CacheService } from "./datalayer/cache/v1/cache_pb.js";
 import { FlagService } from "./datalayer/flags/v1/flags_pb.js";
+import { QueueService } from "./datalayer/queue/v1/queue_pb.js";
 import { RateLimitService } from "./datalayer/ratelimit/v1/ratelimit_pb.js";
 import { SessionService } from "./datalayer/session/v1/session_pb.js";
 import { StateService } from "./datalayer/state/v1/state_pb.js";
@@ -99,6 +100,7 @@ export type {
   ValidateRequest,
   ValidateResponse,
 } from "./datalayer/flags/v1/flags_pb.js";
+export * from "./datalayer/queue/v1/queue_pb.js";
 export * from "./datalayer/ratelimit/v1/ratelimit_pb.js";
 // Not re-exported here, as another package exports the same names (import them
 // from ./datalayer/session/v1/session_pb.js): GetRequest, GetRequestSchema, GetResponse, GetResponseSchema.
@@ -194,6 +196,7 @@ export const services = {
   audit: AuditService,
   cache: CacheService,
   flags: FlagService,
+  queue: QueueService,
   ratelimit: RateLimitService,
   sessions: SessionService,
   state: StateService,

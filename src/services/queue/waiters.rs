@@ -1,0 +1,53 @@
+//! Wake-ups for long-polls. A waiting `Lease` or `Consume` sleeps on its
+//! queue's `Notify`: an enqueue (or retry, redrive, schedule tick) through
+//! this replica wakes it at once; one through another replica is found by
+//! the next look, every `queue.poll_interval`. A wait holds no Redis
+//! connection: it is a timer and a `Notify`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::keys::Tenant;
+use crate::store::memory::lock;
+
+pub struct Waiters {
+    queues: Mutex<HashMap<(Tenant, String), Weak<Notify>>>,
+    pub poll_interval: Duration,
+}
+
+impl Waiters {
+    pub fn new(poll_interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            queues: Mutex::new(HashMap::new()),
+            poll_interval,
+        })
+    }
+
+    /// The queue's wake-up, shared by its waiters while any holds it.
+    pub fn subscribe(&self, tenant: &Tenant, queue: &str) -> Arc<Notify> {
+        let mut queues = lock(&self.queues);
+        let key = (tenant.clone(), queue.to_owned());
+        if let Some(notify) = queues.get(&key).and_then(Weak::upgrade) {
+            return notify;
+        }
+        if queues.len() > 10_000 {
+            queues.retain(|_, w| w.strong_count() > 0);
+        }
+        let notify = Arc::new(Notify::new());
+        queues.insert(key, Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Wakes the queue's waiters (if any).
+    pub fn notify(&self, tenant: &Tenant, queue: &str) {
+        let notify = lock(&self.queues)
+            .get(&(tenant.clone(), queue.to_owned()))
+            .and_then(Weak::upgrade);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+}
