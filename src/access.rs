@@ -69,6 +69,18 @@ const WRITES_NAMED_LIKE_READS: &[(&str, &str)] = &[
 const FLAG_SERVICE: &str = "datalayer.flags.v1.FlagService";
 const FLAG_WRITES: &[&str] = &["Put", "Patch", "Delete", "SetState", "Import"];
 
+/// Board definitions and record removals change what every player sees.
+const LEADERBOARD_SERVICE: &str = "datalayer.leaderboard.v1.LeaderboardService";
+const LEADERBOARD_ADMIN: &[&str] = &[
+    "CreateLeaderboard",
+    "UpdateLeaderboard",
+    "DeleteLeaderboard",
+    "DeleteRecord",
+];
+
+/// Deleting a topic drops every subscriber's messages.
+const TOPIC_ADMIN: (&str, &str) = ("datalayer.topic.v1.TopicService", "DeleteTopic");
+
 /// Services whose every method is a read whatever its name.
 const READ_SERVICES: &[&str] = &[
     "grpc.health.v1.Health",
@@ -79,7 +91,10 @@ const READ_SERVICES: &[&str] = &[
 
 /// The class of `service/method`.
 pub fn classify(service: &str, method: &str) -> Access {
-    if service == FLAG_SERVICE && FLAG_WRITES.contains(&method) {
+    if service == FLAG_SERVICE && FLAG_WRITES.contains(&method)
+        || service == LEADERBOARD_SERVICE && LEADERBOARD_ADMIN.contains(&method)
+        || (service, method) == TOPIC_ADMIN
+    {
         return Access::Admin;
     }
     if ADMIN_PREFIXES.iter().any(|p| method.starts_with(p)) {

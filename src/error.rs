@@ -11,6 +11,9 @@ pub enum Error {
     InvalidArgument(Invalid),
     #[error("{0}")]
     NotFound(String),
+    /// A create of what exists (a leaderboard id taken).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Well-formed, but the state forbids it (a cap, a lost lease).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -42,6 +45,7 @@ impl Error {
             self,
             Error::InvalidArgument(_)
                 | Error::NotFound(_)
+                | Error::AlreadyExists(_)
                 | Error::FailedPrecondition(_)
                 | Error::ResourceExhausted(_)
         )

@@ -40,6 +40,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod error;
 pub mod grpc;
 pub mod health;

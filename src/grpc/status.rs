@@ -31,6 +31,7 @@ pub fn code_of(error: &Error) -> Code {
     match error {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::DeadlineExceeded => Code::DeadlineExceeded,

@@ -12,6 +12,8 @@ crate::services! {
     flags,
     state,
     queue,
+    leaderboard,
+    topic,
     audit,
     #[cfg(feature = "echo")]
     echo,

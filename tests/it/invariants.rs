@@ -31,6 +31,8 @@ pub fn workloads() -> Vec<(&'static str, Workload)> {
     all.push(("flags", crate::flags::workload));
     all.push(("state", crate::state::workload));
     all.push(("queue", crate::queue::workload));
+    all.push(("leaderboard", crate::leaderboard::workload));
+    all.push(("topic", crate::topic::workload));
     all.push(("audit", crate::audit::workload));
     #[cfg(feature = "echo")]
     all.push(("echo", crate::echo::workload));

@@ -9,9 +9,9 @@ a configuration file (API keys, TLS: lists do not fit environment
 variables), `new_key` makes an API key with `datalayer keys new`, and
 `make_certs` a CA, a server and client certificates with `openssl`.
 
-Every unary and server-streaming call made through a client built by these
-fixtures is recorded when it is made (a stream when it is opened), and
-`test_zz_coverage.py` checks that every RPC the running binary serves (asked
+Every call made through a client built by these fixtures is recorded when
+it is made (a stream, server-streaming or bidirectional, when it is
+opened), and `test_zz_coverage.py` checks that every RPC the running binary serves (asked
 by reflection) was called.
 """
 
@@ -226,7 +226,9 @@ def _record(called: set[str], details: Any) -> None:
     called.add(m.decode() if isinstance(m, bytes) else m)
 
 
-class _Recorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _Recorder(  # type: ignore[misc]
+    grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamStreamClientInterceptor
+):
     def __init__(self, called: set[str]) -> None:
         self.called = called
 
@@ -238,8 +240,18 @@ class _Recorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
         _record(self.called, details)
         return continuation(details, request)
 
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        # Bidirectional streams (QueueService/Consume): the generated
+        # wrappers leave them to the stub, on the same intercepted channel.
+        _record(self.called, details)
+        return continuation(details, requests)
 
-class _AsyncRecorder(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+
+class _AsyncRecorder(  # type: ignore[misc]
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
     def __init__(self, called: set[str]) -> None:
         self.called = called
 
@@ -250,6 +262,10 @@ class _AsyncRecorder(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamC
     async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         _record(self.called, details)
         return await continuation(details, request)
+
+    async def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        _record(self.called, details)
+        return await continuation(details, requests)
 
 
 @pytest.fixture

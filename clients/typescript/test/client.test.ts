@@ -1,7 +1,8 @@
 // One suite per service, run against one real Redis and one real service
 // binary (FlagService: a second binary on the memory store, whose calls count
-// as well; StateService: on both; API keys, quotas, TLS and mTLS: binaries
-// of their own, in security.suite.ts); then a check that every RPC the
+// as well; StateService, QueueService and LeaderboardService: on both; API
+// keys, quotas, TLS and mTLS: binaries of their own, in security.suite.ts);
+// then a check that every RPC the
 // binary serves (by reflection) was called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -14,6 +15,8 @@ import { flagsSuite } from "./flags.suite.js";
 import { stateSuite } from "./state.suite.js";
 import { examplesSuite } from "./examples.suite.js";
 import { auditSuite } from "./audit.suite.js";
+import { queueSuite } from "./queue.suite.js";
+import { leaderboardSuite } from "./leaderboard.suite.js";
 import { securitySuite } from "./security.suite.js";
 
 let stack: Stack | undefined;
@@ -45,6 +48,10 @@ stateSuite(current);
 stateSuite(onMemory, "memory");
 examplesSuite(current);
 auditSuite(current);
+queueSuite(current);
+queueSuite(onMemory, "memory");
+leaderboardSuite(current);
+leaderboardSuite(onMemory, "memory");
 securitySuite();
 
 describe("coverage", () => {

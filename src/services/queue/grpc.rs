@@ -99,7 +99,10 @@ fn lease_ref(id: &str, token: &str) -> Result<((), ()), validate::Invalid> {
     } else {
         Err(FieldViolation::new(
             "message_id",
-            format!("is not a message id this service issued, got {}", validate::quote(id)),
+            format!(
+                "is not a message id this service issued, got {}",
+                validate::quote(id)
+            ),
         ))
     };
     let token_ok = if !token.is_empty() && token.len() <= 64 && !token.contains(char::is_control) {
@@ -184,7 +187,11 @@ impl Handler {
         Ok(out)
     }
 
-    async fn enqueue(&self, ctx: Ctx, req: pb::EnqueueRequest) -> Result<pb::EnqueueResponse, Error> {
+    async fn enqueue(
+        &self,
+        ctx: Ctx,
+        req: pb::EnqueueRequest,
+    ) -> Result<pb::EnqueueResponse, Error> {
         let message = match req.message {
             Some(spec) => parse::message(&self.settings, spec, now_ms(), false)
                 .map_err(|e| e.under("message")),
@@ -230,7 +237,14 @@ impl Handler {
                 .map_err(|e| Error::Internal(format!("no randomness for lease tokens: {e}")))?;
             let random = getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64;
             let leased: Leased = ctx
-                .store(self.store.lease(tenant, queue, max, lease_ms, &seeds, random.min(0.999_999)))
+                .store(self.store.lease(
+                    tenant,
+                    queue,
+                    max,
+                    lease_ms,
+                    &seeds,
+                    random.min(0.999_999),
+                ))
                 .await?;
             let now = Instant::now();
             if !leased.deliveries.is_empty() || now >= give_up {
@@ -255,12 +269,16 @@ impl Handler {
             0 => Ok(1),
             n if n > s.max_lease_batch => Err(FieldViolation::new(
                 "max_messages",
-                format!("must be at most {} (queue.max_lease_batch), got {n}", s.max_lease_batch),
+                format!(
+                    "must be at most {} (queue.max_lease_batch), got {n}",
+                    s.max_lease_batch
+                ),
             )),
             n => Ok(n),
         };
         let lease = duration_in(req.lease_duration.as_ref(), "lease_duration").and_then(|d| {
-            d.map(|d| s.lease_ms(Some(d), None, "lease_duration")).transpose()
+            d.map(|d| s.lease_ms(Some(d), None, "lease_duration"))
+                .transpose()
         });
         let wait = duration_in(req.wait.as_ref(), "wait").and_then(|w| {
             let w = w.unwrap_or_default();
@@ -277,7 +295,8 @@ impl Handler {
                 Ok(w)
             }
         });
-        let (_, max, lease_ms, wait) = validate::all((self.queue(&ctx, &req.queue), max, lease, wait))?;
+        let (_, max, lease_ms, wait) =
+            validate::all((self.queue(&ctx, &req.queue), max, lease, wait))?;
         let started = Instant::now();
         let answer_by = ctx.deadline().checked_sub(ANSWER_MARGIN).unwrap_or(started);
         let give_up = (started + wait).min(answer_by);
@@ -291,7 +310,10 @@ impl Handler {
     }
 
     async fn ack(&self, ctx: Ctx, req: pb::AckRequest) -> Result<pb::AckResponse, Error> {
-        validate::all((self.queue(&ctx, &req.queue), lease_ref(&req.message_id, &req.lease_token)))?;
+        validate::all((
+            self.queue(&ctx, &req.queue),
+            lease_ref(&req.message_id, &req.lease_token),
+        ))?;
         let answer = ctx
             .store(self.store.ack(
                 &ctx.tenant,

@@ -2,6 +2,7 @@
 //! one state per tenant under one lock (as one script sees its slot).
 
 mod admin;
+mod settle;
 mod state;
 
 use std::sync::Arc;
@@ -32,10 +33,16 @@ impl MemoryQueues {
         self.memory.now_us() / 1000
     }
 
-    fn with<R>(&self, tenant: &Tenant, queue: &str, f: impl FnOnce(&mut QueueState, u64) -> R) -> R {
+    fn with<R>(
+        &self,
+        tenant: &Tenant,
+        queue: &str,
+        f: impl FnOnce(&mut QueueState, u64) -> R,
+    ) -> R {
         let now = self.now();
-        self.state
-            .with(tenant, |t| f(t.queues.entry(queue.to_owned()).or_default(), now))
+        self.state.with(tenant, |t| {
+            f(t.queues.entry(queue.to_owned()).or_default(), now)
+        })
     }
 }
 
@@ -169,7 +176,9 @@ impl Store for MemoryQueues {
         schedule: &StoredSchedule,
         max: usize,
     ) -> Result<bool, StoreError> {
-        Ok(self.state.with(tenant, |t| t.put_schedule(queue, schedule, max)))
+        Ok(self
+            .state
+            .with(tenant, |t| t.put_schedule(queue, schedule, max)))
     }
 
     async fn delete_schedule(

@@ -57,7 +57,12 @@ impl Module for Service {
         let waiters = waiters::Waiters::new(settings.poll_interval);
         let schedules = schedule::Ticker::new(store.clone(), settings.clone(), waiters.clone());
         schedules.start(shared.tenants.to_vec(), shared.shutdown.clone());
-        registrar.add(grpc::Handler::new(store, settings.clone(), waiters, schedules));
+        registrar.add(grpc::Handler::new(
+            store,
+            settings.clone(),
+            waiters,
+            schedules,
+        ));
         Ok(())
     }
 }
@@ -65,8 +70,14 @@ impl Module for Service {
 /// How long to wait before a failed delivery is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backoff {
-    Fixed { ms: u64 },
-    Exponential { initial_ms: u64, max_ms: u64, jitter: bool },
+    Fixed {
+        ms: u64,
+    },
+    Exponential {
+        initial_ms: u64,
+        max_ms: u64,
+        jitter: bool,
+    },
 }
 
 impl Backoff {
@@ -85,7 +96,9 @@ impl Backoff {
     pub fn decode(text: &str) -> Option<Self> {
         let parts: Vec<&str> = text.split(':').collect();
         match parts.as_slice() {
-            ["f", ms] => Some(Backoff::Fixed { ms: ms.parse().ok()? }),
+            ["f", ms] => Some(Backoff::Fixed {
+                ms: ms.parse().ok()?,
+            }),
             ["e", initial, max, jitter] => Some(Backoff::Exponential {
                 initial_ms: initial.parse().ok()?,
                 max_ms: max.parse().ok()?,

@@ -13,12 +13,8 @@
 //! plus any tenant that has called the queue service since start-up.
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, TimeZone, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -26,55 +22,9 @@ use super::settings::Settings;
 use super::store::{Limits, Store, StoredSchedule};
 use super::waiters::Waiters;
 use super::{Backoff, NewMessage};
+pub use crate::cron::CronSpec;
 use crate::keys::Tenant;
 use crate::store::memory::lock;
-
-/// A schedule's cron expression in its time zone.
-#[derive(Debug, Clone)]
-pub struct CronSpec {
-    cron: Cron,
-    tz: Tz,
-}
-
-impl CronSpec {
-    /// Five fields (or six with seconds first), in an IANA time zone
-    /// (empty: UTC).
-    pub fn parse(cron: &str, time_zone: &str) -> Result<Self, Vec<(&'static str, String)>> {
-        let parsed = Cron::from_str(cron).map_err(|e| {
-            (
-                "cron",
-                format!("is not a cron expression ({e}); e.g. `*/5 * * * *` or `0 9 * * MON-FRI`"),
-            )
-        });
-        let tz = if time_zone.is_empty() {
-            Ok(Tz::UTC)
-        } else {
-            Tz::from_str(time_zone).map_err(|_| {
-                (
-                    "time_zone",
-                    format!(
-                        "is not an IANA time zone, got {}; e.g. Europe/Paris",
-                        crate::validate::quote(time_zone)
-                    ),
-                )
-            })
-        };
-        match (parsed, tz) {
-            (Ok(cron), Ok(tz)) => Ok(Self { cron, tz }),
-            (a, b) => Err([a.err(), b.err()].into_iter().flatten().collect()),
-        }
-    }
-
-    /// The first tick strictly after `ms` (since the epoch), on a whole
-    /// second.
-    pub fn next_after(&self, ms: u64) -> Option<u64> {
-        let whole = (ms / 1000) as i64;
-        let at: DateTime<Utc> = Utc.timestamp_opt(whole, 0).single()?;
-        let local = at.with_timezone(&self.tz);
-        let next = self.cron.find_next_occurrence(&local, false).ok()?;
-        u64::try_from(next.timestamp()).ok().map(|s| s * 1000)
-    }
-}
 
 /// A schedule as the service stores it (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -260,7 +210,10 @@ mod tests {
         let next = paris9.next_after(t0).unwrap();
         assert_eq!(next % 86_400_000, 8 * 3_600_000);
         assert!(CronSpec::parse("nope", "").is_err());
-        assert_eq!(CronSpec::parse("* * * * *", "Mars/Base").unwrap_err()[0].0, "time_zone");
+        assert_eq!(
+            CronSpec::parse("* * * * *", "Mars/Base").unwrap_err()[0].0,
+            "time_zone"
+        );
         assert_eq!(CronSpec::parse("x", "Mars/Base").unwrap_err().len(), 2);
         let every_second = CronSpec::parse("* * * * * *", "").unwrap();
         assert_eq!(every_second.next_after(1_000_500), Some(1_001_000));

@@ -66,7 +66,10 @@ impl Settings {
             );
         }
         if self.default_lease > self.max_lease {
-            problems.push(join(path, "default_lease"), "must be at most queue.max_lease");
+            problems.push(
+                join(path, "default_lease"),
+                "must be at most queue.max_lease",
+            );
         }
         if self.default_dedup_window > self.max_dedup_window {
             problems.push(

@@ -108,8 +108,12 @@ pub trait Store: Send + Sync {
         ids: &[String],
         limit: usize,
     ) -> Result<u64, StoreError>;
-    async fn set_paused(&self, tenant: &Tenant, queue: &str, paused: bool)
-    -> Result<(), StoreError>;
+    async fn set_paused(
+        &self,
+        tenant: &Tenant,
+        queue: &str,
+        paused: bool,
+    ) -> Result<(), StoreError>;
     async fn stats(&self, tenant: &Tenant, queue: &str) -> Result<Stats, StoreError>;
 
     async fn put_schedule(
@@ -125,8 +129,11 @@ pub trait Store: Send + Sync {
         queue: &str,
         id: &str,
     ) -> Result<bool, StoreError>;
-    async fn schedules(&self, tenant: &Tenant, queue: &str)
-    -> Result<Vec<StoredSchedule>, StoreError>;
+    async fn schedules(
+        &self,
+        tenant: &Tenant,
+        queue: &str,
+    ) -> Result<Vec<StoredSchedule>, StoreError>;
     /// Queues of `tenant` that have schedules.
     async fn scheduled_queues(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError>;
     /// Fires one tick: if the schedule still fires at `expected_next_ms`,

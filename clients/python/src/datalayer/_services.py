@@ -14,6 +14,8 @@ from datalayer.cache.v1 import cache_pb2
 from datalayer.cache.v1 import cache_pb2_grpc
 from datalayer.flags.v1 import flags_pb2
 from datalayer.flags.v1 import flags_pb2_grpc
+from datalayer.leaderboard.v1 import leaderboard_pb2
+from datalayer.leaderboard.v1 import leaderboard_pb2_grpc
 from datalayer.queue.v1 import queue_pb2
 from datalayer.queue.v1 import queue_pb2_grpc
 from datalayer.ratelimit.v1 import ratelimit_pb2
@@ -22,9 +24,11 @@ from datalayer.session.v1 import session_pb2
 from datalayer.session.v1 import session_pb2_grpc
 from datalayer.state.v1 import state_pb2
 from datalayer.state.v1 import state_pb2_grpc
+from datalayer.topic.v1 import topic_pb2
+from datalayer.topic.v1 import topic_pb2_grpc
 
 #: Fully-qualified service name -> client attribute.
-SERVICES: dict[str, str] = {"datalayer.audit.v1.AuditService": "audit", "datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.queue.v1.QueueService": "queue", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state"}
+SERVICES: dict[str, str] = {"datalayer.audit.v1.AuditService": "audit", "datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.leaderboard.v1.LeaderboardService": "leaderboard", "datalayer.queue.v1.QueueService": "queue", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state", "datalayer.topic.v1.TopicService": "topic"}
 
 
 class AuditService:
@@ -573,6 +577,356 @@ class AsyncFlagService:
     ) -> flags_pb2.ListFlagSetsResponse:
         """ListFlagSets returns every flag set."""
         return await self._invoke(self.stub.ListFlagSets, request, timeout=timeout, metadata=metadata)
+
+
+class LeaderboardService:
+    """LeaderboardService keeps exact rankings: best PnL this week, most points
+    today.
+
+    Ranks are exact under concurrent writes: every record is ordered by
+    (score, subscore, tie-break) as one fixed-width key, so no precision is
+    lost and two owners never compare equal. Scores and subscores are bounded
+    to |value| < 2^53 (9007199254740992), and a write whose result would pass
+    the bound is refused rather than mis-ranked.
+
+    A board with a reset schedule (cron in a time zone) starts a new period at
+    every tick; each write lands in exactly one period, decided by Redis's
+    clock, and past periods stay readable for `keep_periods` periods. A
+    board's keys share one hash slot, so every call is one script on one slot.
+
+    Reached as ``client.leaderboard``.
+    """
+
+    def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
+        self._invoke = invoke
+
+    def create_leaderboard(
+        self,
+        request: leaderboard_pb2.CreateLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.CreateLeaderboardResponse:
+        """CreateLeaderboard defines a board; ALREADY_EXISTS if the id is taken."""
+        return self._invoke(self.stub.CreateLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    def update_leaderboard(
+        self,
+        request: leaderboard_pb2.UpdateLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.UpdateLeaderboardResponse:
+        """UpdateLeaderboard replaces a board's metadata, reset schedule,
+        retention and decrement floor with what is sent (send them all). Sort
+        order, operator and tie-break are fixed at creation (changing them
+        would re-rank records already written), and a board cannot start or
+        stop resetting.
+        """
+        return self._invoke(self.stub.UpdateLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    def get_leaderboard(
+        self,
+        request: leaderboard_pb2.GetLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.GetLeaderboardResponse:
+        """GetLeaderboard reads a board's definition and its current period."""
+        return self._invoke(self.stub.GetLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    def delete_leaderboard(
+        self,
+        request: leaderboard_pb2.DeleteLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.DeleteLeaderboardResponse:
+        """DeleteLeaderboard removes a board with all its records and periods. A
+        board created again with the same id starts empty.
+        """
+        return self._invoke(self.stub.DeleteLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    def list_leaderboards(
+        self,
+        request: leaderboard_pb2.ListLeaderboardsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.ListLeaderboardsResponse:
+        """ListLeaderboards lists the boards, in id order, from a keyset cursor."""
+        return self._invoke(self.stub.ListLeaderboards, request, timeout=timeout, metadata=metadata)
+
+    def submit(
+        self,
+        request: leaderboard_pb2.SubmitRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.SubmitResponse:
+        """Submit writes an owner's score with the board's operator (or the one
+        given), and answers the owner's record with its rank before and after.
+        """
+        return self._invoke(self.stub.Submit, request, timeout=timeout, metadata=metadata)
+
+    def top(
+        self,
+        request: leaderboard_pb2.TopRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.TopResponse:
+        """Top reads a page of the ranking from a keyset cursor: while scores
+        change, paging never returns twice, nor skips, an owner that stayed in
+        place (an owner that moves across the cursor may be seen twice or not
+        at all, as in any live ranking).
+        """
+        return self._invoke(self.stub.Top, request, timeout=timeout, metadata=metadata)
+
+    def around_owner(
+        self,
+        request: leaderboard_pb2.AroundOwnerRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.AroundOwnerResponse:
+        """AroundOwner reads the records ranked just above and below an owner."""
+        return self._invoke(self.stub.AroundOwner, request, timeout=timeout, metadata=metadata)
+
+    def records(
+        self,
+        request: leaderboard_pb2.RecordsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.RecordsResponse:
+        """Records reads several owners' records in one round trip."""
+        return self._invoke(self.stub.Records, request, timeout=timeout, metadata=metadata)
+
+    def rank(
+        self,
+        request: leaderboard_pb2.RankRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.RankResponse:
+        """Rank reads one owner's record and rank."""
+        return self._invoke(self.stub.Rank, request, timeout=timeout, metadata=metadata)
+
+    def delete_record(
+        self,
+        request: leaderboard_pb2.DeleteRecordRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.DeleteRecordResponse:
+        """DeleteRecord removes an owner's record from a period."""
+        return self._invoke(self.stub.DeleteRecord, request, timeout=timeout, metadata=metadata)
+
+    def list_periods(
+        self,
+        request: leaderboard_pb2.ListPeriodsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.ListPeriodsResponse:
+        """ListPeriods lists the periods still kept, newest first."""
+        return self._invoke(self.stub.ListPeriods, request, timeout=timeout, metadata=metadata)
+
+    def watch_top(
+        self,
+        request: leaderboard_pb2.WatchTopRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ServerStream[leaderboard_pb2.WatchTopResponse]:
+        """WatchTop streams the board's top N: once at once, then at every change
+        of the current period's top N. It ends (NOT_FOUND) when the board is
+        deleted.
+
+        Server streaming: returns an iterator of the answers (``ServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.WatchTop, request, timeout=timeout, metadata=metadata)
+
+
+class AsyncLeaderboardService:
+    """LeaderboardService keeps exact rankings: best PnL this week, most points
+    today.
+
+    Ranks are exact under concurrent writes: every record is ordered by
+    (score, subscore, tie-break) as one fixed-width key, so no precision is
+    lost and two owners never compare equal. Scores and subscores are bounded
+    to |value| < 2^53 (9007199254740992), and a write whose result would pass
+    the bound is refused rather than mis-ranked.
+
+    A board with a reset schedule (cron in a time zone) starts a new period at
+    every tick; each write lands in exactly one period, decided by Redis's
+    clock, and past periods stay readable for `keep_periods` periods. A
+    board's keys share one hash slot, so every call is one script on one slot.
+
+    Reached as ``client.leaderboard``.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
+        self._invoke = invoke
+
+    async def create_leaderboard(
+        self,
+        request: leaderboard_pb2.CreateLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.CreateLeaderboardResponse:
+        """CreateLeaderboard defines a board; ALREADY_EXISTS if the id is taken."""
+        return await self._invoke(self.stub.CreateLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    async def update_leaderboard(
+        self,
+        request: leaderboard_pb2.UpdateLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.UpdateLeaderboardResponse:
+        """UpdateLeaderboard replaces a board's metadata, reset schedule,
+        retention and decrement floor with what is sent (send them all). Sort
+        order, operator and tie-break are fixed at creation (changing them
+        would re-rank records already written), and a board cannot start or
+        stop resetting.
+        """
+        return await self._invoke(self.stub.UpdateLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    async def get_leaderboard(
+        self,
+        request: leaderboard_pb2.GetLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.GetLeaderboardResponse:
+        """GetLeaderboard reads a board's definition and its current period."""
+        return await self._invoke(self.stub.GetLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    async def delete_leaderboard(
+        self,
+        request: leaderboard_pb2.DeleteLeaderboardRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.DeleteLeaderboardResponse:
+        """DeleteLeaderboard removes a board with all its records and periods. A
+        board created again with the same id starts empty.
+        """
+        return await self._invoke(self.stub.DeleteLeaderboard, request, timeout=timeout, metadata=metadata)
+
+    async def list_leaderboards(
+        self,
+        request: leaderboard_pb2.ListLeaderboardsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.ListLeaderboardsResponse:
+        """ListLeaderboards lists the boards, in id order, from a keyset cursor."""
+        return await self._invoke(self.stub.ListLeaderboards, request, timeout=timeout, metadata=metadata)
+
+    async def submit(
+        self,
+        request: leaderboard_pb2.SubmitRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.SubmitResponse:
+        """Submit writes an owner's score with the board's operator (or the one
+        given), and answers the owner's record with its rank before and after.
+        """
+        return await self._invoke(self.stub.Submit, request, timeout=timeout, metadata=metadata)
+
+    async def top(
+        self,
+        request: leaderboard_pb2.TopRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.TopResponse:
+        """Top reads a page of the ranking from a keyset cursor: while scores
+        change, paging never returns twice, nor skips, an owner that stayed in
+        place (an owner that moves across the cursor may be seen twice or not
+        at all, as in any live ranking).
+        """
+        return await self._invoke(self.stub.Top, request, timeout=timeout, metadata=metadata)
+
+    async def around_owner(
+        self,
+        request: leaderboard_pb2.AroundOwnerRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.AroundOwnerResponse:
+        """AroundOwner reads the records ranked just above and below an owner."""
+        return await self._invoke(self.stub.AroundOwner, request, timeout=timeout, metadata=metadata)
+
+    async def records(
+        self,
+        request: leaderboard_pb2.RecordsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.RecordsResponse:
+        """Records reads several owners' records in one round trip."""
+        return await self._invoke(self.stub.Records, request, timeout=timeout, metadata=metadata)
+
+    async def rank(
+        self,
+        request: leaderboard_pb2.RankRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.RankResponse:
+        """Rank reads one owner's record and rank."""
+        return await self._invoke(self.stub.Rank, request, timeout=timeout, metadata=metadata)
+
+    async def delete_record(
+        self,
+        request: leaderboard_pb2.DeleteRecordRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.DeleteRecordResponse:
+        """DeleteRecord removes an owner's record from a period."""
+        return await self._invoke(self.stub.DeleteRecord, request, timeout=timeout, metadata=metadata)
+
+    async def list_periods(
+        self,
+        request: leaderboard_pb2.ListPeriodsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> leaderboard_pb2.ListPeriodsResponse:
+        """ListPeriods lists the periods still kept, newest first."""
+        return await self._invoke(self.stub.ListPeriods, request, timeout=timeout, metadata=metadata)
+
+    def watch_top(
+        self,
+        request: leaderboard_pb2.WatchTopRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> AsyncServerStream[leaderboard_pb2.WatchTopResponse]:
+        """WatchTop streams the board's top N: once at once, then at every change
+        of the current period's top N. It ends (NOT_FOUND) when the board is
+        deleted.
+
+        Server streaming: returns an async iterator of the answers (``AsyncServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.WatchTop, request, timeout=timeout, metadata=metadata)
 
 
 class QueueService:
@@ -1673,25 +2027,209 @@ class AsyncStateService(AsyncStateLocks):
         return await self._invoke(self.stub.ReleaseLock, request, timeout=timeout, metadata=metadata)
 
 
+class TopicService:
+    """TopicService is publish/subscribe on Redis Streams: one publisher, many
+    subscribers, each able to catch up after a disconnect.
+
+    A topic keeps its messages in order, each with an id (`<ms>-<seq>`, as
+    Redis Streams number them), for a bounded time and count
+    (topic.max_length, topic.max_age): a subscriber that reconnects passes
+    the last id it saw and misses nothing that is still kept. A topic no one
+    publishes to for topic.max_age disappears.
+
+    `Subscribe` without a group is fan-out: every subscriber gets every
+    message. With a group, each message goes to one member of the group, is
+    acknowledged with `Ack`, and is delivered again to a member if it is not
+    acknowledged within `ack_timeout` (work distribution).
+
+    Reached as ``client.topic``.
+    """
+
+    def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = topic_pb2_grpc.TopicServiceStub(channel)
+        self._invoke = invoke
+
+    def publish(
+        self,
+        request: topic_pb2.PublishRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.PublishResponse:
+        """Publish appends one message and answers its id."""
+        return self._invoke(self.stub.Publish, request, timeout=timeout, metadata=metadata)
+
+    def publish_batch(
+        self,
+        request: topic_pb2.PublishBatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.PublishBatchResponse:
+        """PublishBatch appends several messages, in order, atomically."""
+        return self._invoke(self.stub.PublishBatch, request, timeout=timeout, metadata=metadata)
+
+    def subscribe(
+        self,
+        request: topic_pb2.SubscribeRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ServerStream[topic_pb2.SubscribeResponse]:
+        """Subscribe replays from the given point, then follows live.
+
+        Server streaming: returns an iterator of the answers (``ServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.Subscribe, request, timeout=timeout, metadata=metadata)
+
+    def ack(
+        self,
+        request: topic_pb2.AckRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.AckResponse:
+        """Ack acknowledges messages a group member received."""
+        return self._invoke(self.stub.Ack, request, timeout=timeout, metadata=metadata)
+
+    def get_topic_stats(
+        self,
+        request: topic_pb2.GetTopicStatsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.GetTopicStatsResponse:
+        """GetTopicStats reads a topic's length, ids and groups."""
+        return self._invoke(self.stub.GetTopicStats, request, timeout=timeout, metadata=metadata)
+
+    def delete_topic(
+        self,
+        request: topic_pb2.DeleteTopicRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.DeleteTopicResponse:
+        """DeleteTopic removes a topic, its messages and groups."""
+        return self._invoke(self.stub.DeleteTopic, request, timeout=timeout, metadata=metadata)
+
+
+class AsyncTopicService:
+    """TopicService is publish/subscribe on Redis Streams: one publisher, many
+    subscribers, each able to catch up after a disconnect.
+
+    A topic keeps its messages in order, each with an id (`<ms>-<seq>`, as
+    Redis Streams number them), for a bounded time and count
+    (topic.max_length, topic.max_age): a subscriber that reconnects passes
+    the last id it saw and misses nothing that is still kept. A topic no one
+    publishes to for topic.max_age disappears.
+
+    `Subscribe` without a group is fan-out: every subscriber gets every
+    message. With a group, each message goes to one member of the group, is
+    acknowledged with `Ack`, and is delivered again to a member if it is not
+    acknowledged within `ack_timeout` (work distribution).
+
+    Reached as ``client.topic``.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = topic_pb2_grpc.TopicServiceStub(channel)
+        self._invoke = invoke
+
+    async def publish(
+        self,
+        request: topic_pb2.PublishRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.PublishResponse:
+        """Publish appends one message and answers its id."""
+        return await self._invoke(self.stub.Publish, request, timeout=timeout, metadata=metadata)
+
+    async def publish_batch(
+        self,
+        request: topic_pb2.PublishBatchRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.PublishBatchResponse:
+        """PublishBatch appends several messages, in order, atomically."""
+        return await self._invoke(self.stub.PublishBatch, request, timeout=timeout, metadata=metadata)
+
+    def subscribe(
+        self,
+        request: topic_pb2.SubscribeRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> AsyncServerStream[topic_pb2.SubscribeResponse]:
+        """Subscribe replays from the given point, then follows live.
+
+        Server streaming: returns an async iterator of the answers (``AsyncServerStream``).
+        ``timeout`` bounds the whole stream (none by default); ``cancel()``
+        ends it. UNAVAILABLE before the first answer is retried; any error
+        after it is raised.
+        """
+        return self._invoke.stream(self.stub.Subscribe, request, timeout=timeout, metadata=metadata)
+
+    async def ack(
+        self,
+        request: topic_pb2.AckRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.AckResponse:
+        """Ack acknowledges messages a group member received."""
+        return await self._invoke(self.stub.Ack, request, timeout=timeout, metadata=metadata)
+
+    async def get_topic_stats(
+        self,
+        request: topic_pb2.GetTopicStatsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.GetTopicStatsResponse:
+        """GetTopicStats reads a topic's length, ids and groups."""
+        return await self._invoke(self.stub.GetTopicStats, request, timeout=timeout, metadata=metadata)
+
+    async def delete_topic(
+        self,
+        request: topic_pb2.DeleteTopicRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> topic_pb2.DeleteTopicResponse:
+        """DeleteTopic removes a topic, its messages and groups."""
+        return await self._invoke(self.stub.DeleteTopic, request, timeout=timeout, metadata=metadata)
+
+
 class SyncServices:
     """The services of this client version, one attribute each."""
 
     audit: AuditService
     cache: CacheService
     flags: FlagService
+    leaderboard: LeaderboardService
     queue: QueueService
     ratelimit: RateLimitService
     sessions: SessionService
     state: StateService
+    topic: TopicService
 
     def _bind_services(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
         self.audit = AuditService(channel, invoke)
         self.cache = CacheService(channel, invoke)
         self.flags = FlagService(channel, invoke)
+        self.leaderboard = LeaderboardService(channel, invoke)
         self.queue = QueueService(channel, invoke)
         self.ratelimit = RateLimitService(channel, invoke)
         self.sessions = SessionService(channel, invoke)
         self.state = StateService(channel, invoke)
+        self.topic = TopicService(channel, invoke)
 
 
 class AsyncServices:
@@ -1700,16 +2238,20 @@ class AsyncServices:
     audit: AsyncAuditService
     cache: AsyncCacheService
     flags: AsyncFlagService
+    leaderboard: AsyncLeaderboardService
     queue: AsyncQueueService
     ratelimit: AsyncRateLimitService
     sessions: AsyncSessionService
     state: AsyncStateService
+    topic: AsyncTopicService
 
     def _bind_services(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
         self.audit = AsyncAuditService(channel, invoke)
         self.cache = AsyncCacheService(channel, invoke)
         self.flags = AsyncFlagService(channel, invoke)
+        self.leaderboard = AsyncLeaderboardService(channel, invoke)
         self.queue = AsyncQueueService(channel, invoke)
         self.ratelimit = AsyncRateLimitService(channel, invoke)
         self.sessions = AsyncSessionService(channel, invoke)
         self.state = AsyncStateService(channel, invoke)
+        self.topic = AsyncTopicService(channel, invoke)

@@ -3,10 +3,12 @@
 import { AuditService } from "./datalayer/audit/v1/audit_pb.js";
 import { CacheService } from "./datalayer/cache/v1/cache_pb.js";
 import { FlagService } from "./datalayer/flags/v1/flags_pb.js";
+import { LeaderboardService } from "./datalayer/leaderboard/v1/leaderboard_pb.js";
 import { QueueService } from "./datalayer/queue/v1/queue_pb.js";
 import { RateLimitService } from "./datalayer/ratelimit/v1/ratelimit_pb.js";
 import { SessionService } from "./datalayer/session/v1/session_pb.js";
 import { StateService } from "./datalayer/state/v1/state_pb.js";
+import { TopicService } from "./datalayer/topic/v1/topic_pb.js";
 
 // Not re-exported here, as another package exports the same names (import them
 // from ./datalayer/audit/v1/audit_pb.js): ListRequest, ListRequestSchema, ListResponse, ListResponseSchema.
@@ -100,7 +102,91 @@ export type {
   ValidateRequest,
   ValidateResponse,
 } from "./datalayer/flags/v1/flags_pb.js";
-export * from "./datalayer/queue/v1/queue_pb.js";
+export * from "./datalayer/leaderboard/v1/leaderboard_pb.js";
+// Not re-exported here, as another package exports the same names (import them
+// from ./datalayer/queue/v1/queue_pb.js): AckRequest, AckRequestSchema, AckResponse, AckResponseSchema, Message, MessageSchema.
+export {
+  BackoffSchema,
+  CancelRequestSchema,
+  CancelResponseSchema,
+  ConsumeRequestSchema,
+  ConsumeRequest_StartSchema,
+  ConsumeResponseSchema,
+  DeadMessageSchema,
+  DeleteScheduleRequestSchema,
+  DeleteScheduleResponseSchema,
+  EnqueueBatchRequestSchema,
+  EnqueueBatchResponseSchema,
+  EnqueueRequestSchema,
+  EnqueueResponseSchema,
+  ExponentialSchema,
+  ExtendLeaseRequestSchema,
+  ExtendLeaseResponseSchema,
+  LeaseRequestSchema,
+  LeaseResponseSchema,
+  ListDeadRequestSchema,
+  ListDeadResponseSchema,
+  ListSchedulesRequestSchema,
+  ListSchedulesResponseSchema,
+  MessageSpecSchema,
+  NackRequestSchema,
+  NackResponseSchema,
+  PauseRequestSchema,
+  PauseResponseSchema,
+  PurgeDeadRequestSchema,
+  PurgeDeadResponseSchema,
+  QueueService,
+  RedriveDeadRequestSchema,
+  RedriveDeadResponseSchema,
+  ResumeRequestSchema,
+  ResumeResponseSchema,
+  ScheduleSchema,
+  StatsRequestSchema,
+  StatsResponseSchema,
+  UpsertScheduleRequestSchema,
+  UpsertScheduleResponseSchema,
+  file_datalayer_queue_v1_queue,
+} from "./datalayer/queue/v1/queue_pb.js";
+export type {
+  Backoff,
+  CancelRequest,
+  CancelResponse,
+  ConsumeRequest,
+  ConsumeRequest_Start,
+  ConsumeResponse,
+  DeadMessage,
+  DeleteScheduleRequest,
+  DeleteScheduleResponse,
+  EnqueueBatchRequest,
+  EnqueueBatchResponse,
+  EnqueueRequest,
+  EnqueueResponse,
+  Exponential,
+  ExtendLeaseRequest,
+  ExtendLeaseResponse,
+  LeaseRequest,
+  LeaseResponse,
+  ListDeadRequest,
+  ListDeadResponse,
+  ListSchedulesRequest,
+  ListSchedulesResponse,
+  MessageSpec,
+  NackRequest,
+  NackResponse,
+  PauseRequest,
+  PauseResponse,
+  PurgeDeadRequest,
+  PurgeDeadResponse,
+  RedriveDeadRequest,
+  RedriveDeadResponse,
+  ResumeRequest,
+  ResumeResponse,
+  Schedule,
+  StatsRequest,
+  StatsResponse,
+  UpsertScheduleRequest,
+  UpsertScheduleResponse,
+} from "./datalayer/queue/v1/queue_pb.js";
 export * from "./datalayer/ratelimit/v1/ratelimit_pb.js";
 // Not re-exported here, as another package exports the same names (import them
 // from ./datalayer/session/v1/session_pb.js): GetRequest, GetRequestSchema, GetResponse, GetResponseSchema.
@@ -190,14 +276,52 @@ export type {
   RenewLockRequest,
   RenewLockResponse,
 } from "./datalayer/state/v1/state_pb.js";
+// Not re-exported here, as another package exports the same names (import them
+// from ./datalayer/topic/v1/topic_pb.js): AckRequest, AckRequestSchema, AckResponse, AckResponseSchema, Message, MessageSchema.
+export {
+  DeleteTopicRequestSchema,
+  DeleteTopicResponseSchema,
+  FellBehindSchema,
+  GapSchema,
+  GetTopicStatsRequestSchema,
+  GetTopicStatsResponseSchema,
+  GroupStatsSchema,
+  NewMessageSchema,
+  PublishBatchRequestSchema,
+  PublishBatchResponseSchema,
+  PublishRequestSchema,
+  PublishResponseSchema,
+  SubscribeRequestSchema,
+  SubscribeResponseSchema,
+  TopicService,
+  file_datalayer_topic_v1_topic,
+} from "./datalayer/topic/v1/topic_pb.js";
+export type {
+  DeleteTopicRequest,
+  DeleteTopicResponse,
+  FellBehind,
+  Gap,
+  GetTopicStatsRequest,
+  GetTopicStatsResponse,
+  GroupStats,
+  NewMessage,
+  PublishBatchRequest,
+  PublishBatchResponse,
+  PublishRequest,
+  PublishResponse,
+  SubscribeRequest,
+  SubscribeResponse,
+} from "./datalayer/topic/v1/topic_pb.js";
 
 /** The services of this client version: client property -> service descriptor. */
 export const services = {
   audit: AuditService,
   cache: CacheService,
   flags: FlagService,
+  leaderboard: LeaderboardService,
   queue: QueueService,
   ratelimit: RateLimitService,
   sessions: SessionService,
   state: StateService,
+  topic: TopicService,
 } as const;

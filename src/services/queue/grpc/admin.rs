@@ -9,25 +9,42 @@ use crate::services::queue::schedule::{self, CronSpec, Definition, Template};
 use crate::services::queue::store::StoredSchedule;
 use crate::validate::{self, FieldViolation};
 
+/// A message id this service issued: its decimal number.
+fn message_id(id: &str, field: &str) -> Result<(), FieldViolation> {
+    if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(
+            field,
+            format!(
+                "is not a message id this service issued, got {}",
+                validate::quote(id)
+            ),
+        ))
+    }
+}
+
 fn ids(s: &crate::services::queue::Settings, ids: &[String]) -> Result<(), validate::Invalid> {
     if ids.len() > s.max_page_size {
         return Err(FieldViolation::new(
             "message_ids",
-            format!("at most {} per call (queue.max_page_size), got {}", s.max_page_size, ids.len()),
+            format!(
+                "at most {} per call (queue.max_page_size), got {}",
+                s.max_page_size,
+                ids.len()
+            ),
         )
         .into());
     }
-    validate::each(ids, "message_ids", |id| {
-        if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
-            Ok(())
-        } else {
-            Err(FieldViolation::new("", "is not a message id this service issued"))
-        }
-    })
-    .map(|_| ())
+    validate::each(ids, "message_ids", |id| message_id(id, "")).map(|_| ())
 }
 
-fn schedule_out(id: String, def: &Definition, next_ms: u64, template: pb::MessageSpec) -> pb::Schedule {
+fn schedule_out(
+    id: String,
+    def: &Definition,
+    next_ms: u64,
+    template: pb::MessageSpec,
+) -> pb::Schedule {
     pb::Schedule {
         id,
         cron: def.cron.clone(),
@@ -54,15 +71,26 @@ fn template_out(t: &Template) -> pb::MessageSpec {
 }
 
 impl Handler {
-    pub(super) async fn cancel(&self, ctx: Ctx, req: pb::CancelRequest) -> Result<pb::CancelResponse, Error> {
-        validate::all((self.queue(&ctx, &req.queue), ids(&self.settings, std::slice::from_ref(&req.message_id))))?;
+    pub(super) async fn cancel(
+        &self,
+        ctx: Ctx,
+        req: pb::CancelRequest,
+    ) -> Result<pb::CancelResponse, Error> {
+        validate::all((
+            self.queue(&ctx, &req.queue),
+            message_id(&req.message_id, "message_id"),
+        ))?;
         let cancelled = ctx
             .store(self.store.cancel(&ctx.tenant, &req.queue, &req.message_id))
             .await?;
         Ok(pb::CancelResponse { cancelled })
     }
 
-    pub(super) async fn list_dead(&self, ctx: Ctx, req: pb::ListDeadRequest) -> Result<pb::ListDeadResponse, Error> {
+    pub(super) async fn list_dead(
+        &self,
+        ctx: Ctx,
+        req: pb::ListDeadRequest,
+    ) -> Result<pb::ListDeadResponse, Error> {
         let cursor = if req.cursor.is_empty() {
             Ok(0)
         } else {
@@ -76,12 +104,17 @@ impl Handler {
             cursor,
         ))?;
         let mut dead = ctx
-            .store(self.store.list_dead(&ctx.tenant, &req.queue, cursor, limit + 1))
+            .store(
+                self.store
+                    .list_dead(&ctx.tenant, &req.queue, cursor, limit + 1),
+            )
             .await?;
         let more = dead.len() > limit;
         dead.truncate(limit);
         let next_cursor = if more {
-            dead.last().map(|d| d.cursor.to_string()).unwrap_or_default()
+            dead.last()
+                .map(|d| d.cursor.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -98,21 +131,45 @@ impl Handler {
         })
     }
 
-    pub(super) async fn redrive_dead(&self, ctx: Ctx, req: pb::RedriveDeadRequest) -> Result<pb::RedriveDeadResponse, Error> {
+    pub(super) async fn redrive_dead(
+        &self,
+        ctx: Ctx,
+        req: pb::RedriveDeadRequest,
+    ) -> Result<pb::RedriveDeadResponse, Error> {
         ctx.audit_target(crate::audit::target(&[&req.queue]));
-        validate::all((self.queue(&ctx, &req.queue), ids(&self.settings, &req.message_ids)))?;
+        validate::all((
+            self.queue(&ctx, &req.queue),
+            ids(&self.settings, &req.message_ids),
+        ))?;
         let redriven = ctx
-            .store(self.store.redrive(&ctx.tenant, &req.queue, &req.message_ids, self.settings.max_page_size))
+            .store(self.store.redrive(
+                &ctx.tenant,
+                &req.queue,
+                &req.message_ids,
+                self.settings.max_page_size,
+            ))
             .await?;
         self.waiters.notify(&ctx.tenant, &req.queue);
         Ok(pb::RedriveDeadResponse { redriven })
     }
 
-    pub(super) async fn purge_dead(&self, ctx: Ctx, req: pb::PurgeDeadRequest) -> Result<pb::PurgeDeadResponse, Error> {
+    pub(super) async fn purge_dead(
+        &self,
+        ctx: Ctx,
+        req: pb::PurgeDeadRequest,
+    ) -> Result<pb::PurgeDeadResponse, Error> {
         ctx.audit_target(crate::audit::target(&[&req.queue]));
-        validate::all((self.queue(&ctx, &req.queue), ids(&self.settings, &req.message_ids)))?;
+        validate::all((
+            self.queue(&ctx, &req.queue),
+            ids(&self.settings, &req.message_ids),
+        ))?;
         let purged = ctx
-            .store(self.store.purge(&ctx.tenant, &req.queue, &req.message_ids, self.settings.max_page_size))
+            .store(self.store.purge(
+                &ctx.tenant,
+                &req.queue,
+                &req.message_ids,
+                self.settings.max_page_size,
+            ))
             .await?;
         Ok(pb::PurgeDeadResponse { purged })
     }
@@ -120,24 +177,37 @@ impl Handler {
     async fn set_paused(&self, ctx: &Ctx, queue: &str, paused: bool) -> Result<(), Error> {
         ctx.audit_target(crate::audit::target(&[queue]));
         self.queue(ctx, queue)?;
-        ctx.store(self.store.set_paused(&ctx.tenant, queue, paused)).await?;
+        ctx.store(self.store.set_paused(&ctx.tenant, queue, paused))
+            .await?;
         if !paused {
             self.waiters.notify(&ctx.tenant, queue);
         }
         Ok(())
     }
 
-    pub(super) async fn pause(&self, ctx: Ctx, req: pb::PauseRequest) -> Result<pb::PauseResponse, Error> {
+    pub(super) async fn pause(
+        &self,
+        ctx: Ctx,
+        req: pb::PauseRequest,
+    ) -> Result<pb::PauseResponse, Error> {
         self.set_paused(&ctx, &req.queue, true).await?;
         Ok(pb::PauseResponse {})
     }
 
-    pub(super) async fn resume(&self, ctx: Ctx, req: pb::ResumeRequest) -> Result<pb::ResumeResponse, Error> {
+    pub(super) async fn resume(
+        &self,
+        ctx: Ctx,
+        req: pb::ResumeRequest,
+    ) -> Result<pb::ResumeResponse, Error> {
         self.set_paused(&ctx, &req.queue, false).await?;
         Ok(pb::ResumeResponse {})
     }
 
-    pub(super) async fn stats(&self, ctx: Ctx, req: pb::StatsRequest) -> Result<pb::StatsResponse, Error> {
+    pub(super) async fn stats(
+        &self,
+        ctx: Ctx,
+        req: pb::StatsRequest,
+    ) -> Result<pb::StatsResponse, Error> {
         self.queue(&ctx, &req.queue)?;
         let s = ctx.store(self.store.stats(&ctx.tenant, &req.queue)).await?;
         Ok(pb::StatsResponse {
@@ -174,7 +244,9 @@ impl Handler {
             )
         });
         let template = match s.template.clone() {
-            Some(t) => parse::message(&self.settings, t, 0, true).map_err(|e| e.under("schedule.template")),
+            Some(t) => {
+                parse::message(&self.settings, t, 0, true).map_err(|e| e.under("schedule.template"))
+            }
             None => Err(validate::Invalid::one("schedule.template", "is required")),
         };
         let (_, _, spec, template) = validate::all((
@@ -200,10 +272,17 @@ impl Handler {
         };
         let definition = serde_json::to_string(&def)
             .map_err(|e| Error::Internal(format!("a schedule does not serialize: {e}")))?;
-        let stored = StoredSchedule { id: s.id.clone(), definition, next_ms };
-        let put = self
-            .store
-            .put_schedule(&ctx.tenant, &req.queue, &stored, self.settings.max_schedules);
+        let stored = StoredSchedule {
+            id: s.id.clone(),
+            definition,
+            next_ms,
+        };
+        let put = self.store.put_schedule(
+            &ctx.tenant,
+            &req.queue,
+            &stored,
+            self.settings.max_schedules,
+        );
         if !ctx.store(put).await? {
             return Err(Error::ResourceExhausted(format!(
                 "queue {} has queue.max_schedules ({}) schedules; delete one first",
@@ -234,7 +313,9 @@ impl Handler {
         req: pb::ListSchedulesRequest,
     ) -> Result<pb::ListSchedulesResponse, Error> {
         self.queue(&ctx, &req.queue)?;
-        let stored = ctx.store(self.store.schedules(&ctx.tenant, &req.queue)).await?;
+        let stored = ctx
+            .store(self.store.schedules(&ctx.tenant, &req.queue))
+            .await?;
         let schedules = stored
             .into_iter()
             .filter_map(|s| {

@@ -50,9 +50,14 @@ fn credit(n: u32, held: u64) -> Result<u64, Error> {
 
 impl Consumer {
     /// A message from the consumer: more credits, or the end of its side.
-    fn take(&mut self, got: Result<Option<pb::ConsumeRequest>, tonic::Status>) -> Result<(), Error> {
+    fn take(
+        &mut self,
+        got: Result<Option<pb::ConsumeRequest>, tonic::Status>,
+    ) -> Result<(), Error> {
         match got {
-            Ok(Some(pb::ConsumeRequest { kind: Some(pb::consume_request::Kind::Credit(n)) })) => {
+            Ok(Some(pb::ConsumeRequest {
+                kind: Some(pb::consume_request::Kind::Credit(n)),
+            })) => {
                 self.credits = credit(n, self.credits)?;
                 Ok(())
             }
@@ -85,13 +90,30 @@ impl Consumer {
             let want = (self.credits as usize).min(self.handler.settings.max_lease_batch);
             let give_up = Instant::now() + WAIT_SLICE;
             let ctx = self.ctx.renewed(WAIT_SLICE + self.ctx.store_timeout() * 2);
-            let leased = tokio::select! {
-                leased = self.handler.lease_waiting(&ctx, &self.tenant, &self.queue, want, self.lease_ms, give_up) => leased,
-                got = self.inbound.message(), if !self.inbound_done => {
-                    if let Err(e) = self.take(got) {
-                        return Some(Err(e));
+            // The lease owns what it needs and is never dropped half-way: a
+            // lease script already sent has leased its messages, and they
+            // must reach the consumer. Credits that arrive meanwhile are
+            // counted while it runs.
+            let (handler, tenant, queue, lease_ms) = (
+                self.handler.clone(),
+                self.tenant.clone(),
+                self.queue.clone(),
+                self.lease_ms,
+            );
+            let lease = async move {
+                handler
+                    .lease_waiting(&ctx, &tenant, &queue, want, lease_ms, give_up)
+                    .await
+            };
+            tokio::pin!(lease);
+            let leased = loop {
+                tokio::select! {
+                    leased = &mut lease => break leased,
+                    got = self.inbound.message(), if !self.inbound_done => {
+                        if let Err(e) = self.take(got) {
+                            return Some(Err(e));
+                        }
                     }
-                    continue;
                 }
             };
             match leased {
@@ -110,18 +132,31 @@ impl Handler {
         &self,
         ctx: Ctx,
         mut inbound: tonic::Streaming<pb::ConsumeRequest>,
-    ) -> Result<impl Stream<Item = Result<pb::ConsumeResponse, Error>> + Send + 'static, Error> {
-        let first = inbound
-            .message()
-            .await
-            .map_err(|e| Error::invalid("start", format!("the stream broke before Start: {}", e.message())))?;
-        let Some(pb::ConsumeRequest { kind: Some(pb::consume_request::Kind::Start(start)) }) = first else {
-            return Err(Error::invalid("start", "a Consume stream begins with Start"));
+    ) -> Result<impl Stream<Item = Result<pb::ConsumeResponse, Error>> + Send + 'static, Error>
+    {
+        let first = inbound.message().await.map_err(|e| {
+            Error::invalid(
+                "start",
+                format!("the stream broke before Start: {}", e.message()),
+            )
+        })?;
+        let Some(pb::ConsumeRequest {
+            kind: Some(pb::consume_request::Kind::Start(start)),
+        }) = first
+        else {
+            return Err(Error::invalid(
+                "start",
+                "a Consume stream begins with Start",
+            ));
         };
-        let lease = duration_in(start.lease_duration.as_ref(), "start.lease_duration").and_then(|d| {
-            d.map(|d| self.settings.lease_ms(Some(d), None, "start.lease_duration"))
+        let lease =
+            duration_in(start.lease_duration.as_ref(), "start.lease_duration").and_then(|d| {
+                d.map(|d| {
+                    self.settings
+                        .lease_ms(Some(d), None, "start.lease_duration")
+                })
                 .transpose()
-        });
+            });
         let credits = credit(start.credits, 0);
         let (_, lease_ms) = validate::all((
             self.queue(&ctx, &start.queue).map_err(|v| v.under("start")),

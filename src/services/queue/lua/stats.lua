@@ -7,10 +7,13 @@ local s = redis.call('HMGET', k('stats'), 'n', 'enqueued', 'acked', 'retried', '
 local function num(v) return tonumber(v or '0') end
 local ready = redis.call('ZCARD', k('ready'))
 local delayed = redis.call('ZCARD', k('delayed'))
-local leased = redis.call('ZCARD', k('leased'))
+-- A lease that ran out is noticed (its message retried or buried) by the
+-- next Lease; until then it counts as waiting, not leased.
+local leased = redis.call('ZCOUNT', k('leased'), '(' .. now, '+inf')
+local expired = redis.call('ZCARD', k('leased')) - leased
 local dead = redis.call('ZCARD', k('dead'))
 -- Messages behind their group's active one are waiting too.
-local waiting = math.max(ready, num(s[1]) - delayed - leased - dead)
+local waiting = math.max(ready + expired, num(s[1]) - delayed - leased - dead)
 local oldest = -1
 for _, id in ipairs(redis.call('ZRANGE', k('ready'), 0, 99)) do
   local at = tonumber(redis.call('HGET', k('m:' .. id), 'at') or '-1')

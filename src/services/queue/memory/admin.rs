@@ -8,7 +8,9 @@ use crate::services::queue::{Dead, Stats};
 impl QueueState {
     /// Moves a message back in with no attempts used (a redrive).
     pub(super) fn revive(&mut self, n: u64, now: u64) {
-        let Some(m) = self.msgs.get_mut(&n) else { return };
+        let Some(m) = self.msgs.get_mut(&n) else {
+            return;
+        };
         m.attempts = 0;
         m.reason.clear();
         m.due = now;
@@ -24,7 +26,15 @@ impl QueueState {
             self.place(n, now);
         }
     }
-    pub fn fire(&mut self, id: &str, expected: u64, next: u64, m: &NewMessage, limits: crate::services::queue::store::Limits, now: u64) -> bool {
+    pub fn fire(
+        &mut self,
+        id: &str,
+        expected: u64,
+        next: u64,
+        m: &NewMessage,
+        limits: crate::services::queue::store::Limits,
+        now: u64,
+    ) -> bool {
         match self.schedules.get_mut(id) {
             Some((_, at)) if *at == expected => *at = next,
             _ => return false,
@@ -43,7 +53,6 @@ impl QueueState {
             })
             .collect()
     }
-
 
     pub fn list_dead(&self, cursor: u64, limit: usize) -> Vec<Dead> {
         self.dead
@@ -75,7 +84,12 @@ impl QueueState {
     pub fn redrive(&mut self, ids: &[String], limit: usize, now: u64) -> u64 {
         let mut n = 0;
         for id in self.dead_ids(ids, limit) {
-            let Some(dq) = self.msgs.get(&id).filter(|m| m.st == St::Dead).map(|m| m.dq) else {
+            let Some(dq) = self
+                .msgs
+                .get(&id)
+                .filter(|m| m.st == St::Dead)
+                .map(|m| m.dq)
+            else {
                 continue;
             };
             self.dead.remove(&dq);
@@ -88,7 +102,12 @@ impl QueueState {
     pub fn purge(&mut self, ids: &[String], limit: usize) -> u64 {
         let mut n = 0;
         for id in self.dead_ids(ids, limit) {
-            let Some(dq) = self.msgs.get(&id).filter(|m| m.st == St::Dead).map(|m| m.dq) else {
+            let Some(dq) = self
+                .msgs
+                .get(&id)
+                .filter(|m| m.st == St::Dead)
+                .map(|m| m.dq)
+            else {
                 continue;
             };
             self.dead.remove(&dq);
@@ -99,12 +118,13 @@ impl QueueState {
     }
 
     pub fn stats(&self, now: u64) -> Stats {
-        let (delayed, leased, dead) = (
-            self.delayed.len() as u64,
-            self.leased.len() as u64,
-            self.dead.len() as u64,
-        );
-        let waiting = (self.ready.len() as u64).max(self.held().saturating_sub(delayed + leased + dead));
+        // A lease that ran out counts as waiting until the next lease
+        // notices it (as `stats.lua` counts it).
+        let live = self.leased.iter().filter(|(until, _)| *until > now).count() as u64;
+        let expired = self.leased.len() as u64 - live;
+        let (delayed, leased, dead) = (self.delayed.len() as u64, live, self.dead.len() as u64);
+        let waiting = (self.ready.len() as u64 + expired)
+            .max(self.held().saturating_sub(delayed + leased + dead));
         let oldest = self
             .ready
             .iter()

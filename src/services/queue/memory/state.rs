@@ -3,9 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use crate::services::queue::{
-    Backoff, Delivery, Enqueued, LeaseCheck, Leased, MAX_PRIORITY, NewMessage,
-};
+use crate::services::queue::{Backoff, Delivery, Enqueued, Leased, MAX_PRIORITY, NewMessage};
 use crate::store::memory::Expiring;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +99,9 @@ impl QueueState {
     }
 
     pub(super) fn place(&mut self, id: u64, now: u64) {
-        let Some(m) = self.msgs.get_mut(&id) else { return };
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return;
+        };
         if m.due > now {
             m.st = St::Delayed;
             self.delayed.insert((m.due, id));
@@ -118,7 +118,11 @@ impl QueueState {
         if group.is_empty() || self.group_active.get(&group) != Some(&id) {
             return;
         }
-        match self.group_queue.get_mut(&group).and_then(VecDeque::pop_front) {
+        match self
+            .group_queue
+            .get_mut(&group)
+            .and_then(VecDeque::pop_front)
+        {
             Some(next) => {
                 self.group_active.insert(group, next);
                 self.place(next, now);
@@ -130,7 +134,7 @@ impl QueueState {
         }
     }
 
-    fn bury(&mut self, id: u64, now: u64, reason: &str) {
+    pub(super) fn bury(&mut self, id: u64, now: u64, reason: &str) {
         self.dseq += 1;
         let dq = self.dseq;
         if let Some(m) = self.msgs.get_mut(&id) {
@@ -146,8 +150,17 @@ impl QueueState {
     }
 
     /// Retry after `after` ms (else the backoff), or dead; true if dead.
-    fn retry_or_dead(&mut self, id: u64, now: u64, after: Option<u64>, reason: &str, random: f64) -> bool {
-        let Some(m) = self.msgs.get_mut(&id) else { return false };
+    pub(super) fn retry_or_dead(
+        &mut self,
+        id: u64,
+        now: u64,
+        after: Option<u64>,
+        reason: &str,
+        random: f64,
+    ) -> bool {
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return false;
+        };
         if m.attempts >= m.max_attempts {
             self.bury(id, now, reason);
             return true;
@@ -193,7 +206,7 @@ impl QueueState {
         }
     }
 
-    fn rate(&mut self, now: u64, ack: bool) {
+    pub(super) fn rate(&mut self, now: u64, ack: bool) {
         let bucket = self.rates.entry(now / 60_000).or_default();
         if ack {
             bucket.1 += 1;
@@ -241,7 +254,10 @@ impl QueueState {
                 .insert(m.dedup_id.clone(), (id, now + m.dedup_window_ms));
         }
         if !m.group.is_empty() && self.group_active.contains_key(&m.group) {
-            self.group_queue.entry(m.group.clone()).or_default().push_back(id);
+            self.group_queue
+                .entry(m.group.clone())
+                .or_default()
+                .push_back(id);
             if let Some(msg) = self.msgs.get_mut(&id) {
                 msg.st = St::Queued;
             }
@@ -256,23 +272,37 @@ impl QueueState {
         Enqueued::New(id.to_string())
     }
 
-    pub fn lease(&mut self, max: usize, lease_ms: Option<u64>, seeds: &[String], random: f64, now: u64) -> Leased {
+    pub fn lease(
+        &mut self,
+        max: usize,
+        lease_ms: Option<u64>,
+        seeds: &[String],
+        random: f64,
+        now: u64,
+    ) -> Leased {
         self.reap(now, random);
         self.promote(now);
         let mut deliveries = Vec::new();
         let mut seeds = seeds.iter();
         while !self.paused && deliveries.len() < max {
-            let Some(entry) = self.ready.iter().next().copied() else { break };
+            let Some(entry) = self.ready.iter().next().copied() else {
+                break;
+            };
             self.ready.remove(&entry);
             let id = entry.1;
-            let expired = self.msgs.get(&id).is_some_and(|m| m.expire_at > 0 && m.expire_at <= now);
+            let expired = self
+                .msgs
+                .get(&id)
+                .is_some_and(|m| m.expire_at > 0 && m.expire_at <= now);
             if expired {
                 self.release_group(id, now);
                 self.msgs.remove(&id);
                 self.totals.expired += 1;
                 continue;
             }
-            let Some(m) = self.msgs.get_mut(&id) else { continue };
+            let Some(m) = self.msgs.get_mut(&id) else {
+                continue;
+            };
             m.attempts += 1;
             m.token = format!("{}-{}", m.attempts, seeds.next().map_or("", String::as_str));
             m.lease_until = now + lease_ms.unwrap_or(m.lease_ms);
@@ -285,90 +315,11 @@ impl QueueState {
         } else {
             None
         };
-        Leased { deliveries, next_due_ms }
-    }
-
-    /// The message under lease `token`, if it is leased now.
-    fn leased_by(&self, id: &str, token: &str) -> Option<u64> {
-        let id = parse_id(id)?;
-        let m = self.msgs.get(&id)?;
-        (m.st == St::Leased && m.token == token).then_some(id)
-    }
-
-    pub fn ack(&mut self, id: &str, token: &str, now: u64, retention: u64) -> LeaseCheck<()> {
-        if let Some(n) = parse_id(id)
-            && self.done.get(&n).is_some_and(|(t, _)| t == token)
-        {
-            return LeaseCheck::Done(());
+        Leased {
+            deliveries,
+            next_due_ms,
         }
-        let Some(n) = self.leased_by(id, token) else {
-            return LeaseCheck::Lost;
-        };
-        if let Some(m) = self.msgs.get(&n) {
-            self.leased.remove(&(m.lease_until, n));
-        }
-        self.release_group(n, now);
-        self.msgs.remove(&n);
-        self.done.insert(n, (token.to_owned(), now + retention));
-        self.totals.acked += 1;
-        self.rate(now, true);
-        LeaseCheck::Done(())
     }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn nack(&mut self, id: &str, token: &str, after: Option<u64>, dead: bool, reason: &str, random: f64, now: u64) -> LeaseCheck<bool> {
-        let Some(n) = self.leased_by(id, token) else {
-            return LeaseCheck::Lost;
-        };
-        if let Some(m) = self.msgs.get(&n) {
-            self.leased.remove(&(m.lease_until, n));
-        }
-        let reason = if reason.is_empty() { "nacked" } else { reason };
-        if dead {
-            self.bury(n, now, reason);
-            return LeaseCheck::Done(true);
-        }
-        LeaseCheck::Done(self.retry_or_dead(n, now, after, reason, random))
-    }
-
-    pub fn extend(&mut self, id: &str, token: &str, lease_ms: u64, now: u64) -> LeaseCheck<u64> {
-        let Some(n) = self.leased_by(id, token) else {
-            return LeaseCheck::Lost;
-        };
-        let Some(m) = self.msgs.get_mut(&n) else { return LeaseCheck::Lost };
-        self.leased.remove(&(m.lease_until, n));
-        m.lease_until = now + lease_ms;
-        self.leased.insert((m.lease_until, n));
-        LeaseCheck::Done(m.lease_until)
-    }
-
-    pub fn cancel(&mut self, id: &str, now: u64) -> bool {
-        let Some(n) = parse_id(id) else { return false };
-        let Some(m) = self.msgs.get(&n) else { return false };
-        match m.st {
-            St::Leased => return false,
-            St::Ready => {
-                self.ready.remove(&(m.score, n));
-            }
-            St::Delayed => {
-                self.delayed.remove(&(m.due, n));
-            }
-            St::Dead => {
-                self.dead.remove(&m.dq);
-            }
-            St::Queued => {
-                if let Some(q) = self.group_queue.get_mut(&m.group) {
-                    q.retain(|x| *x != n);
-                }
-            }
-        }
-        if m.st != St::Queued {
-            self.release_group(n, now);
-        }
-        self.msgs.remove(&n);
-        true
-    }
-
 }
 
 pub(super) fn delivery(id: u64, m: &Msg) -> Delivery {

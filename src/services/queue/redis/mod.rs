@@ -54,9 +54,18 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         redrive: w("queue.redrive", include_str!("../lua/redrive.lua")),
         purge: w("queue.purge", include_str!("../lua/purge.lua")),
         stats: r("queue.stats", include_str!("../lua/stats.lua")),
-        schedule_put: w("queue.schedule_put", include_str!("../lua/schedule_put.lua")),
-        schedule_delete: w("queue.schedule_delete", include_str!("../lua/schedule_delete.lua")),
-        schedule_list: r("queue.schedule_list", include_str!("../lua/schedule_list.lua")),
+        schedule_put: w(
+            "queue.schedule_put",
+            include_str!("../lua/schedule_put.lua"),
+        ),
+        schedule_delete: w(
+            "queue.schedule_delete",
+            include_str!("../lua/schedule_delete.lua"),
+        ),
+        schedule_list: r(
+            "queue.schedule_list",
+            include_str!("../lua/schedule_list.lua"),
+        ),
         fire: w("queue.fire", include_str!("../lua/fire.lua")),
     }
 });
@@ -70,11 +79,6 @@ fn prefix(tenant: &Tenant, queue: &str) -> String {
 fn index_key(tenant: &Tenant) -> String {
     keys::key(tenant, SCHEDULE_INDEX_SPACE, "schedules", &[])
 }
-
-
-
-
-
 
 /// The 12 ARGV fields of one message (see `enqueue_one`).
 fn message_args(call: &mut ScriptCall<'_>, m: &NewMessage) {
@@ -92,7 +96,6 @@ fn message_args(call: &mut ScriptCall<'_>, m: &NewMessage) {
         .arg(m.lease_ms)
         .arg(m.expire_at_ms);
 }
-
 
 pub struct RedisQueues {
     redis: Arc<Redis>,
@@ -351,20 +354,23 @@ impl Store for RedisQueues {
         queue: &str,
     ) -> Result<Vec<StoredSchedule>, StoreError> {
         let p = prefix(tenant, queue);
-        items(self.run(SCRIPTS.schedule_list.call(&[&p], &[])).await?, "schedules")?
-            .into_iter()
-            .map(|item| {
-                let f = items(item, "schedule")?;
-                let [id, def, next] = f.as_slice() else {
-                    return Err(internal("schedule", "fields"));
-                };
-                Ok(StoredSchedule {
-                    id: text(id, "id")?,
-                    definition: text(def, "definition")?,
-                    next_ms: int(next, "next")?.max(0) as u64,
-                })
+        items(
+            self.run(SCRIPTS.schedule_list.call(&[&p], &[])).await?,
+            "schedules",
+        )?
+        .into_iter()
+        .map(|item| {
+            let f = items(item, "schedule")?;
+            let [id, def, next] = f.as_slice() else {
+                return Err(internal("schedule", "fields"));
+            };
+            Ok(StoredSchedule {
+                id: text(id, "id")?,
+                definition: text(def, "definition")?,
+                next_ms: int(next, "next")?.max(0) as u64,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn scheduled_queues(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError> {

@@ -32,7 +32,10 @@ pub(super) fn u32_of(v: &Value, what: &str) -> Result<u32, StoreError> {
 /// `lease.lua`: {next due, message...}.
 pub(super) fn leased(reply: Value) -> Result<Leased, StoreError> {
     let mut reply = items(reply, "lease")?.into_iter();
-    let next = int(&reply.next().ok_or_else(|| internal("lease", "empty"))?, "next")?;
+    let next = int(
+        &reply.next().ok_or_else(|| internal("lease", "empty"))?,
+        "next",
+    )?;
     let deliveries = reply
         .map(|item| {
             let f = items(item, "message")?;
