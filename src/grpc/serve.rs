@@ -305,12 +305,13 @@ where
         Ok(stream) => stream,
         Err(e) => {
             finish(method, &span, started, code_of(&e), Some(&e));
-            return Err(Status::from(e));
+            return Err(status(method, e));
         }
     };
     metrics::gauge!(m::RPC_STREAMS_ACTIVE, "service" => method.service, "method" => method.method)
         .increment(1.0);
     let guarded = Guarded {
+        method,
         inner: stream.boxed(),
         deadline: caller_timeout.map(|t| Box::pin(tokio::time::sleep_until(started + t))),
         shutdown: Box::pin(wait_for_shutdown(shared.shutdown.clone())),
@@ -352,6 +353,7 @@ impl Drop for End {
 }
 
 struct Guarded<T> {
+    method: &'static Method,
     inner: BoxStream<'static, Result<T, Error>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -394,7 +396,7 @@ impl<T> Stream for Guarded<T> {
                     tracing::warn!(parent: &end.span, error = %e, "stream failed");
                 }
                 self.close(code);
-                Poll::Ready(Some(Err(Status::from(e))))
+                Poll::Ready(Some(Err(status(self.method, e))))
             }
             Poll::Ready(None) => {
                 self.close(Code::Ok);

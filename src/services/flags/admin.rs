@@ -89,9 +89,11 @@ impl Handler {
     }
 
     fn actor<'a>(ctx: &'a Ctx, action: &'a str) -> Actor<'a> {
+        // Who, not whose: the key id or certificate that made the change
+        // (`anonymous` without authentication).
         Actor {
             action,
-            who: ctx.tenant.as_str(),
+            who: ctx.principal(),
         }
     }
 

@@ -6,12 +6,14 @@
 mod admin;
 mod consume;
 mod parse;
+mod push;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::push::store::Destinations;
 use super::schedule::Ticker;
 use super::store::{Limits, Store};
 use super::waiters::Waiters;
@@ -30,6 +32,7 @@ pub struct Handler {
     settings: Settings,
     waiters: Arc<Waiters>,
     ticker: Arc<Ticker>,
+    destinations: Arc<dyn Destinations>,
 }
 
 crate::grpc_service! {
@@ -50,6 +53,8 @@ crate::grpc_service! {
         unary UpsertSchedule => upsert_schedule(pb::UpsertScheduleRequest) -> pb::UpsertScheduleResponse;
         unary DeleteSchedule => delete_schedule(pb::DeleteScheduleRequest) -> pb::DeleteScheduleResponse;
         unary ListSchedules => list_schedules(pb::ListSchedulesRequest) -> pb::ListSchedulesResponse;
+        unary SetDestination => set_destination(pb::SetDestinationRequest) -> pb::SetDestinationResponse;
+        unary GetDestination => get_destination(pb::GetDestinationRequest) -> pb::GetDestinationResponse;
         stream Consume => consume(tonic::Streaming<pb::ConsumeRequest>) -> pb::ConsumeResponse as ConsumeStream;
     }
 }
@@ -94,17 +99,7 @@ fn lease_lost(queue: &str, id: &str) -> Error {
 
 /// A message id and lease token as sent back.
 fn lease_ref(id: &str, token: &str) -> Result<((), ()), validate::Invalid> {
-    let id_ok = if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(FieldViolation::new(
-            "message_id",
-            format!(
-                "is not a message id this service issued, got {}",
-                validate::quote(id)
-            ),
-        ))
-    };
+    let id_ok = parse::message_id(id, "message_id");
     let token_ok = if !token.is_empty() && token.len() <= 64 && !token.contains(char::is_control) {
         Ok(())
     } else {
@@ -122,12 +117,14 @@ impl Handler {
         settings: Settings,
         waiters: Arc<Waiters>,
         ticker: Arc<Ticker>,
+        destinations: Arc<dyn Destinations>,
     ) -> Self {
         Self {
             store,
             settings,
             waiters,
             ticker,
+            destinations,
         }
     }
 

@@ -22,6 +22,7 @@
 
 mod grpc;
 mod memory;
+pub mod push;
 mod redis;
 pub mod schedule;
 pub mod settings;
@@ -57,11 +58,36 @@ impl Module for Service {
         let waiters = waiters::Waiters::new(settings.poll_interval);
         let schedules = schedule::Ticker::new(store.clone(), settings.clone(), waiters.clone());
         schedules.start(shared.tenants.to_vec(), shared.shutdown.clone());
+        let destinations = push::store::build(registrar.backend());
+        let signer = match &settings.push.signing_key_file {
+            Some(path) => {
+                Some(
+                    push::sign::Signer::load(path).map_err(|message| RegisterError {
+                        service: Self::NAME,
+                        message,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let dispatcher = push::dispatch::Dispatcher::new(
+            store.clone(),
+            destinations.clone(),
+            settings.clone(),
+            signer,
+            schedules.clone(),
+        )
+        .map_err(|message| RegisterError {
+            service: Self::NAME,
+            message,
+        })?;
+        dispatcher.start(shared.shutdown.clone());
         registrar.add(grpc::Handler::new(
             store,
             settings.clone(),
             waiters,
             schedules,
+            destinations,
         ));
         Ok(())
     }

@@ -115,6 +115,11 @@ impl Ticker {
         }
     }
 
+    /// The tenants this replica fires schedules and pushes messages for.
+    pub fn tenants(&self) -> Vec<Tenant> {
+        lock(&self.tenants).iter().cloned().collect()
+    }
+
     pub fn start(self: &Arc<Self>, tenants: Vec<Tenant>, mut shutdown: watch::Receiver<bool>) {
         for t in &tenants {
             self.know(t);

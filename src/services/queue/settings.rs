@@ -53,6 +53,8 @@ crate::section! {
         pub max_schedules: usize = 100, range(1, 10_000);
         /// How often schedules are checked for due ticks.
         pub schedule_interval: Duration = secs(1), range(ms(100), mins(1));
+        /// Push delivery to HTTP destinations.
+        pub push: super::push::PushSettings = super::push::PushSettings::default();
     }
     check = Settings::rules;
 }

@@ -8,6 +8,7 @@
 //! they agree to the microsecond; the conformance suite proves it.
 
 pub mod algorithm;
+pub mod envoy;
 mod grpc;
 mod memory;
 mod redis;
@@ -50,6 +51,21 @@ impl Module for Service {
             message: problems,
         })?;
         let store = store::build(registrar.backend());
+        // Envoy's protocol, from the same store and algorithms.
+        let envoy_config =
+            envoy::Config::load(&settings.envoy).map_err(|message| RegisterError {
+                service: Self::NAME,
+                message: format!("ratelimit.envoy.config_files: {message}"),
+            })?;
+        envoy_config.watch(
+            settings.envoy.reload_interval,
+            registrar.shared().shutdown.clone(),
+        );
+        registrar.add(envoy::Handler::new(
+            store.clone(),
+            envoy_config,
+            settings.envoy.clone(),
+        ));
         registrar.add(grpc::Handler::new(store, settings.clone(), policies));
         Ok(())
     }

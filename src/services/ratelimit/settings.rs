@@ -154,6 +154,8 @@ crate::section! {
         /// Named limits callers refer to by `policy`, e.g.
         /// `ratelimit.policies.auth = {algorithm = "sliding_window", limit = 5, window = "1m"}`.
         pub policies: BTreeMap<String, PolicySpec> = BTreeMap::new();
+        /// Envoy's rate-limit protocol, served beside this one.
+        pub envoy: super::envoy::EnvoySettings = super::envoy::EnvoySettings::default();
     }
     check = Settings::rules;
 }

@@ -271,3 +271,38 @@ async fn quotas_refuse_with_retry_info() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(watch(&mut c).await.is_ok(), "the slot came back");
 }
+
+/// A flag change's audit entry names who made it: the key id, not the
+/// tenant.
+#[tokio::test]
+async fn flag_audit_names_the_key_that_changed_it() {
+    use datalayer::proto::datalayer::flags::v1::{
+        self as fpb, flag_service_client::FlagServiceClient,
+    };
+    let tenant = crate::harness::unique_namespace("fa");
+    let (secret, spec) = key("release-bot", &tenant, &["*"]);
+    let app = spawn_app_with(Backend::Memory, |s| require(s, &[&spec])).await;
+    let as_bot = app.as_key(&secret, &tenant);
+    let mut flags = FlagServiceClient::new(as_bot.channel.clone());
+    flags
+        .put(timed(fpb::PutRequest {
+            flag_set: "s".into(),
+            key: "kill-switch".into(),
+            definition:
+                r#"{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"off"}"#
+                    .into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let audit = flags
+        .list_audit(timed(fpb::ListAuditRequest {
+            flag_set: "s".into(),
+            limit: 10,
+            before: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(audit.entries[0].actor, "release-bot");
+}

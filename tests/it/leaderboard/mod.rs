@@ -14,10 +14,21 @@ use datalayer::proto::datalayer::leaderboard::v1::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Backend, TestApp, assert_bad_field, spawn_app, timed};
+use crate::harness::{Backend, TestApp, assert_bad_field, timed};
 use crate::invariants::fresh;
 
 pub const LIMIT: i64 = (1 << 53) - 1;
+
+/// The app these tests run against. Many concurrent scripts share one
+/// Redis with the whole suite on two cores: a store timeout of a second
+/// keeps a busy moment from reading as an outage (the outage tests set
+/// their own).
+pub async fn app(backend: Backend) -> TestApp {
+    crate::harness::spawn_app_with(backend, |s| {
+        s.redis.command_timeout = std::time::Duration::from_secs(1)
+    })
+    .await
+}
 
 pub fn client(app: &TestApp) -> LeaderboardServiceClient<Channel> {
     LeaderboardServiceClient::new(app.channel.clone())
@@ -80,7 +91,7 @@ pub fn owners(records: &[pb::Record]) -> Vec<String> {
 /// `earliest` puts who got there first ahead, `latest` the reverse,
 /// `owner_id` the lower id; ranks are 1, 2, 3... on every page.
 async fn order_and_every_tie_break(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let cases = [
         (
             pb::SortOrder::Descending,
@@ -127,7 +138,7 @@ async fn order_and_every_tie_break(backend: Backend) {
 /// `best` keeps the better of record and submission: 100 concurrent
 /// submits end at the highest, and every one is counted.
 async fn best_never_decreases_under_concurrent_submits(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let id = fresh("best");
     create(&app, board(&id)).await;
     let scores: Vec<i64> = (0..100).map(|i| (i * 37) % 101).collect();
@@ -164,7 +175,7 @@ async fn best_never_decreases_under_concurrent_submits(backend: Backend) {
 /// 100 concurrent increments sum exactly; decrement floors at the board's
 /// floor.
 async fn increments_sum_exactly_and_decrements_floor(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let id = fresh("incr");
     let mut b = board(&id);
     b.operator = pb::Operator::Increment as i32;
@@ -187,7 +198,7 @@ async fn increments_sum_exactly_and_decrements_floor(backend: Backend) {
 /// Paging with a keyset cursor while another task keeps moving some
 /// owners: every owner that stayed in place is returned exactly once.
 async fn keyset_pages_return_every_stable_owner_once(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let id = fresh("pages");
     let mut b = board(&id);
     b.operator = pb::Operator::Set as i32;
@@ -226,7 +237,7 @@ async fn keyset_pages_return_every_stable_owner_once(backend: Backend) {
 
 /// AroundOwner, Records, Rank and DeleteRecord read and remove exactly.
 async fn around_records_rank_and_delete(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let id = fresh("around");
     create(&app, board(&id)).await;
     for i in 0..10 {
@@ -304,7 +315,7 @@ async fn around_records_rank_and_delete(backend: Backend) {
 /// A retried Submit with the same idempotency key is applied once and
 /// answers the first answer again; another key applies again.
 async fn idempotent_retries_apply_once(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let id = fresh("idem");
     let mut b = board(&id);
     b.operator = pb::Operator::Increment as i32;
@@ -324,7 +335,7 @@ async fn idempotent_retries_apply_once(backend: Backend) {
 /// Create, Get, Update, List and Delete: ids are unique, fixed fields stay
 /// fixed, and a board created again after a delete starts empty.
 async fn definitions_are_managed(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let mut c = client(&app);
     let id = fresh("def");
     let mut b = board(&id);
@@ -416,7 +427,7 @@ async fn definitions_are_managed(backend: Backend) {
 /// Scores within ±(2^53 − 1) rank exactly; beyond is refused, and an
 /// increment that would pass the bound writes nothing.
 async fn scores_at_the_bound_stay_exact(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let id = fresh("bound");
     let mut b = board(&id);
     b.operator = pb::Operator::Increment as i32;
@@ -441,7 +452,7 @@ async fn scores_at_the_bound_stay_exact(backend: Backend) {
 
 /// Every bad field is named at once; unknown boards are NOT_FOUND.
 async fn bad_input_names_every_field(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let mut c = client(&app);
     let status = c
         .submit(timed(pb::SubmitRequest {

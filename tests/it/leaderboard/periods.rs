@@ -9,14 +9,14 @@ use datalayer::proto::datalayer::leaderboard::v1 as pb;
 use tonic::Code;
 
 use super::{board, client, create, owners, sub};
-use crate::harness::{Backend, spawn_app, timed};
+use crate::harness::{Backend, timed};
 use crate::invariants::fresh;
 
 /// A board that resets every second, written by four tasks for over two
 /// seconds: each write is in exactly the one period its answer named, and
 /// every period is read back through ListPeriods and Top.
 async fn each_write_lands_in_exactly_one_period(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = super::app(backend).await;
     let id = fresh("roll");
     let mut b = board(&id);
     b.reset_cron = "* * * * * *".into();
@@ -92,7 +92,7 @@ async fn each_write_lands_in_exactly_one_period(backend: Backend) {
 /// WatchTop sends the top at once, again after a change, and ends with
 /// NOT_FOUND when the board is deleted.
 async fn watch_top_follows_changes_until_deleted(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = super::app(backend).await;
     let id = fresh("watch");
     create(&app, board(&id)).await;
     let mut c = client(&app);

@@ -6,6 +6,7 @@
 
 mod crash;
 mod flow;
+mod push;
 mod schedules;
 
 use std::collections::BTreeSet;

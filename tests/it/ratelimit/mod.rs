@@ -1,6 +1,7 @@
 //! RateLimitService conformance: every case runs against the memory store
 //! and against a real `redis-server`, through the gRPC surface.
 
+mod envoy;
 mod redis_only;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -9,7 +9,7 @@ use datalayer::proto::datalayer::topic::v1::{
 };
 
 use super::{WAIT, client, next_message, publish_many, request, subscribe};
-use crate::harness::{Backend, Channel, pb_duration, spawn_app, timed};
+use crate::harness::{Backend, Channel, pb_duration, timed};
 use crate::invariants::fresh;
 
 fn member(topic: &str, group: &str, consumer: &str) -> pb::SubscribeRequest {
@@ -26,7 +26,7 @@ fn member(topic: &str, group: &str, consumer: &str) -> pb::SubscribeRequest {
 /// (What reached the dropped member's connection but not its reader is
 /// redelivered too: that is what at-least-once means here.)
 async fn groups_split_work_and_redeliver_what_a_dropped_member_held(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = super::app(backend).await;
     let topic = fresh("g");
     let payloads: Vec<String> = (0..20).map(|i| format!("job{i}")).collect();
     publish_many(&app, &topic, &payloads).await;
@@ -83,7 +83,7 @@ async fn groups_split_work_and_redeliver_what_a_dropped_member_held(backend: Bac
 /// 1,000 subscribers on one topic (over ten connections) each get every
 /// message in order, fed by one reader on this replica.
 async fn a_thousand_subscribers_get_every_message(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = super::app(backend).await;
     let topic = fresh("fan");
     let mut subs = Vec::new();
     for _ in 0..10 {

@@ -14,10 +14,19 @@ use datalayer::proto::datalayer::topic::v1::{
 };
 use tonic::Code;
 
-use crate::harness::{
-    Backend, Channel, TestApp, assert_bad_field, spawn_app, spawn_app_with, timed,
-};
+use crate::harness::{Backend, Channel, TestApp, assert_bad_field, spawn_app_with, timed};
 use crate::invariants::fresh;
+
+/// The app these tests run against. Many concurrent scripts share one
+/// Redis with the whole suite on two cores: a store timeout of a second
+/// keeps a busy moment from reading as an outage (the outage tests set
+/// their own).
+pub async fn app(backend: Backend) -> TestApp {
+    crate::harness::spawn_app_with(backend, |s| {
+        s.redis.command_timeout = std::time::Duration::from_secs(1)
+    })
+    .await
+}
 
 pub fn client(app: &TestApp) -> TopicServiceClient<Channel> {
     TopicServiceClient::new(app.channel.clone())
@@ -99,7 +108,7 @@ fn payload(m: &pb::Message) -> String {
 /// Messages come back in publish order with their payload and headers,
 /// replayed from the start, then live.
 async fn replay_then_follow_live_in_order(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let topic = fresh("t");
     let first: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
     let ids = publish_many(&app, &topic, &first).await;
@@ -130,7 +139,7 @@ async fn replay_then_follow_live_in_order(backend: Backend) {
 /// A subscriber that disconnects and comes back with the last id it saw
 /// gets exactly what followed, while a publisher keeps publishing.
 async fn resume_after_a_disconnect_misses_and_repeats_nothing(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let topic = fresh("t");
     let publisher = {
         let channel = app.channel.clone();
@@ -173,7 +182,7 @@ async fn resume_after_a_disconnect_misses_and_repeats_nothing(backend: Backend) 
 /// `latest` gets only what is published after it subscribed; `since`
 /// replays from a time.
 async fn latest_and_since(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let topic = fresh("t");
     publish(&app, &topic, "old").await;
     let mut c = client(&app);
@@ -317,7 +326,7 @@ async fn a_slow_subscriber_falls_behind_without_stalling_others(backend: Backend
 
 /// Every bad field is named.
 async fn bad_input_names_every_field(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = app(backend).await;
     let mut c = client(&app);
     assert_bad_field(
         c.publish(timed(pb::PublishRequest {

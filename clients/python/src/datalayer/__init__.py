@@ -20,10 +20,21 @@ Locks with fencing tokens and leader election ride on ``client.state``::
         ...  # lease.fencing_token, lease.lost, lease.check()
 
 (see :mod:`datalayer._locks`: ``Lease``, ``Leadership``, ``LockLost``, ...).
+
+Workers and consumers ride on ``client.queue`` (the ``Consume`` stream)::
+
+    client.queue.work("analyses", handle, concurrency=10, stop_event=stop).wait()
+    with client.queue.consume("analyses", concurrency=10) as messages:
+        for msg in messages:
+            with msg:          # acks, or nacks on an exception
+                handle(msg)
+
+(see :mod:`datalayer._workers`). A push queue's deliveries are checked with
+:func:`verify_signature` (see :mod:`datalayer._signature`).
 """
 
-from datalayer._client import DEFAULT_TIMEOUT, AsyncClient, Client
-from datalayer._invoke import AsyncServerStream, Metadata, RetryPolicy, ServerStream
+from datalayer._client import DEFAULT_TIMEOUT, AsyncClient, AsyncQueueClient, Client, QueueClient
+from datalayer._invoke import AsyncServerStream, Metadata, RetryPolicy, ServerStream, retryable
 from datalayer._locks import (
     AsyncLeadership,
     AsyncLease,
@@ -38,6 +49,16 @@ from datalayer._locks import (
     parse_duration,
 )
 from datalayer._services import SERVICES
+from datalayer._signature import SIGNATURE_HEADER, SignatureError, parse_signing_keys, verify_signature
+from datalayer._workers import (
+    AsyncConsumer,
+    AsyncDelivery,
+    AsyncWorker,
+    Consumer,
+    Delivery,
+    Worker,
+    WorkerStats,
+)
 from datalayer.errors import (
     Aborted,
     AlreadyExists,
@@ -62,17 +83,24 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TIMEOUT",
     "SERVICES",
+    "SIGNATURE_HEADER",
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncConsumer",
+    "AsyncDelivery",
     "AsyncLeadership",
     "AsyncLease",
     "AsyncLock",
+    "AsyncQueueClient",
     "AsyncServerStream",
+    "AsyncWorker",
     "Cancelled",
     "Client",
+    "Consumer",
     "DatalayerError",
     "DeadlineExceeded",
+    "Delivery",
     "DurationLike",
     "FailedPrecondition",
     "FieldViolation",
@@ -88,11 +116,18 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "QueueClient",
     "ResourceExhausted",
     "RetryPolicy",
     "ServerStream",
+    "SignatureError",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "Worker",
+    "WorkerStats",
     "parse_duration",
+    "parse_signing_keys",
+    "retryable",
+    "verify_signature",
 ]

@@ -9,9 +9,10 @@ import grpc
 import grpc.aio
 
 from datalayer._invoke import AsyncInvoker, Metadata, RetryPolicy, SyncInvoker
-from datalayer._services import AsyncServices, SyncServices
+from datalayer._services import AsyncQueueService, AsyncServices, QueueService, SyncServices
+from datalayer._workers import AsyncQueueWorkers, QueueWorkers
 
-__all__ = ["AsyncClient", "Client", "DEFAULT_TIMEOUT"]
+__all__ = ["AsyncClient", "AsyncQueueClient", "Client", "DEFAULT_TIMEOUT", "QueueClient"]
 
 #: Default deadline of a call, in seconds, covering its retries.
 DEFAULT_TIMEOUT = 5.0
@@ -25,6 +26,16 @@ Interceptor = Union[
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ]
+
+
+class QueueClient(QueueService, QueueWorkers):
+    """``Client.queue``: QueueService's RPCs (``enqueue``, ``ack``, ...) and
+    the helpers of :class:`datalayer._workers.QueueWorkers`: ``consume``
+    (an iterator of messages to settle) and ``work`` (a handler pool)."""
+
+
+class AsyncQueueClient(AsyncQueueService, AsyncQueueWorkers):
+    """``AsyncClient.queue``: as :class:`QueueClient`, on asyncio."""
 
 
 def _metadata(token: str | None) -> Metadata:
@@ -82,8 +93,12 @@ class Client(SyncServices):
         timeout: default deadline of a unary call in seconds, covering its retries
             (``None``: no client deadline; the service then applies its own
             ``server.default_timeout``). Each method takes ``timeout=`` too.
-        retries: how many times UNAVAILABLE is retried (exponential backoff
-            with jitter, never sooner than the error's ``RetryInfo``).
+        retries: how many times an UNAVAILABLE that a repeat cannot apply
+            twice is retried: one carrying ``google.rpc.RetryInfo``, or one
+            that never reached the service (no connection); exponential
+            backoff with jitter, never sooner than the ``RetryInfo`` delay.
+            An UNAVAILABLE without ``RetryInfo`` (the call may have been
+            applied) is raised at once. See :func:`datalayer.retryable`.
         retry_policy: the full backoff settings; overrides ``retries``.
         options: extra gRPC channel options.
         interceptors: gRPC client interceptors wrapped around the channel
@@ -96,7 +111,12 @@ class Client(SyncServices):
     (``client.flags.watch``) returns a :class:`datalayer.ServerStream`, an
     iterator of its answers; the default ``timeout`` does not apply to it.
     Errors raise :class:`datalayer.errors.DatalayerError` subclasses.
+
+    ``client.queue`` also has ``consume(...)`` and ``work(...)``, consumers
+    and workers on the ``Consume`` stream (see :class:`QueueClient`).
     """
+
+    queue: QueueClient
 
     def __init__(
         self,
@@ -129,6 +149,7 @@ class Client(SyncServices):
             plaintext=creds is None,
         )
         self._bind_services(self.channel, self._invoker)
+        self.queue = QueueClient(self.channel, self._invoker)
 
     def close(self) -> None:
         self.channel.close()
@@ -148,6 +169,8 @@ class Client(SyncServices):
 class AsyncClient(AsyncServices):
     """The asyncio twin of :class:`Client` (same arguments), on ``grpc.aio``.
     Create it inside a running event loop; methods are coroutines."""
+
+    queue: AsyncQueueClient
 
     def __init__(
         self,
@@ -179,6 +202,7 @@ class AsyncClient(AsyncServices):
             plaintext=creds is None,
         )
         self._bind_services(self.channel, self._invoker)
+        self.queue = AsyncQueueClient(self.channel, self._invoker)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -1,6 +1,7 @@
 """The path every call of the hand-written layer takes: default deadline,
-metadata (bearer token), retries of UNAVAILABLE with exponential backoff and
-jitter (honouring ``google.rpc.RetryInfo``), and mapping of gRPC errors to
+metadata (bearer token), retries of the UNAVAILABLE a repeat cannot harm
+(see :func:`retryable`) with exponential backoff and jitter (never sooner
+than ``google.rpc.RetryInfo``), and mapping of gRPC errors to
 :mod:`datalayer.errors`.
 
 Server-streaming calls return a :class:`ServerStream` (sync) or an
@@ -21,9 +22,19 @@ from typing import AsyncIterator, Iterator, Protocol, Sequence, TypeVar, Union
 import grpc
 import grpc.aio
 
+from google.rpc import error_details_pb2
+
 from datalayer.errors import DatalayerError, DeadlineExceeded, Unavailable, from_rpc_error
 
-__all__ = ["AsyncInvoker", "AsyncServerStream", "Metadata", "RetryPolicy", "ServerStream", "SyncInvoker"]
+__all__ = [
+    "AsyncInvoker",
+    "AsyncServerStream",
+    "Metadata",
+    "RetryPolicy",
+    "ServerStream",
+    "SyncInvoker",
+    "retryable",
+]
 
 #: Extra call metadata: ``(key, value)`` pairs; ``-bin`` keys take bytes.
 Metadata = Sequence[tuple[str, Union[str, bytes]]]
@@ -35,7 +46,7 @@ _Resp_co = TypeVar("_Resp_co", covariant=True)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How UNAVAILABLE is retried.
+    """How a :func:`retryable` UNAVAILABLE is retried.
 
     Attempt ``n`` (0-based) waits ``retry_after + uniform(0, min(max_backoff,
     initial_backoff * multiplier**n))`` seconds, where ``retry_after`` is the
@@ -43,9 +54,11 @@ class RetryPolicy:
     after ``retries`` attempts, or when the wait would pass the call's deadline
     (the deadline covers all attempts); the last error is then raised.
 
-    Note that a call answered UNAVAILABLE because the store was too slow may
-    still have been applied (e.g. a rate-limit Check consumed); use
-    ``retries=0`` where a repeat is not acceptable.
+    Only an UNAVAILABLE that a repeat cannot apply twice is retried: one with
+    ``RetryInfo``, or one that never left the client (see :func:`retryable`).
+    An UNAVAILABLE without ``RetryInfo`` means the outcome is unknown (a write
+    that may have been applied, e.g. an ``enqueue`` without ``dedup_id``) or
+    that retrying will not help (a misconfigured store): it is raised at once.
     """
 
     retries: int = 3
@@ -65,6 +78,39 @@ TLS_HINT = (
     " (the server closed the connection before answering; if it serves TLS, "
     "connect with an https:// target, tls=True or root_certificates=)"
 )
+
+
+#: How grpc words the failure of a call that got no connection (every address
+#: refused, timed out or failed its handshake) or no address: it fails when
+#: the channel picks a connection for it, before anything of it is sent.
+_NEVER_SENT_PREFIXES = (
+    "failed to connect to all addresses",
+    "DNS resolution failed",
+    "errors resolving ",
+)
+
+
+def _never_sent(err: DatalayerError) -> bool:
+    """The call failed in this client before any of it was sent: grpc
+    found no connection for it. A status from a server (rich details) never
+    counts, whatever its message."""
+    return err.status is None and err.message.startswith(_NEVER_SENT_PREFIXES)
+
+
+def retryable(err: DatalayerError) -> bool:
+    """Whether repeating the failed call cannot apply it twice.
+
+    True for an UNAVAILABLE that carries ``google.rpc.RetryInfo`` (the
+    service sends it when the call never reached the store, or only read),
+    and for one that never left the client (no connection to the service
+    could be made). False for every other error, in particular for an
+    UNAVAILABLE without ``RetryInfo``: the call may have been applied (the
+    store took it and did not answer), or the store refuses until an
+    operator acts. ``DEADLINE_EXCEEDED`` is never retryable: the deadline
+    covers the retries."""
+    if not isinstance(err, Unavailable):
+        return False
+    return err.detail(error_details_pb2.RetryInfo) is not None or _never_sent(err)
 
 
 class _Base:
@@ -110,7 +156,7 @@ class _Base:
 
     def _retry_delay(self, err: DatalayerError, attempt: int, deadline: float | None) -> float | None:
         """The wait before the next attempt, or None to give up."""
-        if not isinstance(err, Unavailable) or attempt >= self.policy.retries:
+        if attempt >= self.policy.retries or not retryable(err):
             return None
         delay = self.policy.delay(attempt, err.retry_after)
         if deadline is not None and time.monotonic() + delay >= deadline:
@@ -210,8 +256,9 @@ class ServerStream(Iterator[_Resp]):
     iteration (a ``Watch`` sees the changes made once the service has
     opened it). Iterating blocks for the next answer; the iterator ends
     when the service ends the stream. A failure raises the matching
-    :class:`datalayer.errors.DatalayerError`; UNAVAILABLE before the first
-    answer is retried as for unary calls (the call is opened again, within
+    :class:`datalayer.errors.DatalayerError`; a :func:`retryable`
+    UNAVAILABLE before the first answer is retried as for unary calls (the
+    call is opened again, within
     the stream's deadline; a retried ``Watch`` sees changes from its new
     attempt on), never after an answer was yielded: open the stream again
     then (for ``Watch``: and re-read what you watch).

@@ -1123,6 +1123,31 @@ class QueueService:
         """ListSchedules."""
         return self._invoke(self.stub.ListSchedules, request, timeout=timeout, metadata=metadata)
 
+    def set_destination(
+        self,
+        request: queue_pb2.SetDestinationRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.SetDestinationResponse:
+        """SetDestination makes the queue a push queue: the service POSTs each
+        message to the destination, with a `datalayer-signature` header, and
+        treats a 2xx answer as its ack; anything else, a timeout or a
+        connection error is a failed attempt (the queue's backoff, then the
+        dead letters). An empty url makes it a pull queue again.
+        """
+        return self._invoke(self.stub.SetDestination, request, timeout=timeout, metadata=metadata)
+
+    def get_destination(
+        self,
+        request: queue_pb2.GetDestinationRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.GetDestinationResponse:
+        """GetDestination reads a queue's push destination."""
+        return self._invoke(self.stub.GetDestination, request, timeout=timeout, metadata=metadata)
+
 
 class AsyncQueueService:
     """QueueService is a job queue that never loses an accepted message: a
@@ -1317,6 +1342,31 @@ class AsyncQueueService:
     ) -> queue_pb2.ListSchedulesResponse:
         """ListSchedules."""
         return await self._invoke(self.stub.ListSchedules, request, timeout=timeout, metadata=metadata)
+
+    async def set_destination(
+        self,
+        request: queue_pb2.SetDestinationRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.SetDestinationResponse:
+        """SetDestination makes the queue a push queue: the service POSTs each
+        message to the destination, with a `datalayer-signature` header, and
+        treats a 2xx answer as its ack; anything else, a timeout or a
+        connection error is a failed attempt (the queue's backoff, then the
+        dead letters). An empty url makes it a pull queue again.
+        """
+        return await self._invoke(self.stub.SetDestination, request, timeout=timeout, metadata=metadata)
+
+    async def get_destination(
+        self,
+        request: queue_pb2.GetDestinationRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> queue_pb2.GetDestinationResponse:
+        """GetDestination reads a queue's push destination."""
+        return await self._invoke(self.stub.GetDestination, request, timeout=timeout, metadata=metadata)
 
 
 class RateLimitService:

@@ -127,8 +127,13 @@ class InvalidArgument(DatalayerError):
 
 class Unavailable(DatalayerError):
     """The service or its store cannot answer now; ``retry_after`` (seconds)
-    says when to try again if the service said so. The client already retried
-    ``retries`` times with exponential backoff before raising this."""
+    says when to try again if the service said so (``google.rpc.RetryInfo``).
+
+    With ``RetryInfo`` (or when no connection could be made) a repeat is
+    safe, and the client already retried ``retries`` times before raising
+    this. Without it the call may have been applied (the message says so):
+    the client did not retry, and only the caller knows whether repeating it
+    is safe (e.g. an ``enqueue`` with a ``dedup_id`` is)."""
 
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -9,21 +9,6 @@ use crate::services::queue::schedule::{self, CronSpec, Definition, Template};
 use crate::services::queue::store::StoredSchedule;
 use crate::validate::{self, FieldViolation};
 
-/// A message id this service issued: its decimal number.
-fn message_id(id: &str, field: &str) -> Result<(), FieldViolation> {
-    if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(FieldViolation::new(
-            field,
-            format!(
-                "is not a message id this service issued, got {}",
-                validate::quote(id)
-            ),
-        ))
-    }
-}
-
 fn ids(s: &crate::services::queue::Settings, ids: &[String]) -> Result<(), validate::Invalid> {
     if ids.len() > s.max_page_size {
         return Err(FieldViolation::new(
@@ -36,7 +21,7 @@ fn ids(s: &crate::services::queue::Settings, ids: &[String]) -> Result<(), valid
         )
         .into());
     }
-    validate::each(ids, "message_ids", |id| message_id(id, "")).map(|_| ())
+    validate::each(ids, "message_ids", |id| parse::message_id(id, "")).map(|_| ())
 }
 
 fn schedule_out(
@@ -78,7 +63,7 @@ impl Handler {
     ) -> Result<pb::CancelResponse, Error> {
         validate::all((
             self.queue(&ctx, &req.queue),
-            message_id(&req.message_id, "message_id"),
+            parse::message_id(&req.message_id, "message_id"),
         ))?;
         let cancelled = ctx
             .store(self.store.cancel(&ctx.tenant, &req.queue, &req.message_id))

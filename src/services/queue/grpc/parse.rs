@@ -202,3 +202,18 @@ pub fn message(
         expire_at_ms: expire_at,
     })
 }
+
+/// A message id this service issued: its decimal number.
+pub(super) fn message_id(id: &str, field: &str) -> Result<(), FieldViolation> {
+    if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(
+            field,
+            format!(
+                "is not a message id this service issued, got {}",
+                validate::quote(id)
+            ),
+        ))
+    }
+}

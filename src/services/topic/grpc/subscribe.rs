@@ -8,9 +8,9 @@
 //! stream ends.
 //!
 //! Group: the member reads its group's next messages (pending ones idle
-//! past the ack timeout first, then new ones) every `topic.poll_interval`,
-//! or at once after a publish through this replica; a store failure ends
-//! the stream (UNAVAILABLE) and the member subscribes again.
+//! past the ack timeout first, then new ones) every `topic.poll_interval`
+//! while the group has nothing for it; a store failure ends the stream
+//! (UNAVAILABLE) and the member subscribes again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -106,7 +106,9 @@ class PutRequest(_message.Message):
     flag_set: _builtins.str
     """1 to 256 characters without control characters."""
     key: _builtins.str
-    """1 to 256 characters of [A-Za-z0-9_.:/-]."""
+    """1 to 256 characters without control characters (flagd keys are free
+    text).
+    """
     definition: _builtins.str
     """The flag in flagd JSON, at most `flags.max_flag_bytes`."""
     expected_version: _builtins.int
@@ -304,7 +306,7 @@ class ListRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     flag_set: _builtins.str
     page_size: _builtins.int
-    """At most `flags.max_page_size`; 0 means the default (100)."""
+    """At most 1000; 0 means the default (100)."""
     page_token: _builtins.str
     """From a previous ListResponse; empty for the first page."""
     def __init__(
@@ -818,7 +820,9 @@ class AuditEntry(_message.Message):
     """The definition before and after, as JSON ("" when absent)."""
     after: _builtins.str
     actor: _builtins.str
-    """Who made the change, once API keys exist (the tenant for now)."""
+    """Who made the change: the API key's id, `cert:<common name>`, or
+    `anonymous` when calls carry no credentials.
+    """
     version: _builtins.int
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...

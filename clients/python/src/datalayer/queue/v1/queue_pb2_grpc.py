@@ -129,6 +129,16 @@ class QueueServiceStub:
                 request_serializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.ListSchedulesRequest.SerializeToString,
                 response_deserializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.ListSchedulesResponse.FromString,
                 _registered_method=True)
+        self.SetDestination = channel.unary_unary(
+                '/datalayer.queue.v1.QueueService/SetDestination',
+                request_serializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.SetDestinationRequest.SerializeToString,
+                response_deserializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.SetDestinationResponse.FromString,
+                _registered_method=True)
+        self.GetDestination = channel.unary_unary(
+                '/datalayer.queue.v1.QueueService/GetDestination',
+                request_serializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.GetDestinationRequest.SerializeToString,
+                response_deserializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.GetDestinationResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer:
@@ -269,6 +279,24 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDestination(self, request, context):
+        """SetDestination makes the queue a push queue: the service POSTs each
+        message to the destination, with a `datalayer-signature` header, and
+        treats a 2xx answer as its ack; anything else, a timeout or a
+        connection error is a failed attempt (the queue's backoff, then the
+        dead letters). An empty url makes it a pull queue again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDestination(self, request, context):
+        """GetDestination reads a queue's push destination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -356,6 +384,16 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.ListSchedules,
                     request_deserializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.ListSchedulesRequest.FromString,
                     response_serializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'SetDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDestination,
+                    request_deserializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.SetDestinationRequest.FromString,
+                    response_serializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.SetDestinationResponse.SerializeToString,
+            ),
+            'GetDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDestination,
+                    request_deserializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.GetDestinationRequest.FromString,
+                    response_serializer=datalayer_dot_queue_dot_v1_dot_queue__pb2.GetDestinationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -827,6 +865,60 @@ class QueueService:
             '/datalayer.queue.v1.QueueService/ListSchedules',
             datalayer_dot_queue_dot_v1_dot_queue__pb2.ListSchedulesRequest.SerializeToString,
             datalayer_dot_queue_dot_v1_dot_queue__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datalayer.queue.v1.QueueService/SetDestination',
+            datalayer_dot_queue_dot_v1_dot_queue__pb2.SetDestinationRequest.SerializeToString,
+            datalayer_dot_queue_dot_v1_dot_queue__pb2.SetDestinationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datalayer.queue.v1.QueueService/GetDestination',
+            datalayer_dot_queue_dot_v1_dot_queue__pb2.GetDestinationRequest.SerializeToString,
+            datalayer_dot_queue_dot_v1_dot_queue__pb2.GetDestinationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,15 @@ class QueueServiceStub:
     """
     DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_queue_pb2.DeleteScheduleRequest, _queue_pb2.DeleteScheduleResponse]
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ListSchedulesRequest, _queue_pb2.ListSchedulesResponse]
+    SetDestination: _grpc.UnaryUnaryMultiCallable[_queue_pb2.SetDestinationRequest, _queue_pb2.SetDestinationResponse]
+    """SetDestination makes the queue a push queue: the service POSTs each
+    message to the destination, with a `datalayer-signature` header, and
+    treats a 2xx answer as its ack; anything else, a timeout or a
+    connection error is a failed attempt (the queue's backoff, then the
+    dead letters). An empty url makes it a pull queue again.
+    """
+    GetDestination: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetDestinationRequest, _queue_pb2.GetDestinationResponse]
+    """GetDestination reads a queue's push destination."""
 
 @_typing.type_check_only
 class QueueServiceAsyncStub(QueueServiceStub):
@@ -153,6 +162,15 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """
     DeleteSchedule: _aio.UnaryUnaryMultiCallable[_queue_pb2.DeleteScheduleRequest, _queue_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
     ListSchedules: _aio.UnaryUnaryMultiCallable[_queue_pb2.ListSchedulesRequest, _queue_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    SetDestination: _aio.UnaryUnaryMultiCallable[_queue_pb2.SetDestinationRequest, _queue_pb2.SetDestinationResponse]  # type: ignore[assignment]
+    """SetDestination makes the queue a push queue: the service POSTs each
+    message to the destination, with a `datalayer-signature` header, and
+    treats a 2xx answer as its ack; anything else, a timeout or a
+    connection error is a failed attempt (the queue's backoff, then the
+    dead letters). An empty url makes it a pull queue again.
+    """
+    GetDestination: _aio.UnaryUnaryMultiCallable[_queue_pb2.GetDestinationRequest, _queue_pb2.GetDestinationResponse]  # type: ignore[assignment]
+    """GetDestination reads a queue's push destination."""
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     """QueueService is a job queue that never loses an accepted message: a
@@ -315,5 +333,26 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_pb2.ListSchedulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.ListSchedulesResponse, _abc.Awaitable[_queue_pb2.ListSchedulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetDestination(
+        self,
+        request: _queue_pb2.SetDestinationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.SetDestinationResponse, _abc.Awaitable[_queue_pb2.SetDestinationResponse]]:
+        """SetDestination makes the queue a push queue: the service POSTs each
+        message to the destination, with a `datalayer-signature` header, and
+        treats a 2xx answer as its ack; anything else, a timeout or a
+        connection error is a failed attempt (the queue's backoff, then the
+        dead letters). An empty url makes it a pull queue again.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDestination(
+        self,
+        request: _queue_pb2.GetDestinationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.GetDestinationResponse, _abc.Awaitable[_queue_pb2.GetDestinationResponse]]:
+        """GetDestination reads a queue's push destination."""
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,7 +65,8 @@ export type PutRequest = Message<"datalayer.flags.v1.PutRequest"> & {
   flagSet: string;
 
   /**
-   * 1 to 256 characters of [A-Za-z0-9_.:/-].
+   * 1 to 256 characters without control characters (flagd keys are free
+   * text).
    *
    * @generated from field: string key = 2;
    */
@@ -268,7 +269,7 @@ export type ListRequest = Message<"datalayer.flags.v1.ListRequest"> & {
   flagSet: string;
 
   /**
-   * At most `flags.max_page_size`; 0 means the default (100).
+   * At most 1000; 0 means the default (100).
    *
    * @generated from field: uint32 page_size = 2;
    */
@@ -847,7 +848,8 @@ export type AuditEntry = Message<"datalayer.flags.v1.AuditEntry"> & {
   after: string;
 
   /**
-   * Who made the change, once API keys exist (the tenant for now).
+   * Who made the change: the API key's id, `cert:<common name>`, or
+   * `anonymous` when calls carry no credentials.
    *
    * @generated from field: string actor = 8;
    */
