@@ -78,8 +78,12 @@ const LEADERBOARD_ADMIN: &[&str] = &[
     "DeleteRecord",
 ];
 
-/// Deleting a topic drops every subscriber's messages.
-const TOPIC_ADMIN: (&str, &str) = ("datalayer.topic.v1.TopicService", "DeleteTopic");
+/// Deleting a topic drops every subscriber's messages; a push destination
+/// sends a queue's data to a URL.
+const ADMIN_METHODS: &[(&str, &str)] = &[
+    ("datalayer.topic.v1.TopicService", "DeleteTopic"),
+    ("datalayer.queue.v1.QueueService", "SetDestination"),
+];
 
 /// Services whose every method is a read whatever its name.
 const READ_SERVICES: &[&str] = &[
@@ -93,7 +97,7 @@ const READ_SERVICES: &[&str] = &[
 pub fn classify(service: &str, method: &str) -> Access {
     if service == FLAG_SERVICE && FLAG_WRITES.contains(&method)
         || service == LEADERBOARD_SERVICE && LEADERBOARD_ADMIN.contains(&method)
-        || (service, method) == TOPIC_ADMIN
+        || ADMIN_METHODS.contains(&(service, method))
     {
         return Access::Admin;
     }

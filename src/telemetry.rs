@@ -1,7 +1,9 @@
 //! Logs through `tracing` (text or JSON), and traces over OTLP/gRPC when an
 //! endpoint is configured (`telemetry.otlp_endpoint`, else
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`). Incoming W3C `traceparent` headers are
-//! continued (see [`crate::grpc::serve`]).
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`):
+//! `http://` in the clear, `https://` over TLS (the web's roots, or the CA
+//! of `telemetry.otlp_ca_file` / `OTEL_EXPORTER_OTLP_CERTIFICATE`). Incoming
+//! W3C `traceparent` headers are continued (see [`crate::grpc::serve`]).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -31,6 +33,9 @@ crate::section! {
         /// Falls back to `OTEL_EXPORTER_OTLP_ENDPOINT`; unset: no traces
         /// are exported.
         pub otlp_endpoint: Option<String> = None;
+        /// PEM CA that signs an `https://` endpoint's certificate (a private
+        /// CA); unset: `OTEL_EXPORTER_OTLP_CERTIFICATE`, else the web's roots.
+        pub otlp_ca_file: Option<std::path::PathBuf> = None;
         /// `service.name` resource attribute of exported spans.
         pub service_name: String = "datalayer".to_owned();
     }
@@ -92,13 +97,68 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// The endpoint traces go to, if any.
 pub fn otlp_endpoint(settings: &TelemetrySettings) -> Option<String> {
     settings
         .otlp_endpoint
         .clone()
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
         .filter(|e| !e.trim().is_empty())
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
+/// The trace exporter the settings ask for (`None`: no endpoint), checked:
+/// only OTLP over gRPC is built in, so another `OTEL_EXPORTER_OTLP_*PROTOCOL`
+/// is refused rather than ignored.
+pub fn exporter(
+    settings: &TelemetrySettings,
+) -> Result<Option<(opentelemetry_otlp::SpanExporter, String)>, TelemetryError> {
+    let Some(endpoint) = otlp_endpoint(settings) else {
+        return Ok(None);
+    };
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(p) = env(var)
+            && p != "grpc"
+        {
+            return Err(TelemetryError::Exporter(format!(
+                "{var}={p}: only `grpc` (OTLP over gRPC, e.g. http://collector:4317 or https://…) is supported"
+            )));
+        }
+    }
+    let ca = settings
+        .otlp_ca_file
+        .clone()
+        .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE").map(Into::into));
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone());
+    let mut how = if endpoint.starts_with("https://") {
+        "over TLS (the web's roots)".to_owned()
+    } else {
+        "in the clear".to_owned()
+    };
+    if let Some(path) = ca {
+        use opentelemetry_otlp::WithTonicConfig;
+        let pem = std::fs::read(&path).map_err(|e| {
+            TelemetryError::Exporter(format!("the OTLP CA file {}: {e}", path.display()))
+        })?;
+        builder = builder.with_tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        );
+        how = format!("over TLS (CA {})", path.display());
+    }
+    let exporter = builder
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    Ok(Some((exporter, format!("{endpoint} (OTLP/gRPC {how})"))))
 }
 
 /// Installs the global subscriber, propagator and (optionally) exporter.
@@ -125,14 +185,11 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let (otel, provider) = match otlp_endpoint(settings) {
+    let exported = exporter(settings)?;
+    let destination = exported.as_ref().map(|(_, to)| to.clone());
+    let (otel, provider) = match exported {
         None => (None, None),
-        Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()
-                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        Some((exporter, _)) => {
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(
@@ -163,5 +220,11 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         .with(otel)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    match destination {
+        Some(to) => tracing::info!(to = %to, "traces are exported"),
+        None => tracing::info!(
+            "traces are not exported (set telemetry.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)"
+        ),
+    }
     Ok(TelemetryGuard { provider })
 }

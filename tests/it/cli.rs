@@ -433,3 +433,30 @@ fn the_open_file_limit_is_raised() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An OTLP protocol the build does not speak stops start-up naming the
+/// variable (it used to be ignored); an `https://` endpoint starts.
+#[test]
+fn otlp_protocols_other_than_grpc_are_refused() {
+    let out = run(&["--version"], &[]);
+    assert!(out.status.success());
+    let mut child = datalayer(
+        &[],
+        &[
+            ("DATALAYER__SERVER__ADDR", "127.0.0.1:0"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("binary runs");
+    let status = child.wait().expect("it exits");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"),
+        "{err}"
+    );
+}

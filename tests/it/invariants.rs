@@ -98,6 +98,11 @@ fn check_keys(app: &TestApp, service: &str) {
             }
             _ => app.redis().pttl(&key),
         };
+        // Gone since the scan (a queue's list emptied by a lease still in
+        // flight): nothing left that could outlive its data.
+        if ttl == -2 {
+            continue;
+        }
         if declared.caller_ttl {
             assert!(
                 ttl == -1 || (ttl > 0 && ttl <= MAX_TTL_MS),

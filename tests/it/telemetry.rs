@@ -218,3 +218,75 @@ async fn spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
             .any(|n| n == "datalayer-under-test")
     );
 }
+
+/// OTLP over TLS: `https://` with a private CA (`telemetry.otlp_ca_file`)
+/// reaches a TLS receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_receiver_over_tls() {
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "otlp test ca");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = receiver.clone();
+    let identity = tonic::transport::Identity::from_pem(leaf.pem(), leaf_key.serialize_pem());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(TraceServiceServer::new(server))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+
+    let settings = TelemetrySettings {
+        otlp_endpoint: Some(format!("https://localhost:{port}")),
+        otlp_ca_file: Some(ca_file),
+        ..TelemetrySettings::default()
+    };
+    let (exporter, to) = telemetry::exporter(&settings)
+        .unwrap()
+        .expect("an exporter");
+    assert!(to.contains("over TLS (CA"), "{to}");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .build();
+    provider.tracer("tls-test").in_span("over-tls", |_| {});
+    let started = Instant::now();
+    loop {
+        let _ = provider.force_flush();
+        if receiver
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == "over-tls")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no span arrived over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = provider.shutdown();
+}

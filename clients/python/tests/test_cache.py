@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from datalayer import AsyncClient, Client, InvalidArgument
+from datalayer import AsyncClient, Client, InvalidArgument, Unavailable
 from datalayer.cache.v1 import cache_pb2 as c
 
 from .conftest import Stack, require, unique
@@ -76,3 +78,26 @@ async def test_async_cache_round_trip(async_client: AsyncClient) -> None:
     assert (await async_client.cache.set(c.SetRequest(key=key, value=b"z", ttl=MINUTE))).stored
     got = await async_client.cache.get(c.GetRequest(key=key))
     assert got.found and got.entry.value == b"z"
+
+
+def test_store_down_read_is_retried_after_retry_info(stack: Stack, make_client) -> None:  # type: ignore[no-untyped-def]
+    """Redis paused: a Get (a read, safe to repeat) that the store does not
+    answer within redis.command_timeout (250 ms) is UNAVAILABLE with a
+    RetryInfo of 250 ms; the client waits at least that long and repeats it,
+    until the next wait would pass the 1 s deadline."""
+    client = make_client(retries=3)
+    key = unique("py:cache:down")
+    client.cache.get(c.GetRequest(key=key))  # connected
+    stack.redis.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            client.cache.get(c.GetRequest(key=key), timeout=1.0)
+        elapsed = time.monotonic() - started
+        # Two attempts of 250 ms with at least 250 ms between them; a third
+        # would start past the deadline.
+        assert 0.7 <= elapsed < 1.1, f"{elapsed:.3f}s"
+        assert info.value.retry_after == pytest.approx(0.25)
+    finally:
+        stack.redis.resume()
+    stack.wait_serving()

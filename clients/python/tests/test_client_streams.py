@@ -14,19 +14,34 @@ from typing import Any, AsyncIterator, Iterator
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from datalayer import AsyncClient, Client, InvalidArgument, RetryPolicy, Unavailable
 from datalayer.flags.v1 import flags_pb2 as f
 from datalayer.flags.v1 import flags_pb2_grpc
 
 
+def not_yet(retry_info: bool = True) -> status_pb2.Status:
+    """UNAVAILABLE "not yet", with a RetryInfo of 10 ms (a repeat is safe)
+    when `retry_info`."""
+    status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message="not yet")
+    if retry_info:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=10_000_000)))
+        status.details.append(detail)
+    return status
+
+
 class Watcher(flags_pb2_grpc.FlagServiceServicer):
-    """Watch fails `fail_before` times with UNAVAILABLE, then yields
-    `answers` changes, then fails with `fail_after` (or ends, or blocks
-    until cancelled when `block`)."""
+    """Watch fails `fail_before` times with UNAVAILABLE (with RetryInfo
+    unless not `retry_info`), then yields `answers` changes, then fails with
+    `fail_after` (or ends, or blocks until cancelled when `block`)."""
 
     def __init__(self) -> None:
         self.fail_before = 0
+        self.retry_info = True
         self.answers = 2
         self.fail_after: grpc.StatusCode | None = None
         self.block = False
@@ -39,7 +54,7 @@ class Watcher(flags_pb2_grpc.FlagServiceServicer):
         self.time_remaining.append(context.time_remaining())
         if self.fail_before > 0:
             self.fail_before -= 1
-            context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+            context.abort_with_status(rpc_status.to_status(not_yet(self.retry_info)))
         try:
             for i in range(self.answers):
                 yield f.WatchResponse(flag_set=request.flag_set, key=f"k{i}", type=f.CHANGE_TYPE_WRITE, version=i + 1)
@@ -105,6 +120,17 @@ def test_retries_before_the_first_answer_give_up_with_the_last_error(watcher: tu
     assert len(w.calls) == 2 and info.value.message == "not yet"
 
 
+def test_unavailable_without_retry_info_before_the_first_answer_is_not_retried(
+    watcher: tuple[str, Watcher],
+) -> None:
+    addr, w = watcher
+    w.fail_before, w.retry_info = 2, False
+    with Client(addr, retry_policy=RetryPolicy(retries=3, initial_backoff=0.01)) as client:
+        with pytest.raises(Unavailable) as info:
+            keys(client.flags.watch(f.WatchRequest()))
+    assert len(w.calls) == 1 and info.value.message == "not yet" and info.value.retry_after is None
+
+
 def test_a_stream_that_yielded_is_not_retried(watcher: tuple[str, Watcher]) -> None:
     addr, w = watcher
     w.fail_after = grpc.StatusCode.UNAVAILABLE
@@ -161,7 +187,12 @@ class AsyncWatcher(flags_pb2_grpc.FlagServiceServicer):
         self.calls += 1
         if self.fail_before > 0:
             self.fail_before -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+            status = not_yet()
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                status.message,
+                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+            )
         for i in range(2):
             yield f.WatchResponse(key=f"k{i}")
         if self.block:

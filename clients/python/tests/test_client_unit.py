@@ -3,7 +3,10 @@ timing. Uses an in-process gRPC server (no datalayer binary needed)."""
 
 from __future__ import annotations
 
+import socket
+import time
 from concurrent import futures
+from datetime import timedelta
 from typing import Any, Iterator
 
 import grpc
@@ -11,27 +14,50 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from datalayer import Client, RetryPolicy, Unavailable
+from datalayer import (
+    Client,
+    DatalayerError,
+    DeadlineExceeded,
+    ResourceExhausted,
+    RetryPolicy,
+    Unavailable,
+    retryable,
+)
+from datalayer.errors import from_rpc_error
 from datalayer.ratelimit.v1 import ratelimit_pb2 as rl
 from datalayer.ratelimit.v1 import ratelimit_pb2_grpc
 
 
 class Recorder(ratelimit_pb2_grpc.RateLimitServiceServicer):
-    """Answers Check after failing `fail` times with UNAVAILABLE + RetryInfo."""
+    """Answers Check after failing `fail` times with UNAVAILABLE, with a
+    RetryInfo of 100 ms when `retry_info` (what the service sends when a
+    repeat is safe), else without (the call may have been applied)."""
 
     def __init__(self, fail: int = 0) -> None:
         self.fail = fail
+        self.retry_info = True
         self.metadata: list[dict[str, Any]] = []
 
     def Check(self, request: rl.CheckRequest, context: grpc.ServicerContext) -> rl.CheckResponse:
         self.metadata.append(dict(context.invocation_metadata()))
         if self.fail > 0:
             self.fail -= 1
-            detail = any_pb2.Any()
-            detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=100_000_000)))
-            status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message="store down", details=[detail])
-            context.abort_with_status(_RichStatus(status))
+            if not self.retry_info:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "store: timeout; the write may have been applied")
+            context.abort_with_status(_RichStatus(unavailable(retry_delay=0.1)))
         return rl.CheckResponse(allowed=True, remaining=7)
+
+
+def unavailable(message: str = "store down", retry_delay: float | None = None) -> status_pb2.Status:
+    """A google.rpc.Status UNAVAILABLE, with a RetryInfo when `retry_delay`."""
+    details = []
+    if retry_delay is not None:
+        detail = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=retry_delay))
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(detail)
+    return status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message, details=details)
 
 
 class _RichStatus(grpc.Status):  # type: ignore[misc]
@@ -41,13 +67,18 @@ class _RichStatus(grpc.Status):  # type: ignore[misc]
         self.trailing_metadata = (("grpc-status-details-bin", status.SerializeToString()),)
 
 
+def serve(recorder: Recorder, addr: str = "127.0.0.1:0") -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    ratelimit_pb2_grpc.add_RateLimitServiceServicer_to_server(recorder, server)
+    port = server.add_insecure_port(addr)
+    server.start()
+    return server, port
+
+
 @pytest.fixture
 def fake() -> Iterator[tuple[str, Recorder]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     recorder = Recorder()
-    ratelimit_pb2_grpc.add_RateLimitServiceServicer_to_server(recorder, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = serve(recorder)
     yield f"127.0.0.1:{port}", recorder
     server.stop(None)
 
@@ -87,6 +118,142 @@ def test_retries_give_up_with_the_last_error(fake: tuple[str, Recorder], monkeyp
         client.ratelimit.check(rl.CheckRequest(key="k"))
     assert len(recorder.metadata) == 2
     assert info.value.retry_after == pytest.approx(0.1) and info.value.message == "store down"
+
+
+def test_unavailable_without_retry_info_is_not_retried(
+    fake: tuple[str, Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No RetryInfo: the call may have been applied, so it is not repeated."""
+    addr, recorder = fake
+    recorder.fail, recorder.retry_info = 1, False
+    slept: list[float] = []
+    monkeypatch.setattr("datalayer._invoke.time.sleep", slept.append)
+    with Client(addr, retries=3) as client, pytest.raises(Unavailable) as info:
+        client.ratelimit.check(rl.CheckRequest(key="k"))
+    assert len(recorder.metadata) == 1 and slept == []
+    assert info.value.retry_after is None and "may have been applied" in info.value.message
+    # The same server, with RetryInfo: retried, and answered.
+    recorder.fail, recorder.retry_info = 1, True
+    with Client(addr, retries=3) as client:
+        assert client.ratelimit.check(rl.CheckRequest(key="k")).remaining == 7
+    assert len(recorder.metadata) == 3 and len(slept) == 1 and slept[0] >= 0.1
+
+
+class _FakeCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A failed call as grpc raises it: code, message, trailers."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, status: status_pb2.Status | None = None) -> None:
+        self._code, self._message = code, message
+        self._trailers = (("grpc-status-details-bin", status.SerializeToString()),) if status is not None else ()
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> Any:
+        return self._trailers
+
+    def initial_metadata(self) -> Any:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+
+def error(code: grpc.StatusCode, message: str, status: status_pb2.Status | None = None) -> DatalayerError:
+    return from_rpc_error(_FakeCall(code, message, status))
+
+
+REFUSED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: "
+    "Failed to connect to remote host: Connection refused"
+)
+
+
+def test_only_retry_info_or_a_call_never_sent_is_retryable() -> None:
+    down = unavailable("store: redis is unreachable or failing: Connection refused", retry_delay=0.25)
+    with_info = error(grpc.StatusCode.UNAVAILABLE, down.message, down)
+    assert isinstance(with_info, Unavailable) and with_info.retry_after == pytest.approx(0.25)
+    assert retryable(with_info)
+    # RetryInfo without a delay still says a repeat is safe (backoff only).
+    no_delay = unavailable("down")
+    no_delay.details.add().Pack(error_details_pb2.RetryInfo())
+    assert retryable(error(grpc.StatusCode.UNAVAILABLE, "down", no_delay))
+
+    # The service's "may have been applied" (a plain status, or a rich one
+    # without RetryInfo): not retryable.
+    unknown = "store: the store did not answer within 250ms (redis.command_timeout); the write may have been applied"
+    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, unknown))
+    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, unknown, unavailable(unknown)))
+    # Misconfigured store (READONLY): no RetryInfo, not retryable.
+    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, "store: redis is read-only"))
+    # A connection lost mid-call may have delivered the call: not retryable.
+    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
+    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, "recvmsg:Connection reset by peer"))
+
+    # No connection could be made: the call never left the client.
+    assert retryable(error(grpc.StatusCode.UNAVAILABLE, REFUSED))
+    # ... but a status a server sent never counts as that, whatever it says.
+    assert not retryable(error(grpc.StatusCode.UNAVAILABLE, REFUSED, unavailable(REFUSED)))
+
+    # Other codes are never retried, RetryInfo or not.
+    quota = status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message="quota")
+    quota.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
+    exhausted = error(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota", quota)
+    assert isinstance(exhausted, ResourceExhausted) and exhausted.retry_after == 1.0
+    assert not retryable(exhausted)
+    late = error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert isinstance(late, DeadlineExceeded) and not retryable(late)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_refused_connection_is_retried_until_the_server_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens: grpc fails the call before sending it, so it is
+    retried (here until a server starts on the port, at the first wait)."""
+    port = free_port()
+    recorder = Recorder()
+    servers: list[grpc.Server] = []
+    real_sleep = time.sleep
+
+    def start_then_sleep(seconds: float) -> None:
+        if not servers:
+            servers.append(serve(recorder, f"127.0.0.1:{port}")[0])
+        real_sleep(seconds)
+
+    monkeypatch.setattr("datalayer._invoke.time.sleep", start_then_sleep)
+    fast_reconnect = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
+    try:
+        policy = RetryPolicy(retries=50, initial_backoff=0.05, max_backoff=0.1)
+        with Client(f"127.0.0.1:{port}", retry_policy=policy, options=fast_reconnect) as client:
+            assert client.ratelimit.check(rl.CheckRequest(key="k"), timeout=10).remaining == 7
+        assert servers and len(recorder.metadata) == 1, "the refused attempts never reached a server"
+    finally:
+        for server in servers:
+            server.stop(None)
+
+
+def test_a_refused_connection_gives_up_after_the_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("datalayer._invoke.time.sleep", slept.append)
+    with Client(f"127.0.0.1:{free_port()}", retries=2) as client, pytest.raises(Unavailable) as info:
+        client.ratelimit.check(rl.CheckRequest(key="k"))
+    assert len(slept) == 2 and info.value.message.startswith("failed to connect to all addresses")
 
 
 def test_backoff_grows_and_is_capped() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,3 +37,52 @@ def test_readme_shows_the_quickstart_verbatim() -> None:
     doc = (EXAMPLES.parents[2] / "README.md").read_text()
     block = doc.split("```python quickstart\n", 1)[1].split("```\n", 1)[0]
     assert block == (EXAMPLES / "quickstart.py").read_text()
+
+
+def test_worker_example(stack: Stack) -> None:
+    """examples/worker.py handles a queue until SIGTERM, as
+    clients/python/README.md shows it."""
+    import signal
+    import time
+
+    from datalayer import Client
+    from datalayer.queue.v1 import queue_pb2 as qp
+
+    from .conftest import unique, wait_for
+
+    require(stack, "datalayer.queue.v1.QueueService")
+    q = unique("py.example.worker")
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "worker.py")],
+        env={**os.environ, "DATALAYER_ADDR": stack.addr, "QUEUE": q},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Client(stack.addr) as c:
+            for job in ({"path": "a.csv"}, {"path": "b.csv"}, {"nopath": 1}):
+                spec = qp.MessageSpec(payload=json.dumps(job).encode(), max_attempts=1)
+                c.queue.enqueue(qp.EnqueueRequest(queue=q, message=spec))
+
+            def done() -> bool:
+                s = c.queue.stats(qp.StatsRequest(queue=q))
+                return s.acked_total == 2 and s.dead == 1
+
+            wait_for(done, timeout=20)
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert sorted(lines[:-1]) == ["analysed a.csv (attempt 1)", "analysed b.csv (attempt 1)"], out
+    assert lines[-1] == "stopped: 2 acked, 1 nacked", out
+    assert "ValueError: the job names no path" in err  # the handler's failure, logged
+
+
+def test_python_readme_shows_the_worker_example_verbatim() -> None:
+    doc = (EXAMPLES.parent / "README.md").read_text()
+    block = doc.split("```python worker\n", 1)[1].split("```\n", 1)[0]
+    assert block == (EXAMPLES / "worker.py").read_text()

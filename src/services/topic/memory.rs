@@ -204,13 +204,20 @@ impl Store for MemoryTopics {
                     });
                 }
             }
+            // `count` bounds what this member holds unacknowledged.
+            let held = group
+                .pending
+                .values()
+                .filter(|(c, _, _)| *c == read.consumer)
+                .count()
+                .max(out.len());
             let start = topic
                 .entries
                 .partition_point(|m| m.id <= group.last_delivered);
             for m in topic
                 .entries
                 .range(start..)
-                .take(read.count.saturating_sub(out.len()))
+                .take(read.count.saturating_sub(held))
             {
                 group.pending.insert(m.id, (read.consumer.clone(), now, 1));
                 group.last_delivered = m.id;

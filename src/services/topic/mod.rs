@@ -115,6 +115,7 @@ pub struct GroupRead {
     pub consumer: String,
     /// Where a group made by this read starts (after this id).
     pub start: MsgId,
+    /// Most messages the member holds unacknowledged.
     pub count: usize,
     /// Pending messages idle this long go to this member.
     pub claim_idle_ms: u64,

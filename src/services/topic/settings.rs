@@ -29,9 +29,10 @@ crate::section! {
         /// falls this far behind is told where to resume, and its stream
         /// ends.
         pub subscriber_buffer: usize = 1024, range(1, 1_000_000);
-        /// How often a topic's reader (and a group member) reads new
-        /// messages published through other replicas; a publish through
-        /// this replica wakes them at once.
+        /// How often a topic's reader reads new messages published through
+        /// other replicas (a publish through this replica wakes it at
+        /// once), and how often a group member with nothing to do looks
+        /// again.
         pub poll_interval: Duration = ms(20), range(ms(1), secs(10));
         /// How long a group member may hold a message unacknowledged before
         /// it is delivered again, when the subscription gives none.

@@ -138,6 +138,13 @@ def _backoff(attempt: int, err: DatalayerError | None) -> float:
     return floor + random.uniform(cap / 2, cap)
 
 
+def _log_reopen(queue: str, err: DatalayerError | None, delay: float, attempt: int) -> None:
+    # Quiet for a service restart; louder when it goes on.
+    level = logging.INFO if attempt <= 3 else logging.WARNING
+    why = err or "the service ended it"
+    _log.log(level, "consume stream of queue %s ended (%s); opening it again in %.2fs", queue, why, delay)
+
+
 def _expires_at(m: queue_pb2.Message) -> datetime | None:
     return m.lease_expires_at.ToDatetime(tzinfo=timezone.utc) if m.HasField("lease_expires_at") else None
 
@@ -464,8 +471,7 @@ class Consumer(Iterator[Delivery]):
                 self._attempt = 0
             delay = _backoff(self._attempt, err)
             self._attempt += 1
-            why = err or "the service ended it"
-            _log.info("consume stream of queue %s ended (%s); opening it again in %.2fs", self.queue, why, delay)
+            _log_reopen(self.queue, err, delay, self._attempt)
             if self._closed.wait(delay):
                 raise StopIteration
             self._open()
@@ -913,8 +919,7 @@ class AsyncConsumer(AsyncIterator[AsyncDelivery]):
                 self._attempt = 0
             delay = _backoff(self._attempt, err)
             self._attempt += 1
-            why = err or "the service ended it"
-            _log.info("consume stream of queue %s ended (%s); opening it again in %.2fs", self.queue, why, delay)
+            _log_reopen(self.queue, err, delay, self._attempt)
             try:
                 await asyncio.wait_for(self._closed.wait(), delay)
             except asyncio.TimeoutError:

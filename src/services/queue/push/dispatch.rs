@@ -149,12 +149,19 @@ impl Dispatcher {
         let mut next_slot = tokio::time::Instant::now();
         let poll = self.settings.push.poll_interval;
         loop {
-            let Some(dest) = rx.borrow().clone() else {
-                return;
-            };
-            if rx.has_changed().is_err() {
+            if rx.borrow().is_none() || rx.has_changed().is_err() {
                 return;
             }
+            // Read again before every lease: a cleared or changed
+            // destination takes effect at once on every replica.
+            let dest = match self.destinations.get(&tenant, &queue).await {
+                Ok(Some(dest)) => dest,
+                Ok(None) => return,
+                Err(_) => {
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+            };
             let free =
                 (dest.parallelism as usize).saturating_sub(in_flight.load(Ordering::Acquire));
             if free == 0 {
@@ -164,7 +171,13 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let want = free.min(self.settings.max_lease_batch);
+            // Paced deliveries are leased one at a time, so none waits for
+            // its turn past its lease.
+            let want = if dest.rate_per_second > 0.0 {
+                1
+            } else {
+                free.min(self.settings.max_lease_batch)
+            };
             let Ok(seeds) = token_seeds(want) else {
                 tokio::time::sleep(poll).await;
                 continue;
@@ -239,13 +252,11 @@ impl Dispatcher {
                 }
                 typed = true;
             }
-            // A message header that is not valid HTTP is not sent.
-            if let (Ok(k), Ok(v)) = (
-                http::HeaderName::from_bytes(k.as_bytes()),
-                http::HeaderValue::from_str(v),
-            ) && !k.as_str().starts_with("datalayer-")
-            {
-                req = req.header(k, v);
+            // A header the service sets (its own, Host, framing), or one
+            // that is not valid HTTP, is not sent: a message cannot aim
+            // a delivery at another virtual host.
+            if super::header(k, v).is_ok() {
+                req = req.header(k.as_str(), v.as_str());
             }
         }
         if !typed {

@@ -35,8 +35,9 @@ pub const MAX_HEADERS: usize = 16;
 crate::section! {
     /// Push delivery: where the service may send messages, and how.
     pub struct PushSettings {
-        /// Hosts (`name` or `name:port`) a destination or callback URL may
-        /// name; every other host is refused. Empty: push delivery is off.
+        /// Hosts a destination or callback URL may name: `name:port`, or a
+        /// bare `name` for the scheme's default port (80, 443); every other
+        /// host and port is refused. Empty: push delivery is off.
         pub allowed_hosts: Vec<String> = Vec::new();
         /// File of HS256 signing keys, one per line: the first signs, the
         /// second (the next key) is published to receivers ahead of a
@@ -103,15 +104,26 @@ impl PushSettings {
         Ok(url)
     }
 
-    /// Whether the URL's host (or host:port) is allowed.
+    /// Whether the URL's host and port are allowed: an entry `host:port`
+    /// allows that port, a bare `host` the scheme's default port (80, 443).
     pub fn allowed(&self, url: &url::Url) -> bool {
-        let Some(host) = url.host_str() else {
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return false;
         };
-        let with_port = url.port().map(|p| format!("{host}:{p}"));
-        self.allowed_hosts
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(host) || Some(a) == with_port.as_ref())
+        let default = url::Url::parse(&format!("{}://x", url.scheme()))
+            .ok()
+            .and_then(|u| u.port_or_known_default());
+        self.allowed_hosts.iter().any(|a| {
+            let (name, allowed_port) = match a.rsplit_once(':') {
+                Some((n, p)) if !n.contains(']') || n.ends_with(']') => (n, p.parse::<u16>().ok()),
+                _ => (a.as_str(), None),
+            };
+            name.eq_ignore_ascii_case(host)
+                && match allowed_port {
+                    Some(p) => p == port,
+                    None => Some(port) == default,
+                }
+        })
     }
 
     /// A destination from its wire parts (the handler converts).
@@ -201,7 +213,7 @@ impl PushSettings {
 
 /// A header a destination may set: a valid HTTP name and value, not one
 /// of the service's own (`datalayer-*`) or of the transport.
-fn header(name: &str, value: &str) -> Result<(), String> {
+pub(super) fn header(name: &str, value: &str) -> Result<(), String> {
     let lower = name.to_ascii_lowercase();
     if lower.starts_with("datalayer-")
         || ["host", "content-length", "transfer-encoding", "connection"].contains(&lower.as_str())

@@ -10,7 +10,8 @@
 //! The signing key file holds the current key and, optionally, the next
 //! one. The service signs with the current key; receivers verify with both,
 //! so a rotation (publish the next key to receivers, then make it the
-//! current one) needs no downtime.
+//! current one) needs no downtime. The file is read at start-up: a
+//! rotation takes effect at each replica's restart.
 
 use std::path::Path;
 
@@ -76,7 +77,7 @@ impl Signer {
         }
         if let Some(short) = keys.iter().position(|k| k.len() < MIN_KEY_BYTES) {
             return Err(format!(
-                "key {} is shorter than {MIN_KEY_BYTES} bytes (make one with `datalayer keys new`)",
+                "key {} is shorter than {MIN_KEY_BYTES} bytes (make one with `openssl rand -hex 32`)",
                 short + 1
             ));
         }

@@ -34,6 +34,8 @@ pub trait Destinations: Send + Sync {
     ) -> Result<Put, StoreError>;
     /// Every push queue of the tenant.
     async fn all(&self, tenant: &Tenant) -> Result<BTreeMap<String, Destination>, StoreError>;
+    /// One queue's destination.
+    async fn get(&self, tenant: &Tenant, queue: &str) -> Result<Option<Destination>, StoreError>;
 }
 
 pub fn build(backend: &Backend) -> Arc<dyn Destinations> {
@@ -80,6 +82,10 @@ impl Destinations for MemoryDestinations {
 
     async fn all(&self, tenant: &Tenant) -> Result<BTreeMap<String, Destination>, StoreError> {
         Ok(self.0.with(tenant, |m| m.0.clone()))
+    }
+
+    async fn get(&self, tenant: &Tenant, queue: &str) -> Result<Option<Destination>, StoreError> {
+        Ok(self.0.with(tenant, |m| m.0.get(queue).cloned()))
     }
 }
 
@@ -155,5 +161,14 @@ impl Destinations for RedisDestinations {
             .into_iter()
             .filter_map(|(q, json)| serde_json::from_str(&json).ok().map(|d| (q, d)))
             .collect())
+    }
+
+    async fn get(&self, tenant: &Tenant, queue: &str) -> Result<Option<Destination>, StoreError> {
+        let mut get = redis::cmd("HGET");
+        get.arg(key(tenant)).arg(queue);
+        let json: Option<String> =
+            FromRedisValue::from_redis_value(self.one("HGET queue destination", get).await?)
+                .map_err(|e| StoreError::internal(format!("destination: {e}")))?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 }

@@ -254,7 +254,11 @@ impl Handler {
             let (feed, rx) = self.hub.attach(&ctx.tenant, &req.topic);
             let start = tokio::time::timeout_at(ctx.deadline().into(), feed.start())
                 .await
-                .map_err(|_| Error::DeadlineExceeded)?;
+                .map_err(|_| {
+                    Error::Store(StoreError::unavailable(
+                        "the topic's feed could not read the store before the deadline",
+                    ))
+                })?;
             let last = match from {
                 Some(id) => id,
                 None => start.max(

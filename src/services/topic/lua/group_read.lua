@@ -1,7 +1,8 @@
 -- KEYS[1]: the topic's stream. ARGV: group, consumer, where a new group
 -- starts (an id, read after), how many, claim idle ms, longest age ms.
 -- Makes the group (and an empty topic) if needed, then hands this member
--- pending messages idle past the claim time, then new ones.
+-- pending messages idle past the claim time, then new ones while it holds
+-- fewer than `how many` unacknowledged.
 -- Returns {{id, fields, deliveries}...}.
 local key, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local count = tonumber(ARGV[4])
@@ -21,7 +22,9 @@ for _, e in ipairs(claimed[2]) do
     out[#out + 1] = {e[1], e[2], n}
   end
 end
-local left = count - #out
+-- `count` bounds what this member holds unacknowledged, not one read.
+local held = #redis.call('XPENDING', key, group, '-', '+', count, consumer)
+local left = count - math.max(held, #out)
 if left > 0 then
   local new = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', left, 'STREAMS', key, '>')
   if new and new[1] then
