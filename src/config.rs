@@ -116,19 +116,30 @@ pub fn reference() -> String {
             out.push_str("\n\n");
         }
         out.push_str("| Key | Default | Bounds | Meaning |\n| --- | --- | --- | --- |\n");
-        if let Some(fields) = schema["properties"].as_object() {
-            for (field, s) in fields {
-                out.push_str(&format!(
-                    "| `{name}.{field}` | {} | {} | {} |\n",
-                    s["x-default"].as_str().unwrap_or(""),
-                    bounds(s),
-                    s["description"].as_str().unwrap_or("").replace('|', "\\|"),
-                ));
-            }
-        }
+        rows(&mut out, name, &schema);
         out.push('\n');
     }
     out
+}
+
+/// One row per key of `schema` under `path`; a nested section (an object
+/// with keys of its own, like `server.tls`) gets its rows too.
+fn rows(out: &mut String, path: &str, schema: &Value) {
+    let Some(fields) = schema["properties"].as_object() else {
+        return;
+    };
+    for (field, s) in fields {
+        let key = format!("{path}.{field}");
+        out.push_str(&format!(
+            "| `{key}` | {} | {} | {} |\n",
+            s["x-default"].as_str().unwrap_or(""),
+            bounds(s),
+            s["description"].as_str().unwrap_or("").replace('|', "\\|"),
+        ));
+        if s["type"] == "object" && s["properties"].is_object() {
+            rows(out, &key, s);
+        }
+    }
 }
 
 fn bounds(schema: &Value) -> String {

@@ -72,9 +72,37 @@ impl Setting for PathBuf {
     }
 }
 
+/// An address as operators write it: `127.0.0.1:50051`, `[::1]:50051`,
+/// `localhost:50051` (resolved once, the first address) or `:50051` (every
+/// interface).
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let example = "e.g. `0.0.0.0:50051`, `127.0.0.1:0`, `localhost:50051` or `:50051`";
+    if let Some(port) = text.strip_prefix(':') {
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+            .map_err(|_| format!("`{text}` is not an address: {example}"));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` has no port: {example}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{text}` is not an address: {example}"));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("`{text}`: {e} ({example})"))?
+        .next()
+        .ok_or_else(|| format!("`{host}` resolves to no address ({example})"))
+}
+
 impl Setting for SocketAddr {
     fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <SocketAddr as Deserialize>::deserialize(d)
+        let text = <String as Deserialize>::deserialize(d)?;
+        parse_addr(&text).map_err(serde::de::Error::custom)
     }
     fn schema() -> Value {
         json!({ "type": "string", "minLength": 1 })
@@ -223,5 +251,25 @@ impl<T: Setting> Setting for Vec<T> {
     }
     fn effective(&self) -> Value {
         Value::Array(self.iter().map(Setting::effective).collect())
+    }
+}
+
+#[cfg(test)]
+mod addr_tests {
+    use super::parse_addr;
+
+    #[test]
+    fn addresses_take_hostnames_and_a_bare_port() {
+        assert_eq!(
+            parse_addr("127.0.0.1:0").unwrap().to_string(),
+            "127.0.0.1:0"
+        );
+        assert_eq!(parse_addr(":50051").unwrap().to_string(), "0.0.0.0:50051");
+        assert!(parse_addr("localhost:5").unwrap().ip().is_loopback());
+        assert_eq!(parse_addr("[::1]:7").unwrap().port(), 7);
+        for bad in ["", "localhost", ":x", "host:99999", "not-an-address"] {
+            let err = parse_addr(bad).unwrap_err();
+            assert!(err.contains("e.g."), "{bad}: {err}");
+        }
     }
 }

@@ -65,10 +65,10 @@ def documented_metrics() -> set[str]:
 
 
 def streaming_rpcs() -> set[str]:
-    """Every server-streaming rpc declared under proto/."""
+    """Every server-streaming (and bidirectional) rpc declared under proto/."""
     names = set()
     for path in (REPO / "proto").rglob("*.proto"):
-        names |= set(re.findall(r"^\s*rpc (\w+)\(\w+\) returns \(stream ", path.read_text(), re.M))
+        names |= set(re.findall(r"^\s*rpc (\w+)\((?:stream )?\w+\) returns \(stream ", path.read_text(), re.M))
     return names
 
 

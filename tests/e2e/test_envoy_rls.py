@@ -151,7 +151,7 @@ def codes(r: rls_pb2.RateLimitResponse) -> list[int]:
 
 @pytest.fixture(params=["memory", "redis"])
 def backend(request, tmp_path):
-    """None (the memory store) or the URL of a fresh redis-server."""
+    """None (the memory store) or a fresh redis-server."""
     if request.param == "memory":
         yield None
         return
@@ -458,18 +458,26 @@ def test_the_domain_file_reloads_and_a_bad_one_keeps_the_previous(start):
     rls = start('reload_interval = "1s"\n')
 
     def limit_of_user() -> int:
-        return rls.ask(d(("user_id", "probe"), hits=0)).statuses[0].current_limit.requests_per_unit
+        status = rls.ask(d(("user_id", "probe"), hits=0)).statuses[0]
+        return status.current_limit.requests_per_unit
 
     assert limit_of_user() == 3
-    rls.domain_file.write_text(DOMAIN_YAML.replace("requests_per_unit: 3,", "requests_per_unit: 7,"))
-    poll("the changed domain file in force", limit_of_user, lambda n: n == 7, timeout=10, interval=0.2)
+    rls.domain_file.write_text(
+        DOMAIN_YAML.replace("requests_per_unit: 3,", "requests_per_unit: 7,")
+    )
+    poll("the changed file in force", limit_of_user, lambda n: n == 7, timeout=10, interval=0.2)
     poll(
         "a successful reload counted",
         lambda: rls.metric("datalayer_envoy_ratelimit_config_reloads_total", result="ok"),
         lambda n: n >= 1,
     )
 
-    rls.domain_file.write_text(f"domain: {DOMAIN}\ndescriptors:\n  - key: user_id\n    rate_limit: {{unit: fortnight, requests_per_unit: 1}}\n")
+    rls.domain_file.write_text(
+        f"domain: {DOMAIN}\n"
+        "descriptors:\n"
+        "  - key: user_id\n"
+        "    rate_limit: {unit: fortnight, requests_per_unit: 1}\n"
+    )
     poll(
         "a refused reload counted",
         lambda: rls.metric("datalayer_envoy_ratelimit_config_reloads_total", result="invalid"),

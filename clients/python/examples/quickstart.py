@@ -52,7 +52,7 @@ with Client(target, timeout=2.0, retries=3) as client:
     except InvalidArgument as err:
         for field, description in err.field_violations:
             print(f"bad request: {field}: {description}")
-    except Unavailable as err:  # raised after `retries` retries
+    except Unavailable as err:  # retried only when safe (RetryInfo), then raised
         print(f"store down, retry in {err.retry_after}s")
     except DatalayerError as err:  # any other status
         print(f"failed: {err.code.name}: {err.message}")

@@ -12,7 +12,7 @@ import {
 const dl = createClient({
   baseUrl: process.env.DATALAYER_URL ?? "http://localhost:50051",
   timeoutMs: 2000, // per call, retries included
-  retries: 3, // of UNAVAILABLE, with exponential backoff and jitter
+  retries: 3, // of UNAVAILABLE that carries RetryInfo (safe to repeat), with backoff
 });
 
 // Rate limit: 10 calls per minute for user:42 (GCRA).

@@ -14,6 +14,13 @@
  * `err.findDetails(BadRequestSchema)` or the helpers `fieldViolations(err)` /
  * `retryAfterMs(err)`.
  *
+ * Unary calls are retried only when a retry cannot repeat a write (see
+ * {@link retryable}): an UNAVAILABLE that carries `google.rpc.RetryInfo`
+ * (waiting at least its `retryDelay`), or one whose request never left this
+ * client (the connection was refused). An UNAVAILABLE without RetryInfo
+ * means the outcome is unknown (the write may have been applied) and is
+ * thrown at once, as is DEADLINE_EXCEEDED and every other code.
+ *
  * A server-streaming method (`flags.watch`) is the Connect client's own: it
  * returns an `AsyncIterable` of the answers, with no default deadline and no
  * retries (`{ timeoutMs }` bounds the whole stream, `{ signal }` ends it);
@@ -26,6 +33,13 @@
  * `dl.state` also has lock helpers with fencing tokens and leader election
  * (`./locks.ts`): `await using lease = await dl.state.lock("trader-leader",
  * { ttl: "10s", wait: "5s" })`, `dl.state.withLock(...)`, `dl.state.leader(...)`.
+ *
+ * `dl.queue` has worker helpers on the Consume stream (`./worker.ts`):
+ * `await dl.queue.work("analyses", handler, { concurrency: 10, signal })`
+ * (ack when the handler resolves, nack when it throws) and
+ * `for await (const msg of dl.queue.consume("analyses", { concurrency: 10 }))`
+ * (`msg.ack()` / `msg.nack(err)`). A push queue's deliveries are checked
+ * with `verifySignature(body, header, keys, url)` (`./push.ts`).
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import type { CallOptions, Client, Interceptor, Transport } from "@connectrpc/connect";
@@ -35,6 +49,7 @@ import type { SecureClientSessionOptions } from "node:http2";
 import { BadRequestSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 import { services } from "./gen/services.js";
 import { stateLocks, type StateLocks } from "./locks.js";
+import { withQueueWorkers, type QueueWorkers } from "./worker.js";
 
 export * from "./gen/services.js";
 export {
@@ -60,6 +75,28 @@ export {
   stateLocks,
 } from "./locks.js";
 export type { DurationLike, LeaderOptions, LockOptions, StateClient, StateLocks, StateServiceClient } from "./locks.js";
+export {
+  DEFAULT_LEEWAY_S,
+  MIN_SIGNING_KEY_BYTES,
+  SIGNATURE_HEADER,
+  SIGNATURE_VALID_FOR_S,
+  SignatureError,
+  bodyHash,
+  parseSigningKeys,
+  verifySignature,
+} from "./push.js";
+export type { SignatureClaims, SignatureErrorReason, VerifyOptions } from "./push.js";
+export { Delivery, MAX_CONCURRENCY, MAX_REASON_BYTES, nackReason, queueWorkers, withQueueWorkers } from "./worker.js";
+export type {
+  ConsumeOptions,
+  DeliveryHandler,
+  NackOptions,
+  QueueClient,
+  QueueServiceClient,
+  QueueWorkers,
+  WorkOptions,
+  WorkSummary,
+} from "./worker.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { CallOptions, Interceptor } from "@connectrpc/connect";
 
@@ -67,7 +104,11 @@ export type { CallOptions, Interceptor } from "@connectrpc/connect";
 export const DEFAULT_TIMEOUT_MS = 5000;
 
 export interface RetryOptions {
-  /** Retries of UNAVAILABLE after the first attempt. Default 3; 0 disables. */
+  /**
+   * Retries after the first attempt of a call that may be retried safely
+   * (see {@link retryable}: UNAVAILABLE with RetryInfo, or a request that
+   * never left the client). Default 3; 0 disables.
+   */
   retries?: number;
   /** First backoff cap in ms (default 50), doubled per attempt... */
   initialBackoffMs?: number;
@@ -105,11 +146,11 @@ export interface ClientOptions extends RetryOptions {
 
 type Services = typeof services;
 
-/** Hand-written helpers added to a service's client (`dl.state.lock(...)`). */
-type Helpers = { state: StateLocks };
+/** Hand-written helpers added to a service's client (`dl.state.lock(...)`, `dl.queue.work(...)`). */
+type Helpers = { state: StateLocks; queue: QueueWorkers };
 type ServiceClient<K extends keyof Services> = K extends keyof Helpers ? Client<Services[K]> & Helpers[K] : Client<Services[K]>;
 
-/** One typed Connect client per service (`dl.state` with its lock helpers), plus `close()`. */
+/** One typed Connect client per service (`dl.state` with its lock helpers, `dl.queue` with its worker helpers), plus `close()`. */
 export type DatalayerClient = { readonly [K in keyof Services]: ServiceClient<K> } & {
   /** The underlying transport, for `createClient(Service, transport)` from Connect. */
   readonly transport: Transport;
@@ -145,6 +186,45 @@ function explain(err: ConnectError, plaintext: boolean, signal: AbortSignal | un
   return new ConnectError(err.rawMessage + TLS_HINT, Code.Unavailable, undefined, undefined, err);
 }
 
+/**
+ * Node error codes of a connection that was never made (refused, or a host
+ * name that did not resolve): nothing of the request was sent.
+ */
+const NEVER_CONNECTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN"]);
+
+/**
+ * Whether the request of a failed call demonstrably never left this client:
+ * the connection it waited for was refused (or its host did not resolve), so
+ * no request byte was written. Connect reports that as UNAVAILABLE with the
+ * Node error as its cause. Anything else (a reset or closed connection, a
+ * refused stream, a timeout) may come after the request went out.
+ */
+export function neverSent(err: unknown): boolean {
+  const e = ConnectError.from(err);
+  if (e.code !== Code.Unavailable || [...e.metadata.keys()].length > 0) return false;
+  const seen = new Set<unknown>();
+  for (let cause: unknown = e.cause; cause instanceof Error && !seen.has(cause); cause = cause.cause) {
+    seen.add(cause);
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === "string" && NEVER_CONNECTED.has(code)) return true;
+  }
+  return false;
+}
+
+/**
+ * Whether a failed call may be retried without risking a repeated write.
+ * Only UNAVAILABLE qualifies, and only when the service attached
+ * `google.rpc.RetryInfo` (it does so only when a retry cannot repeat a
+ * write) or when the request never left the client ({@link neverSent}). An
+ * UNAVAILABLE without RetryInfo means the outcome is unknown: not retried.
+ * DEADLINE_EXCEEDED (the call may have run) and every other code: never.
+ */
+export function retryable(err: unknown): boolean {
+  const e = ConnectError.from(err);
+  if (e.code !== Code.Unavailable) return false;
+  return e.findDetails(RetryInfoSchema).length > 0 || neverSent(e);
+}
+
 /** The wait before retry number `attempt` (0-based), in ms. */
 export function backoffMs(attempt: number, retryAfter: number | undefined, opts: RetryOptions = {}): number {
   const initial = opts.initialBackoffMs ?? 50;
@@ -170,10 +250,12 @@ const sleep = (ms: number, signal?: AbortSignal) =>
 
 /**
  * Wraps every unary method of a Connect client: a default deadline covering
- * all attempts, and retries of UNAVAILABLE with exponential backoff and full
- * jitter, never sooner than the error's `google.rpc.RetryInfo` (no other
- * code is retried: RESOURCE_EXHAUSTED from a quota is thrown at once, with
- * its `retryAfterMs(err)`). A retry that would pass the deadline is not
+ * all attempts, and retries of what {@link retryable} allows (UNAVAILABLE
+ * with RetryInfo, or never sent) with exponential backoff and full jitter,
+ * never sooner than the error's `google.rpc.RetryInfo` (no other code is
+ * retried: UNAVAILABLE without RetryInfo, DEADLINE_EXCEEDED, and
+ * RESOURCE_EXHAUSTED from a quota are thrown at once, the latter with its
+ * `retryAfterMs(err)`). A retry that would pass the deadline is not
  * made: the last error is thrown. Streaming
  * methods are passed through as Connect made them (a long-lived stream such
  * as a Watch must not get the unary default deadline); Connect already throws
@@ -207,7 +289,7 @@ function withRetries<S extends DescService>(
           return await call(request, { ...options, timeoutMs: remaining });
         } catch (e) {
           const err = explain(ConnectError.from(e), plaintext, options.signal);
-          if (err.code !== Code.Unavailable || attempt >= retries) throw err;
+          if (attempt >= retries || !retryable(err)) throw err;
           const delay = backoffMs(attempt, retryAfterMs(err), opts);
           if (deadline !== undefined && Date.now() + delay >= deadline) throw err;
           await sleep(delay, options.signal);
@@ -244,6 +326,7 @@ export function createClient(options: ClientOptions): DatalayerClient {
   return {
     ...typed,
     state: Object.assign(typed.state, stateLocks(typed.state, timeoutMs)),
+    queue: withQueueWorkers(typed.queue),
     transport,
     close: () => sessionManager.abort(),
   };

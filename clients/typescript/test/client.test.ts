@@ -1,9 +1,11 @@
 // One suite per service, run against one real Redis and one real service
 // binary (FlagService: a second binary on the memory store, whose calls count
-// as well; StateService, QueueService and LeaderboardService: on both; API
-// keys, quotas, TLS and mTLS: binaries of their own, in security.suite.ts);
-// then a check that every RPC the
-// binary serves (by reflection) was called. To cover a new service: write test/<name>.suite.ts and add it below.
+// as well; StateService, QueueService (and its worker helpers),
+// LeaderboardService and TopicService: on both; push delivery: binaries of
+// their own configured for it, in push.suite.ts, whose calls count as well;
+// API keys, quotas, TLS and mTLS: binaries of their own, in
+// security.suite.ts); then a check that every RPC the binary serves (by
+// reflection) was called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { services } from "@datalayer/client";
@@ -17,6 +19,9 @@ import { examplesSuite } from "./examples.suite.js";
 import { auditSuite } from "./audit.suite.js";
 import { queueSuite } from "./queue.suite.js";
 import { leaderboardSuite } from "./leaderboard.suite.js";
+import { topicSuite } from "./topic.suite.js";
+import { workerSuite } from "./worker.suite.js";
+import { pushSuite } from "./push.suite.js";
 import { securitySuite } from "./security.suite.js";
 
 let stack: Stack | undefined;
@@ -52,6 +57,12 @@ queueSuite(current);
 queueSuite(onMemory, "memory");
 leaderboardSuite(current);
 leaderboardSuite(onMemory, "memory");
+topicSuite(current);
+topicSuite(onMemory, "memory");
+workerSuite(current);
+workerSuite(onMemory, "memory");
+pushSuite(() => current().called);
+pushSuite(() => current().called, "memory");
 securitySuite();
 
 describe("coverage", () => {

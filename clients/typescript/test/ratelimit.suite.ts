@@ -125,44 +125,88 @@ export function rateLimitSuite(stack: () => Stack) {
       }
     });
 
-    test("a store that is down gives UNAVAILABLE with RetryInfo", async (t) => {
+    test("a store that does not answer a write: UNAVAILABLE without RetryInfo, not retried (it was applied)", async (t) => {
       if (skip(t)) return;
-      const dl = stack().client({ retries: 3 });
-      await dl.ratelimit.check({ key: unique("ts:warm"), limitSource: { case: "limit", value: gcra(5, 60) } });
+      let attempts = 0;
+      const dl = stack().client({ retries: 3, interceptors: [(next) => (req) => (attempts++, next(req))] });
+      const key = unique("ts:down");
+      const limitSource = { case: "limit" as const, value: gcra(5, 60) };
+      await dl.ratelimit.check({ key: unique("ts:warm"), limitSource });
+      // A stopped Redis takes the command into its socket buffer and runs it
+      // when it resumes. The service gives up at redis.command_timeout
+      // (250 ms, shorter than the 1 s deadline) and, Check being a write
+      // whose outcome is unknown, answers UNAVAILABLE without RetryInfo:
+      // the client must not repeat it.
       stack().redis.pause();
+      attempts = 0;
       try {
         const started = Date.now();
-        // The service answers at 90% of the deadline; a retry would pass it.
-        const err = await rejects(
-          dl.ratelimit.check({ key: unique("ts:down"), limitSource: { case: "limit", value: gcra(5, 60) } }, { timeoutMs: 1000 }),
-        );
+        const err = await rejects(dl.ratelimit.check({ key, limitSource }, { timeoutMs: 1000 }));
+        const took = Date.now() - started;
         assert.equal(err.code, Code.Unavailable, String(err));
-        assert.equal(retryAfterMs(err), 250);
-        assert.ok(Date.now() - started < 1500);
+        assert.equal(retryAfterMs(err), undefined, "an unknown outcome promises no safe retry");
+        assert.match(err.rawMessage, /may have been applied/);
+        assert.equal(attempts, 1, "not retried");
+        assert.ok(took >= 200 && took < 900, `answered at redis.command_timeout, took ${took} ms`);
       } finally {
         stack().redis.resume();
       }
       await stack().waitServing();
+      // The unanswered check was applied once when Redis resumed: one unit
+      // spent, not one per retry.
+      const after = await dl.ratelimit.check({ key, limitSource });
+      assert.equal(after.remaining, 3n, "5 - the unanswered check - this one");
     });
 
-    test("UNAVAILABLE is retried until the store is back", async (t) => {
+    test("UNAVAILABLE with RetryInfo (a store that refuses connections) is retried until the store is back", async (t) => {
       if (skip(t)) return;
-      let attempts = 0;
-      const dl = stack().client({
-        retries: 20,
-        timeoutMs: 15_000,
-        interceptors: [(next) => (req) => (attempts++, next(req))],
-      });
+      const limitSource = { case: "limit" as const, value: gcra(5, 60) };
+      await stack().client().ratelimit.check({ key: unique("ts:warm"), limitSource });
       await stack().redis.kill();
-      const restarted = sleep(600).then(() => stack().redis.start());
+      let restarted: Promise<void> | undefined;
       try {
+        // The first command on each of the service's Redis connections after
+        // the kill fails as "broken pipe", which the service reports as a
+        // write that may have been applied (no RetryInfo); once it has found
+        // them dead, connecting is refused, nothing was sent, and UNAVAILABLE
+        // carries RetryInfo. Wait for that.
+        const probe = stack().client({ retries: 0 });
+        let refused: ConnectError | undefined;
+        for (let i = 0; i < 50 && !refused; i++) {
+          const err = await rejects(probe.ratelimit.check({ key: unique("ts:probe"), limitSource }));
+          assert.equal(err.code, Code.Unavailable, String(err));
+          if (retryAfterMs(err) !== undefined) refused = err;
+          else await sleep(20);
+        }
+        assert.ok(refused, "the service reports the refused store with RetryInfo");
+        assert.equal(retryAfterMs(refused), 250);
+
+        let attempts = 0;
+        const failed: ConnectError[] = [];
+        const dl = stack().client({
+          retries: 20,
+          timeoutMs: 15_000,
+          interceptors: [
+            (next) => async (req) => {
+              attempts++;
+              try {
+                return await next(req);
+              } catch (e) {
+                failed.push(ConnectError.from(e));
+                throw e;
+              }
+            },
+          ],
+        });
+        restarted = sleep(600).then(() => stack().redis.start());
         const started = Date.now();
-        const answer = await dl.ratelimit.check({ key: unique("ts:retry"), limitSource: { case: "limit", value: gcra(5, 60) } });
+        const answer = await dl.ratelimit.check({ key: unique("ts:retry"), limitSource });
         assert.equal(answer.allowed, true);
         assert.ok(Date.now() - started >= 500, "answered before Redis was back");
         assert.ok(attempts >= 2, `attempts: ${attempts}`);
+        for (const e of failed) assert.equal(retryAfterMs(e), 250, `every retried failure carried RetryInfo: ${e.message}`);
       } finally {
-        await restarted;
+        await (restarted ?? stack().redis.start());
       }
       await stack().waitServing();
     });

@@ -238,7 +238,9 @@ export function securitySuite() {
       const err = await rejects(get(connect({ baseUrl: plain(tls), token: tlsKey.key, timeoutMs: 3000 }), "k"));
       assert.equal(err.code, Code.Unavailable);
       assert.ok(err.rawMessage.endsWith(TLS_HINT), err.rawMessage);
-      assert.ok(Date.now() - started < 3000, "a bounded number of retries, within the deadline");
+      // Not retried: the request went out (the server closed the
+      // connection on it), so it did not demonstrably stay in the client.
+      assert.ok(Date.now() - started < 3000, "thrown within the deadline");
     });
 
     test("Node's CA roots do not trust a private CA", async () => {

@@ -1,21 +1,69 @@
 // The hand-written layer on its own (no datalayer binary): bearer token,
-// RetryInfo-honouring retries, backoff bounds. A plain node:http2 server
-// plays the gRPC server.
+// the retry rule (UNAVAILABLE only with RetryInfo, waiting at least its
+// delay, or when the request never left the client; never an UNAVAILABLE
+// without RetryInfo, whose outcome is unknown, nor DEADLINE_EXCEEDED),
+// backoff bounds. A plain node:http2 server plays the gRPC server.
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { after, before, test } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { anyPack } from "@bufbuild/protobuf/wkt";
-import { CheckResponseSchema, Code, ConnectError, RetryInfoSchema, backoffMs, createClient, retryAfterMs } from "@datalayer/client";
+import {
+  CheckResponseSchema,
+  Code,
+  ConnectError,
+  RetryInfoSchema,
+  backoffMs,
+  createClient,
+  neverSent,
+  retryAfterMs,
+  retryable,
+} from "@datalayer/client";
 import { StatusSchema } from "@datalayer/client/gen/google/rpc/status_pb";
 
 let server: http2.Http2Server;
 let baseUrl = "";
+/** The next `failures` calls fail, as `failure` says. */
 let failures = 0;
+/** `retry`: UNAVAILABLE with RetryInfo (100 ms); `unknown`: UNAVAILABLE
+ * without it (a write that may have been applied); `deadline`:
+ * DEADLINE_EXCEEDED. */
+let failure: "retry" | "unknown" | "deadline" = "retry";
 const seen: http2.IncomingHttpHeaders[] = [];
+
+function base64(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString("base64").replace(/=+$/, "");
+}
+
+/** Trailers-only failure headers for the current `failure`. */
+function failureHeaders(): http2.OutgoingHttpHeaders {
+  const head = { ":status": 200, "content-type": "application/grpc" };
+  if (failure === "deadline") {
+    return { ...head, "grpc-status": String(Code.DeadlineExceeded), "grpc-message": "deadline" };
+  }
+  if (failure === "unknown") {
+    const message = "store: the store did not answer; the write may have been applied";
+    const status = create(StatusSchema, { code: Code.Unavailable, message });
+    return {
+      ...head,
+      "grpc-status": String(Code.Unavailable),
+      "grpc-message": encodeURIComponent(message),
+      "grpc-status-details-bin": base64(toBinary(StatusSchema, status)),
+    };
+  }
+  const detail = anyPack(RetryInfoSchema, create(RetryInfoSchema, { retryDelay: create(DurationSchema, { nanos: 100_000_000 }) }));
+  const status = create(StatusSchema, { code: Code.Unavailable, message: "store down", details: [detail] });
+  return {
+    ...head,
+    "grpc-status": String(Code.Unavailable),
+    "grpc-message": "store down",
+    "grpc-status-details-bin": base64(toBinary(StatusSchema, status)),
+  };
+}
 
 function frame(bytes: Uint8Array): Buffer {
   const head = Buffer.alloc(5);
@@ -31,18 +79,7 @@ before(async () => {
     stream.on("end", () => {
       if (failures > 0) {
         failures--;
-        const detail = anyPack(RetryInfoSchema, create(RetryInfoSchema, { retryDelay: create(DurationSchema, { nanos: 100_000_000 }) }));
-        const status = create(StatusSchema, { code: Code.Unavailable, message: "store down", details: [detail] });
-        stream.respond(
-          {
-            ":status": 200,
-            "content-type": "application/grpc",
-            "grpc-status": String(Code.Unavailable),
-            "grpc-message": "store down",
-            "grpc-status-details-bin": Buffer.from(toBinary(StatusSchema, status)).toString("base64").replace(/=+$/, ""),
-          },
-          { endStream: true },
-        );
+        stream.respond(failureHeaders(), { endStream: true });
         return;
       }
       stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
@@ -127,3 +164,131 @@ test("backoff grows, is capped and adds RetryInfo", () => {
   }
 });
 
+
+test("UNAVAILABLE without RetryInfo (outcome unknown) is thrown at once, not retried", async () => {
+  failures = 3;
+  failure = "unknown";
+  const before = seen.length;
+  const dl = createClient({ baseUrl, retries: 3 });
+  try {
+    await assert.rejects(dl.ratelimit.check({ key: "k" }), (e: unknown) => {
+      assert.ok(e instanceof ConnectError);
+      assert.equal(e.code, Code.Unavailable);
+      assert.equal(retryAfterMs(e), undefined);
+      assert.match(e.rawMessage, /may have been applied/);
+      return true;
+    });
+    assert.equal(seen.length - before, 1, "one attempt");
+    assert.equal(failures, 2);
+  } finally {
+    failures = 0;
+    failure = "retry";
+    dl.close();
+  }
+});
+
+test("DEADLINE_EXCEEDED is never retried", async () => {
+  failures = 3;
+  failure = "deadline";
+  const before = seen.length;
+  const dl = createClient({ baseUrl, retries: 3 });
+  try {
+    await assert.rejects(dl.ratelimit.check({ key: "k" }), (e: unknown) => {
+      assert.ok(e instanceof ConnectError);
+      assert.equal(e.code, Code.DeadlineExceeded);
+      return true;
+    });
+    assert.equal(seen.length - before, 1, "one attempt");
+  } finally {
+    failures = 0;
+    failure = "retry";
+    dl.close();
+  }
+});
+
+test("a refused connection (the request never left the client) is retried", async () => {
+  // Nothing listens on the port at first: the connection is refused, so no
+  // request byte was sent and a retry repeats nothing.
+  const probe = net.createServer();
+  probe.listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const { port } = probe.address() as AddressInfo;
+  probe.close();
+  await once(probe, "close");
+  let attempts = 0;
+  const refusedErrors: ConnectError[] = [];
+  const dl = createClient({
+    baseUrl: `http://127.0.0.1:${port}`,
+    retries: 20,
+    initialBackoffMs: 40,
+    maxBackoffMs: 100,
+    timeoutMs: 5000,
+    interceptors: [
+      (next) => async (req) => {
+        attempts++;
+        try {
+          return await next(req);
+        } catch (e) {
+          refusedErrors.push(ConnectError.from(e));
+          throw e;
+        }
+      },
+    ],
+  });
+  const late = http2.createServer();
+  late.on("stream", (stream) => {
+    stream.on("data", () => {});
+    stream.on("end", () => {
+      stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+      stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+      stream.end(frame(toBinary(CheckResponseSchema, create(CheckResponseSchema, { allowed: true, remaining: 3n }))));
+    });
+  });
+  const listening = new Promise<void>((resolve) => setTimeout(() => late.listen(port, "127.0.0.1", resolve), 300));
+  try {
+    const answer = await dl.ratelimit.check({ key: "k" });
+    assert.equal(answer.remaining, 3n);
+    assert.ok(attempts >= 2, `attempts: ${attempts}`);
+    assert.ok(refusedErrors.length >= 1);
+    for (const e of refusedErrors) {
+      assert.equal(e.code, Code.Unavailable, e.message);
+      assert.ok(neverSent(e), `never sent: ${e.message}`);
+      assert.ok(retryable(e));
+    }
+  } finally {
+    await listening;
+    dl.close();
+    late.close();
+  }
+});
+
+test("the retry rule: only UNAVAILABLE with RetryInfo, or never sent", () => {
+  const retryInfo = { desc: RetryInfoSchema, value: { retryDelay: { seconds: 0n, nanos: 250_000_000 } } };
+  const noDelay = { desc: RetryInfoSchema, value: {} };
+  const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED", syscall: "connect" });
+  const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" });
+  const cases: [string, ConnectError, boolean][] = [
+    ["UNAVAILABLE with RetryInfo", new ConnectError("down", Code.Unavailable, undefined, [retryInfo]), true],
+    ["UNAVAILABLE with a RetryInfo without delay", new ConnectError("down", Code.Unavailable, undefined, [noDelay]), true],
+    ["UNAVAILABLE without RetryInfo: outcome unknown", new ConnectError("may have been applied", Code.Unavailable), false],
+    ["UNAVAILABLE: connection refused", new ConnectError("refused", Code.Unavailable, undefined, undefined, refused), true],
+    [
+      "UNAVAILABLE wrapping a refusal",
+      new ConnectError("x", Code.Unavailable, undefined, undefined, new ConnectError("refused", Code.Unavailable, undefined, undefined, refused)),
+      true,
+    ],
+    ["UNAVAILABLE: connection reset (maybe sent)", new ConnectError("reset", Code.Unavailable, undefined, undefined, reset), false],
+    ["UNAVAILABLE: refused stream (sent)", new ConnectError("http/2 stream closed with error code REFUSED_STREAM (0x7)", Code.Unavailable), false],
+    ["DEADLINE_EXCEEDED, even with RetryInfo", new ConnectError("late", Code.DeadlineExceeded, undefined, [retryInfo]), false],
+    ["DEADLINE_EXCEEDED: connection refused", new ConnectError("late", Code.DeadlineExceeded, undefined, undefined, refused), false],
+    ["RESOURCE_EXHAUSTED with RetryInfo (a quota)", new ConnectError("quota", Code.ResourceExhausted, undefined, [retryInfo]), false],
+    ["ABORTED", new ConnectError("aborted", Code.Aborted, undefined, undefined, refused), false],
+    ["INTERNAL", new ConnectError("bug", Code.Internal), false],
+  ];
+  for (const [name, err, expected] of cases) {
+    assert.equal(retryable(err), expected, name);
+  }
+  const answered = new ConnectError("refused", Code.Unavailable, new Headers({ "x-from": "server" }), undefined, refused);
+  assert.equal(neverSent(answered), false, "an error with response metadata came from the server");
+  assert.equal(retryAfterMs(new ConnectError("down", Code.Unavailable, undefined, [retryInfo])), 250);
+});

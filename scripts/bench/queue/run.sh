@@ -18,14 +18,15 @@
 # (C, default 50: the consumer's jobs in flight, Consume credits / Worker
 # concurrency), QBENCH_PRODUCERS (enqueue calls in flight, default C),
 # QBENCH_BATCH (jobs per enqueue call at full load: EnqueueBatch / addBulk
-# when > 1; default 1), QBENCH_WARMUP (default 2000), BULLMQ_VERSION
-# (default: the latest).
+# when > 1; default 1), QBENCH_WARMUP (default 2000), QBENCH_HALF_SECONDS
+# (longest offered load of the half and same-load phases, default 10),
+# QBENCH_DL_CONSUMER (lease, the default: C loops of Lease + Ack; consume:
+# one Consume stream with C credits), BULLMQ_VERSION (default: the latest).
 #
 # Needs: redis-server, redis-cli, node 20+ and npm on PATH, network access
 # to the npm registry, and clients/typescript/node_modules (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-ROOT=$PWD
 HERE=scripts/bench/queue
 
 if [ -z "${DATALAYER_BIN:-}" ]; then
@@ -133,7 +134,7 @@ fi
 
 # --- the run ------------------------------------------------------------------
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "$(redis-server --version | cut -d' ' -f1-3); node $(node --version); bullmq $BULLMQ_V (ioredis $IOREDIS_V); datalayer $("$BIN" --version | cut -d' ' -f2) ($BIN)"
+echo "$(redis-server --version | cut -d' ' -f1-3); node $(node --version); bullmq $BULLMQ_V (ioredis $IOREDIS_V); $("$BIN" --version) ($BIN)"
 started=$(date +%s)
 status=0
 (cd "$TMP" && env \
@@ -150,5 +151,4 @@ if grep -Eq 'WARN|ERROR' "$TMP/service.log"; then
   echo "service log warnings/errors:"
   grep -E 'WARN|ERROR' "$TMP/service.log" | head -20
 fi
-cd "$ROOT"
 exit "$status"

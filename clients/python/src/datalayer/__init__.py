@@ -29,11 +29,36 @@ Workers and consumers ride on ``client.queue`` (the ``Consume`` stream)::
             with msg:          # acks, or nacks on an exception
                 handle(msg)
 
-(see :mod:`datalayer._workers`). A push queue's deliveries are checked with
+(see :mod:`datalayer._workers`).
+
+Upstash-style helpers (durations: ``"10s"``, ``"1 m"``, ``"500ms"``, a
+``timedelta`` or int milliseconds; see :func:`parse_ms`)::
+
+    limiter = client.ratelimit.sliding_window(10, "10s")   # or fixed_window, token_bucket, gcra, policy("auth")
+    r = limiter.limit("user:42")       # LimitResult(success, limit, remaining, reset_at, retry_after, reason, ...)
+    report = client.cache.get_or_set("report", build, "5m", stale_ttl="1h")   # computed once across callers
+    session = client.sessions.validate(token)    # the Session, or None
+
+(see :mod:`datalayer._ratelimit`, :mod:`datalayer._cache`,
+:mod:`datalayer._sessions`). A push queue's deliveries are checked with
 :func:`verify_signature` (see :mod:`datalayer._signature`).
 """
 
-from datalayer._client import DEFAULT_TIMEOUT, AsyncClient, AsyncQueueClient, Client, QueueClient
+from datalayer._cache import JSON_CONTENT_TYPE
+from datalayer._client import (
+    DEFAULT_TIMEOUT,
+    AsyncCacheClient,
+    AsyncClient,
+    AsyncQueueClient,
+    AsyncRateLimitClient,
+    AsyncSessionClient,
+    CacheClient,
+    Client,
+    QueueClient,
+    RateLimitClient,
+    SessionClient,
+)
+from datalayer._durations import DurationMs, parse_ms
 from datalayer._invoke import AsyncServerStream, Metadata, RetryPolicy, ServerStream, retryable
 from datalayer._locks import (
     AsyncLeadership,
@@ -48,6 +73,7 @@ from datalayer._locks import (
     LockNotAcquired,
     parse_duration,
 )
+from datalayer._ratelimit import AsyncRateLimiter, LimitReason, LimitResult, RateLimiter
 from datalayer._services import SERVICES
 from datalayer._signature import SIGNATURE_HEADER, SignatureError, parse_signing_keys, verify_signature
 from datalayer._workers import (
@@ -82,10 +108,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "JSON_CONTENT_TYPE",
     "SERVICES",
     "SIGNATURE_HEADER",
     "Aborted",
     "AlreadyExists",
+    "AsyncCacheClient",
     "AsyncClient",
     "AsyncConsumer",
     "AsyncDelivery",
@@ -93,8 +121,12 @@ __all__ = [
     "AsyncLease",
     "AsyncLock",
     "AsyncQueueClient",
+    "AsyncRateLimitClient",
+    "AsyncRateLimiter",
     "AsyncServerStream",
+    "AsyncSessionClient",
     "AsyncWorker",
+    "CacheClient",
     "Cancelled",
     "Client",
     "Consumer",
@@ -102,12 +134,15 @@ __all__ = [
     "DeadlineExceeded",
     "Delivery",
     "DurationLike",
+    "DurationMs",
     "FailedPrecondition",
     "FieldViolation",
     "Internal",
     "InvalidArgument",
     "Leadership",
     "Lease",
+    "LimitReason",
+    "LimitResult",
     "Lock",
     "LockError",
     "LockLost",
@@ -117,9 +152,12 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "QueueClient",
+    "RateLimitClient",
+    "RateLimiter",
     "ResourceExhausted",
     "RetryPolicy",
     "ServerStream",
+    "SessionClient",
     "SignatureError",
     "Unauthenticated",
     "Unavailable",
@@ -127,6 +165,7 @@ __all__ = [
     "Worker",
     "WorkerStats",
     "parse_duration",
+    "parse_ms",
     "parse_signing_keys",
     "retryable",
     "verify_signature",

@@ -8,11 +8,37 @@ from typing import Any, Sequence, Union
 import grpc
 import grpc.aio
 
+from datalayer._cache import AsyncCacheHelpers, CacheHelpers
 from datalayer._invoke import AsyncInvoker, Metadata, RetryPolicy, SyncInvoker
-from datalayer._services import AsyncQueueService, AsyncServices, QueueService, SyncServices
+from datalayer._ratelimit import AsyncRateLimiters, RateLimiters
+from datalayer._services import (
+    AsyncCacheService,
+    AsyncQueueService,
+    AsyncRateLimitService,
+    AsyncServices,
+    AsyncSessionService,
+    CacheService,
+    QueueService,
+    RateLimitService,
+    SessionService,
+    SyncServices,
+)
+from datalayer._sessions import AsyncSessionHelpers, SessionHelpers
 from datalayer._workers import AsyncQueueWorkers, QueueWorkers
 
-__all__ = ["AsyncClient", "AsyncQueueClient", "Client", "DEFAULT_TIMEOUT", "QueueClient"]
+__all__ = [
+    "AsyncCacheClient",
+    "AsyncClient",
+    "AsyncQueueClient",
+    "AsyncRateLimitClient",
+    "AsyncSessionClient",
+    "CacheClient",
+    "Client",
+    "DEFAULT_TIMEOUT",
+    "QueueClient",
+    "RateLimitClient",
+    "SessionClient",
+]
 
 #: Default deadline of a call, in seconds, covering its retries.
 DEFAULT_TIMEOUT = 5.0
@@ -36,6 +62,40 @@ class QueueClient(QueueService, QueueWorkers):
 
 class AsyncQueueClient(AsyncQueueService, AsyncQueueWorkers):
     """``AsyncClient.queue``: as :class:`QueueClient`, on asyncio."""
+
+
+class RateLimitClient(RateLimitService, RateLimiters):
+    """``Client.ratelimit``: RateLimitService's RPCs (``check``,
+    ``check_batch``, ``reset``) and the limiter factories of
+    :class:`datalayer._ratelimit.RateLimiters`: ``sliding_window``,
+    ``fixed_window``, ``token_bucket``, ``gcra`` and ``policy``, each making
+    a :class:`datalayer.RateLimiter` (``limit(id)``, ``block_until_ready``,
+    ``remaining``, ``reset``)."""
+
+
+class AsyncRateLimitClient(AsyncRateLimitService, AsyncRateLimiters):
+    """``AsyncClient.ratelimit``: as :class:`RateLimitClient`, on asyncio."""
+
+
+class CacheClient(CacheService, CacheHelpers):
+    """``Client.cache``: CacheService's RPCs (``get``, ``set``,
+    ``get_or_lease``, ...) and the helpers of
+    :class:`datalayer._cache.CacheHelpers`: ``get_or_set`` (compute once,
+    on ``GetOrLease``), ``set_json`` and ``get_json``."""
+
+
+class AsyncCacheClient(AsyncCacheService, AsyncCacheHelpers):
+    """``AsyncClient.cache``: as :class:`CacheClient`, on asyncio."""
+
+
+class SessionClient(SessionService, SessionHelpers):
+    """``Client.sessions``: SessionService's RPCs (``create``, ``get``,
+    ...) and :meth:`datalayer._sessions.SessionHelpers.validate` (the
+    session, or ``None``)."""
+
+
+class AsyncSessionClient(AsyncSessionService, AsyncSessionHelpers):
+    """``AsyncClient.sessions``: as :class:`SessionClient`, on asyncio."""
 
 
 def _metadata(token: str | None) -> Metadata:
@@ -114,9 +174,16 @@ class Client(SyncServices):
 
     ``client.queue`` also has ``consume(...)`` and ``work(...)``, consumers
     and workers on the ``Consume`` stream (see :class:`QueueClient`).
+    ``client.ratelimit`` makes limiters (``sliding_window(10, "10s")``, ...,
+    ``policy("auth")``; see :class:`RateLimitClient`), ``client.cache`` has
+    ``get_or_set``, ``set_json`` and ``get_json`` (:class:`CacheClient`),
+    ``client.sessions`` has ``validate`` (:class:`SessionClient`).
     """
 
     queue: QueueClient
+    ratelimit: RateLimitClient
+    cache: CacheClient
+    sessions: SessionClient
 
     def __init__(
         self,
@@ -150,6 +217,9 @@ class Client(SyncServices):
         )
         self._bind_services(self.channel, self._invoker)
         self.queue = QueueClient(self.channel, self._invoker)
+        self.ratelimit = RateLimitClient(self.channel, self._invoker)
+        self.cache = CacheClient(self.channel, self._invoker)
+        self.sessions = SessionClient(self.channel, self._invoker)
 
     def close(self) -> None:
         self.channel.close()
@@ -171,6 +241,9 @@ class AsyncClient(AsyncServices):
     Create it inside a running event loop; methods are coroutines."""
 
     queue: AsyncQueueClient
+    ratelimit: AsyncRateLimitClient
+    cache: AsyncCacheClient
+    sessions: AsyncSessionClient
 
     def __init__(
         self,
@@ -203,6 +276,9 @@ class AsyncClient(AsyncServices):
         )
         self._bind_services(self.channel, self._invoker)
         self.queue = AsyncQueueClient(self.channel, self._invoker)
+        self.ratelimit = AsyncRateLimitClient(self.channel, self._invoker)
+        self.cache = AsyncCacheClient(self.channel, self._invoker)
+        self.sessions = AsyncSessionClient(self.channel, self._invoker)
 
     async def close(self) -> None:
         await self.channel.close()

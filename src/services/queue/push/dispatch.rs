@@ -239,7 +239,7 @@ impl Dispatcher {
                 "the destination is no longer allowed, or no signing key".to_owned(),
             );
         };
-        let signature = signer.sign(url, &body, &d.id, now_s());
+        let signature = signer.sign(url, &body, &d.id, queue, now_s());
         let mut req = self
             .client
             .post(url)

@@ -4,7 +4,14 @@
 //! ```text
 //! header  {"alg":"HS256","typ":"JWT"}
 //! claims  {"iss":"datalayer","sub":<url>,"iat":<s>,"nbf":<s>,"exp":<s + 300>,
-//!          "jti":<message id>,"body":<base64url(sha256(body)), no padding>}
+//!          "jti":<message id>,"queue":<queue>,
+//!          "body":<base64url(sha256(body)), no padding>}
+//! ```
+//!
+//! Message ids are per queue: a receiver that deduplicates keys on the
+//! signed (`queue`, `jti`), never on the unsigned headers.
+//!
+//! ```text
 //! ```
 //!
 //! The signing key file holds the current key and, optionally, the next
@@ -34,6 +41,10 @@ pub struct Claims {
     pub nbf: u64,
     pub exp: u64,
     pub jti: String,
+    /// The queue the message is of (absent in signatures of a version that
+    /// did not sign it).
+    #[serde(default)]
+    pub queue: String,
     pub body: String,
 }
 
@@ -92,7 +103,14 @@ impl Signer {
     }
 
     /// The header value for a POST of `body` to `url`.
-    pub fn sign(&self, url: &str, body: &[u8], message_id: &str, now_s: u64) -> String {
+    pub fn sign(
+        &self,
+        url: &str,
+        body: &[u8],
+        message_id: &str,
+        queue: &str,
+        now_s: u64,
+    ) -> String {
         let claims = Claims {
             iss: "datalayer".to_owned(),
             sub: url.to_owned(),
@@ -100,6 +118,7 @@ impl Signer {
             nbf: now_s,
             exp: now_s + VALID_FOR_S,
             jti: message_id.to_owned(),
+            queue: queue.to_owned(),
             body: body_hash(body),
         };
         let head = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
@@ -163,10 +182,10 @@ mod tests {
     #[test]
     fn a_signature_binds_key_url_body_and_time() {
         let signer = Signer::parse("current-key-0123456789\nnext-key-0123456789ab\n").unwrap();
-        let token = signer.sign("http://h/x", b"body", "7", 1000);
+        let token = signer.sign("http://h/x", b"body", "7", "q", 1000);
         let keys: [&[u8]; 2] = [b"current-key-0123456789", b"next-key-0123456789ab"];
         let claims = verify(&token, &keys, "http://h/x", b"body", 1000, 0).unwrap();
-        assert_eq!(claims.jti, "7");
+        assert_eq!((claims.jti.as_str(), claims.queue.as_str()), ("7", "q"));
         assert_eq!(
             verify(&token, &keys, "http://h/y", b"body", 1000, 0),
             Err("signed for another URL")
@@ -189,7 +208,7 @@ mod tests {
         );
         // After a rotation the next key signs, and receivers that know it verify.
         let rotated = Signer::parse("next-key-0123456789ab\nthird-key-0123456789").unwrap();
-        let token = rotated.sign("http://h/x", b"body", "8", 1000);
+        let token = rotated.sign("http://h/x", b"body", "8", "q", 1000);
         assert!(verify(&token, &keys, "http://h/x", b"body", 1000, 0).is_ok());
         assert!(Signer::parse("").is_err());
         assert!(Signer::parse("short").is_err());

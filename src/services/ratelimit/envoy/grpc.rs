@@ -99,6 +99,19 @@ fn current(node: &Node) -> Option<resp::RateLimit> {
     })
 }
 
+/// The time left in the current window of `node`'s unit (windows are
+/// aligned to the epoch, as the store's fixed windows are).
+fn window_left_us(node: &Node) -> u64 {
+    let window = node
+        .rule
+        .as_ref()
+        .map_or(1_000_000, |r| r.unit.window().as_micros() as u64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    window - now % window
+}
+
 fn seconds(us: u64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: us.div_ceil(1_000_000) as i64,
@@ -169,11 +182,15 @@ impl Handler {
                 Kind::Limited(limit) => {
                     let hits = d.hits_addend.map_or(request_hits, |h| h);
                     let mut key = req.domain.clone();
+                    // Lengths first: no two descriptors share a counter.
                     for e in &d.entries {
-                        key.push('|');
-                        key.push_str(&e.key);
-                        key.push('=');
-                        key.push_str(&e.value);
+                        key.push_str(&format!(
+                            "|{}:{}={}:{}",
+                            e.key.len(),
+                            e.key,
+                            e.value.len(),
+                            e.value
+                        ));
                     }
                     checks.push(RateCheck {
                         cost: limit.clamp_cost(hits),
@@ -217,10 +234,7 @@ impl Handler {
                     pb::rate_limit_response::DescriptorStatus {
                         code: code(true),
                         current_limit: current(n),
-                        duration_until_reset: n
-                            .rule
-                            .as_ref()
-                            .map(|r| seconds(r.unit.window().as_micros() as u64)),
+                        duration_until_reset: Some(seconds(window_left_us(n))),
                         ..Default::default()
                     },
                     Some(*n),
@@ -240,7 +254,10 @@ impl Handler {
                                 0
                             },
                             duration_until_reset: Some(seconds(
-                                d.retry_after_us.unwrap_or(d.reset_after_us),
+                                match d.retry_after_us.unwrap_or(d.reset_after_us) {
+                                    0 => window_left_us(n),
+                                    us => us,
+                                },
                             )),
                             quota: None,
                         },

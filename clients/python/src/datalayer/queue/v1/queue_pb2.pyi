@@ -1180,8 +1180,8 @@ class Destination(_message.Message):
     after a delivery succeeded.
     """
     failure_callback_url: _builtins.str
-    """Receives {queue, message_id, attempt, status, error} as JSON when a
-    message's last attempt failed and it went to the dead letters.
+    """Receives {queue, message_id, attempt, error} as JSON when a message's
+    last attempt failed and it went to the dead letters.
     """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:

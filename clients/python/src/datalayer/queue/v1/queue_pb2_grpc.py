@@ -281,7 +281,8 @@ class QueueServiceServicer:
 
     def SetDestination(self, request, context):
         """SetDestination makes the queue a push queue: the service POSTs each
-        message to the destination, with a `datalayer-signature` header, and
+        message to the destination, with a `datalayer-signature` header (a JWT
+        binding the URL, the body, the message id and the queue), and
         treats a 2xx answer as its ack; anything else, a timeout or a
         connection error is a failed attempt (the queue's backoff, then the
         dead letters). An empty url makes it a pull queue again.

@@ -92,7 +92,8 @@ class QueueServiceStub:
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ListSchedulesRequest, _queue_pb2.ListSchedulesResponse]
     SetDestination: _grpc.UnaryUnaryMultiCallable[_queue_pb2.SetDestinationRequest, _queue_pb2.SetDestinationResponse]
     """SetDestination makes the queue a push queue: the service POSTs each
-    message to the destination, with a `datalayer-signature` header, and
+    message to the destination, with a `datalayer-signature` header (a JWT
+    binding the URL, the body, the message id and the queue), and
     treats a 2xx answer as its ack; anything else, a timeout or a
     connection error is a failed attempt (the queue's backoff, then the
     dead letters). An empty url makes it a pull queue again.
@@ -164,7 +165,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
     ListSchedules: _aio.UnaryUnaryMultiCallable[_queue_pb2.ListSchedulesRequest, _queue_pb2.ListSchedulesResponse]  # type: ignore[assignment]
     SetDestination: _aio.UnaryUnaryMultiCallable[_queue_pb2.SetDestinationRequest, _queue_pb2.SetDestinationResponse]  # type: ignore[assignment]
     """SetDestination makes the queue a push queue: the service POSTs each
-    message to the destination, with a `datalayer-signature` header, and
+    message to the destination, with a `datalayer-signature` header (a JWT
+    binding the URL, the body, the message id and the queue), and
     treats a 2xx answer as its ack; anything else, a timeout or a
     connection error is a failed attempt (the queue's backoff, then the
     dead letters). An empty url makes it a pull queue again.
@@ -341,7 +343,8 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.SetDestinationResponse, _abc.Awaitable[_queue_pb2.SetDestinationResponse]]:
         """SetDestination makes the queue a push queue: the service POSTs each
-        message to the destination, with a `datalayer-signature` header, and
+        message to the destination, with a `datalayer-signature` header (a JWT
+        binding the URL, the body, the message id and the queue), and
         treats a 2xx answer as its ack; anything else, a timeout or a
         connection error is a failed attempt (the queue's backoff, then the
         dead letters). An empty url makes it a pull queue again.

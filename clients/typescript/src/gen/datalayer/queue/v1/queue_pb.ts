@@ -1180,8 +1180,8 @@ export type Destination = Message$1<"datalayer.queue.v1.Destination"> & {
   callbackUrl: string;
 
   /**
-   * Receives {queue, message_id, attempt, status, error} as JSON when a
-   * message's last attempt failed and it went to the dead letters.
+   * Receives {queue, message_id, attempt, error} as JSON when a message's
+   * last attempt failed and it went to the dead letters.
    *
    * @generated from field: string failure_callback_url = 6;
    */
@@ -1474,7 +1474,8 @@ export const QueueService: GenService<{
   },
   /**
    * SetDestination makes the queue a push queue: the service POSTs each
-   * message to the destination, with a `datalayer-signature` header, and
+   * message to the destination, with a `datalayer-signature` header (a JWT
+   * binding the URL, the body, the message id and the queue), and
    * treats a 2xx answer as its ack; anything else, a timeout or a
    * connection error is a failed attempt (the queue's backoff, then the
    * dead letters). An empty url makes it a pull queue again.
