@@ -25,7 +25,7 @@
 // processes (S / TB_WORKERS each), and the publisher in one more, so that no
 // event loop both publishes and receives. The publisher sends W warm-up
 // messages then N measured ones at the run's rate on a fixed schedule,
-// without waiting for answers but with at most TB_PUB_INFLIGHT (8) calls in
+// without waiting for answers but with at most TB_PUB_INFLIGHT (32) calls in
 // flight (through the TypeScript client for the service, ioredis for raw;
 // calls in flight together may be appended in either order). A payload
 // is 100 bytes: the sequence number (u32 LE), the send time (f64 LE,
@@ -88,7 +88,7 @@ const TICK = Number(env("TB_CLK_TCK", 100));
 const DRAIN_MS = Number(env("TB_DRAIN_MS", 5000));
 // Publish calls in flight at most: the publisher sends on its schedule without
 // waiting for answers, up to this many (1: one at a time).
-const INFLIGHT = Math.max(1, Number(env("TB_PUB_INFLIGHT", 8)));
+const INFLIGHT = Math.max(1, Number(env("TB_PUB_INFLIGHT", 32)));
 const RUN = env("TB_RUN_ID", String(Date.now()));
 process.env.TB_RUN_ID = RUN; // the same topic and key names in every child
 const PIDS = {

@@ -349,7 +349,7 @@ impl Store for MemoryBoards {
                     owners: p.records.len() as u64,
                 })
                 .collect();
-            found.sort_by(|a, b| b.span.start_ms.cmp(&a.span.start_ms));
+            found.sort_by_key(|p| std::cmp::Reverse(p.span.start_ms));
             found.truncate(def.keep_periods as usize);
             let owners = b
                 .period(def, current.start_ms, now)

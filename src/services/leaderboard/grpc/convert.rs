@@ -100,7 +100,7 @@ pub fn definition(
     };
     let resets = |def: &Definition| !def.reset_cron.is_empty();
     let switch = match old {
-        Some(old) if resets(old) != !b.reset_cron.is_empty() => Err(FieldViolation::new(
+        Some(old) if resets(old) == b.reset_cron.is_empty() => Err(FieldViolation::new(
             "reset_cron",
             "a board cannot start or stop resetting after creation; create another board",
         )),
@@ -183,7 +183,7 @@ pub fn board(def: &Definition) -> pb::Leaderboard {
         time_zone: def.time_zone.clone(),
         keep_periods: def.keep_periods,
         decrement_floor: def.decrement_floor,
-        metadata: def.metadata.clone().into(),
+        metadata: def.metadata.clone(),
         create_time: Some(timestamp_ms_out(def.created_ms)),
     }
 }
@@ -194,7 +194,7 @@ pub fn record(r: &Ranked) -> pb::Record {
         score: r.record.score,
         subscore: r.record.subscore,
         rank: r.rank,
-        metadata: r.record.metadata.clone().into(),
+        metadata: r.record.metadata.clone(),
         update_time: Some(timestamp_ms_out(r.record.updated_ms)),
         submissions: r.record.submissions,
     }

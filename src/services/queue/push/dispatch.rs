@@ -25,6 +25,9 @@ use crate::store::memory::lock;
 /// Extra lease time past the delivery's timeout.
 const LEASE_MARGIN_MS: u64 = 5_000;
 
+/// A push queue's worker: told its destination, `None` to stop.
+type Worker = watch::Sender<Option<Destination>>;
+
 pub const PUSH_DELIVERIES: &str = "datalayer_queue_push_deliveries_total";
 
 pub struct Dispatcher {
@@ -34,7 +37,7 @@ pub struct Dispatcher {
     signer: Option<Signer>,
     client: reqwest::Client,
     ticker: Arc<Ticker>,
-    workers: Mutex<HashMap<(Tenant, String), watch::Sender<Option<Destination>>>>,
+    workers: Mutex<HashMap<(Tenant, String), Worker>>,
 }
 
 fn random() -> f64 {

@@ -197,7 +197,7 @@ impl Handler {
                         target: Limited {
                             key,
                             scope: scope.clone(),
-                            limit: limit.clone(),
+                            limit: *limit,
                         },
                     });
                     Plan::Check(node, checks.len() - 1)

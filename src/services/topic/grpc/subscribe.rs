@@ -252,7 +252,7 @@ impl Handler {
             }
         } else {
             let (feed, rx) = self.hub.attach(&ctx.tenant, &req.topic);
-            let start = tokio::time::timeout_at(ctx.deadline().into(), feed.start())
+            let start = tokio::time::timeout_at(ctx.deadline(), feed.start())
                 .await
                 .map_err(|_| {
                     Error::Store(StoreError::unavailable(
