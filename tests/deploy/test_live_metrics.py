@@ -8,11 +8,13 @@ against the service while it is SERVING."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,44 @@ def _run_hook(binary: Path, address: str, service: str | None = None) -> tuple[i
     if done.returncode == 2 and "unexpected argument 'health'" in output:
         return None  # a binary from before the subcommand
     return done.returncode, output
+
+
+class _Receiver:
+    """An HTTP endpoint on a free loopback port answering 200 to every POST:
+    a push queue's destination (datalayer_queue_push_deliveries_total)."""
+
+    def __init__(self) -> None:
+        posts: list[bytes] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                posts.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.posts = posts
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _push(channel: grpc.Channel, receiver: _Receiver) -> None:
+    """One message of a push queue delivered to `receiver`."""
+    from datalayer.queue.v1 import queue_pb2, queue_pb2_grpc
+
+    queue = queue_pb2_grpc.QueueServiceStub(channel)
+    destination = queue_pb2.Destination(url=f"http://127.0.0.1:{receiver.port}/hook")
+    queue.SetDestination(queue_pb2.SetDestinationRequest(queue="hooks", destination=destination))
+    queue.Enqueue(queue_pb2.EnqueueRequest(queue="hooks", message=queue_pb2.MessageSpec(payload=b"fill 42")))
+    poll("the push queue's message delivered", lambda: b"fill 42" in b"".join(receiver.posts), timeout=15)
 
 
 def _traffic(channel: grpc.Channel, grpc_addr: str) -> None:
@@ -141,6 +181,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             {"flags": {"new-ui": {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}}}
         )
     )
+    signing_keys = work / "push-keys"
+    signing_keys.write_text("0123456789abcdef0123456789abcdef\n")
+    receiver = _Receiver()
     redis = RedisServer(work).start()
     # The config file exactly as the chart renders it (the listen addresses
     # and the Redis URL come from the environment, which overrides the file,
@@ -152,6 +195,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             "server": {"max_connections": 3},
             "ratelimit": {"policies": {"login": {"limit": 3, "period": "1m"}}},
             "flags": {"sources": [{"selector": FLAG_SET, "path": str(flags)}]},
+            "queue": {
+                "push": {
+                    "allowed_hosts": [f"127.0.0.1:{receiver.port}"],
+                    "signing_key_file": str(signing_keys),
+                    "poll_interval": "50ms",
+                }
+            },
         },
     }
     config = config_file(manifests(render(values)))
@@ -168,6 +218,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
         poll("health SERVING", lambda: status() == SERVING)
         _traffic(channel, service.grpc_addr)
+        _push(channel, receiver)
         hook_serving = _run_hook(binary, service.grpc_addr)
         def counted_refusals() -> str | None:
             text = service.scrape()
@@ -207,6 +258,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     finally:
         service.kill()
         redis.kill()
+        receiver.close()
 
 
 def _exported(run: Run) -> set[str]:

@@ -40,6 +40,16 @@
  * `for await (const msg of dl.queue.consume("analyses", { concurrency: 10 }))`
  * (`msg.ack()` / `msg.nack(err)`). A push queue's deliveries are checked
  * with `verifySignature(body, header, keys, url)` (`./push.ts`).
+ *
+ * Upstash-style helpers (`./ratelimit.ts`, `./cache.ts`, `./sessions.ts`),
+ * answering plain JSON-serialisable values:
+ * `const limiter = dl.ratelimit.slidingWindow(10, "10s")` (or `fixedWindow`,
+ * `tokenBucket`, `gcra`, `policy("auth")`), then `await limiter.limit(id)` ->
+ * `{ success, limit, remaining, resetAt, retryAfterMs, reason }`,
+ * `limiter.blockUntilReady(id, "5s")`, `limiter.remaining(id)`,
+ * `limiter.reset(id)`; `dl.cache.getOrSet(key, compute, { ttl: "5m" })`
+ * (one caller computes, on GetOrLease), `dl.cache.setJson` / `getJson<T>`;
+ * `dl.sessions.validate(token)` -> the session or `undefined`.
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import type { CallOptions, Client, Interceptor, Transport } from "@connectrpc/connect";
@@ -50,6 +60,9 @@ import { BadRequestSchema, RetryInfoSchema } from "./gen/google/rpc/error_detail
 import { services } from "./gen/services.js";
 import { stateLocks, type StateLocks } from "./locks.js";
 import { withQueueWorkers, type QueueWorkers } from "./worker.js";
+import { withRateLimiters, type RateLimiters } from "./ratelimit.js";
+import { withCacheHelpers, type CacheHelpers } from "./cache.js";
+import { withSessionHelpers, type SessionHelpers } from "./sessions.js";
 
 export * from "./gen/services.js";
 export {
@@ -97,6 +110,21 @@ export type {
   WorkOptions,
   WorkSummary,
 } from "./worker.js";
+export { RateLimiter, limitResult, rateLimiters, withRateLimiters } from "./ratelimit.js";
+export type {
+  LimitOptions,
+  LimitReason,
+  LimitResult,
+  LimiterOptions,
+  RateLimitClient,
+  RateLimitServiceClient,
+  RateLimiters,
+} from "./ratelimit.js";
+export { JSON_CONTENT_TYPE, cacheHelpers, withCacheHelpers } from "./cache.js";
+export type { CacheCallOptions, CacheClient, CacheHelpers, CacheServiceClient, GetOrSetOptions, JsonWriteOptions } from "./cache.js";
+export { sessionHelpers, sessionInfo, withSessionHelpers } from "./sessions.js";
+export type { SessionClient, SessionHelpers, SessionInfo, SessionServiceClient, ValidateOptions } from "./sessions.js";
+export { durationToMs } from "./durations.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { CallOptions, Interceptor } from "@connectrpc/connect";
 
@@ -147,7 +175,13 @@ export interface ClientOptions extends RetryOptions {
 type Services = typeof services;
 
 /** Hand-written helpers added to a service's client (`dl.state.lock(...)`, `dl.queue.work(...)`). */
-type Helpers = { state: StateLocks; queue: QueueWorkers };
+type Helpers = {
+  state: StateLocks;
+  queue: QueueWorkers;
+  ratelimit: RateLimiters;
+  cache: CacheHelpers;
+  sessions: SessionHelpers;
+};
 type ServiceClient<K extends keyof Services> = K extends keyof Helpers ? Client<Services[K]> & Helpers[K] : Client<Services[K]>;
 
 /** One typed Connect client per service (`dl.state` with its lock helpers, `dl.queue` with its worker helpers), plus `close()`. */
@@ -327,6 +361,9 @@ export function createClient(options: ClientOptions): DatalayerClient {
     ...typed,
     state: Object.assign(typed.state, stateLocks(typed.state, timeoutMs)),
     queue: withQueueWorkers(typed.queue),
+    ratelimit: withRateLimiters(typed.ratelimit),
+    cache: withCacheHelpers(typed.cache),
+    sessions: withSessionHelpers(typed.sessions),
     transport,
     close: () => sessionManager.abort(),
   };

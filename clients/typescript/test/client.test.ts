@@ -4,7 +4,8 @@
 // LeaderboardService and TopicService: on both; push delivery: binaries of
 // their own configured for it, in push.suite.ts, whose calls count as well;
 // API keys, quotas, TLS and mTLS: binaries of their own, in
-// security.suite.ts); then a check that every RPC the binary serves (by
+// security.suite.ts; the rate-limit, cache and session helpers on both, in
+// helpers2.suite.ts); then a check that every RPC the binary serves (by
 // reflection) was called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -23,6 +24,7 @@ import { topicSuite } from "./topic.suite.js";
 import { workerSuite } from "./worker.suite.js";
 import { pushSuite } from "./push.suite.js";
 import { securitySuite } from "./security.suite.js";
+import { helpers2Suite } from "./helpers2.suite.js";
 
 let stack: Stack | undefined;
 let memory: Stack | undefined;
@@ -63,6 +65,8 @@ workerSuite(current);
 workerSuite(onMemory, "memory");
 pushSuite(() => current().called);
 pushSuite(() => current().called, "memory");
+helpers2Suite(current);
+helpers2Suite(onMemory, "memory");
 securitySuite();
 
 describe("coverage", () => {

@@ -120,6 +120,24 @@ export async function healthStatus(
   });
 }
 
+/**
+ * The rate-limit policies every stack is configured with (through
+ * `DATALAYER__RATELIMIT__POLICIES__<NAME>__*`), for `dl.ratelimit.policy(name)`.
+ */
+export const POLICIES = {
+  auth: { algorithm: "fixed_window", limit: 3, window: "1h" },
+} as const;
+
+function policyEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, fields] of Object.entries(POLICIES)) {
+    for (const [field, value] of Object.entries(fields)) {
+      env[`DATALAYER__RATELIMIT__POLICIES__${name.toUpperCase()}__${field.toUpperCase()}`] = String(value);
+    }
+  }
+  return env;
+}
+
 export interface StackOptions {
   /** `redis` (default): a redis-server of its own; `memory`: no `redis.url`. */
   store?: "redis" | "memory";
@@ -162,6 +180,7 @@ export class Stack {
       DATALAYER__HEALTH__PROBE_INTERVAL: "100ms",
       DATALAYER__HEALTH__PROBE_TIMEOUT: "100ms",
       DATALAYER__TELEMETRY__LOG_LEVEL: "warn",
+      ...policyEnv(),
     };
     if (memory) delete env.DATALAYER__REDIS__URL;
     else env.DATALAYER__REDIS__URL = `redis://127.0.0.1:${redis.port}`;

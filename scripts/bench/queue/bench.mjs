@@ -23,16 +23,17 @@
 //
 // datalayer's consumer (QBENCH_DL_CONSUMER) holds at most C jobs at once,
 // as a BullMQ Worker of concurrency C does:
-//   lease    (the default) C loops, each Lease (one message, long-polling
-//            up to 2 s) then Ack;
-//   consume  one Consume stream started with C credits: each delivered
-//            message is acked with the unary Ack, and when the Ack answers
-//            the stream gets one credit back. Binaries built before commit
+//   consume  (the default) one Consume stream started with C credits:
+//            each delivered message is acked with the unary Ack, and when
+//            the Ack answers the stream gets one credit back. Binaries
+//            built before commit
 //            dcb2a26 ("Consume never drops a lease in flight") lose the
 //            messages of a lease that a credit interrupts: they stay leased
 //            until their lease (30 s) runs out, and the stream's credits
 //            leak; this script reports that as redeliveries and Stats
-//            mismatches.
+//            mismatches;
+//   lease    C loops, each Lease (one message, long-polling up to 2 s)
+//            then Ack.
 // Every phase checks its outcome: each job completed once, and the queue's
 // Stats (datalayer) or job counts (BullMQ) as expected; the service's
 // non-OK calls (from its metrics) are reported.
@@ -53,9 +54,9 @@ const C = Number(env("QBENCH_CONCURRENCY", 50));
 const P = Number(env("QBENCH_PRODUCERS", C));
 const BATCH = Number(env("QBENCH_BATCH", 1));
 const WARMUP = Number(env("QBENCH_WARMUP", 2000));
-// datalayer's consumer: "lease" (C loops of Lease + Ack) or "consume" (one
-// Consume stream with C credits).
-const DL_CONSUMER = env("QBENCH_DL_CONSUMER", "lease");
+// datalayer's consumer: "consume" (one Consume stream with C credits) or
+// "lease" (C loops of Lease + Ack).
+const DL_CONSUMER = env("QBENCH_DL_CONSUMER", "consume");
 if (!["lease", "consume"].includes(DL_CONSUMER)) throw new Error(`QBENCH_DL_CONSUMER: lease or consume, not ${DL_CONSUMER}`);
 const HALF_SECONDS = Number(env("QBENCH_HALF_SECONDS", 10));
 const PHASE_TIMEOUT_MS = Number(env("QBENCH_PHASE_TIMEOUT_MS", 60000));

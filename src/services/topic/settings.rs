@@ -41,10 +41,10 @@ crate::section! {
         pub max_ack_timeout: Duration = hours(12), range(secs(1), days(1));
         /// Most messages one read of a replay (or of a topic's feed) takes.
         pub read_batch: usize = 256, range(1, 10_000);
-        /// Most messages a group member takes from the group at once: what
-        /// it took and did not acknowledge waits for its ack timeout when
-        /// the member dies, so keep it small.
-        pub group_prefetch: usize = 1, range(1, 1000);
+        /// Most messages a group member holds unacknowledged: it is sent
+        /// no new one past that until it acks. What a member that dies
+        /// holds waits for its ack timeout, so keep it small.
+        pub group_prefetch: usize = 10, range(1, 1000);
     }
 }
 

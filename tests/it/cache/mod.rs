@@ -447,7 +447,8 @@ async fn leases_expire(backend: Backend) {
     let mut cache = app.cache.clone();
     let short = GetOrLeaseRequest {
         key: "e".into(),
-        lease_ttl: Some(pb_duration(Duration::from_millis(100))),
+        // Long enough that a loaded machine still asks twice within it.
+        lease_ttl: Some(pb_duration(Duration::from_millis(600))),
     };
     let first = cache
         .get_or_lease(short.clone())
@@ -461,7 +462,7 @@ async fn leases_expire(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(blocked.status, LeaseStatus::Wait as i32);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let second = cache.get_or_lease(short).await.unwrap().into_inner();
     assert_eq!(second.status, LeaseStatus::Leased as i32);
     assert_ne!(second.lease_token, first.lease_token);
