@@ -77,7 +77,9 @@ pub type Sub = tonic::Streaming<pb::SubscribeResponse>;
 
 pub async fn subscribe(c: &mut TopicServiceClient<Channel>, req: pb::SubscribeRequest) -> Sub {
     let mut r = tonic::Request::new(req);
-    r.set_timeout(Duration::from_secs(5));
+    // A stream's deadline bounds the whole stream: long enough for a test
+    // that opens a thousand of them on a slow machine.
+    r.set_timeout(Duration::from_secs(120));
     c.subscribe(r)
         .await
         .expect("subscribe answers")
