@@ -14,6 +14,7 @@ pub mod context;
 pub mod convert;
 pub mod serve;
 pub mod settings;
+pub mod slots;
 pub mod status;
 
 pub use context::{Ctx, Deadlines};

@@ -6,7 +6,6 @@ mod convert;
 mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use super::model::{Submission, parse_period, prefix_len};
 use super::settings::{self, Settings};
@@ -21,7 +20,7 @@ pub struct Handler {
     store: Arc<dyn Store>,
     settings: Settings,
     /// `WatchTop` streams open now (bounded by `leaderboard.max_watches`).
-    watches: Arc<AtomicUsize>,
+    watches: crate::grpc::slots::Slots,
 }
 
 crate::grpc_service! {
@@ -73,7 +72,7 @@ impl Handler {
         Self {
             store,
             settings,
-            watches: Arc::new(AtomicUsize::new(0)),
+            watches: Default::default(),
         }
     }
 

@@ -6,7 +6,6 @@ mod locks;
 mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use super::store::{Store, WriteLimits};
@@ -21,7 +20,7 @@ pub struct Handler {
     store: Arc<dyn Store>,
     settings: Settings,
     /// `Watch` streams open now (bounded by `state.max_watches`).
-    watches: Arc<AtomicUsize>,
+    watches: crate::grpc::slots::Slots,
 }
 
 crate::grpc_service! {
@@ -75,7 +74,7 @@ impl Handler {
         Self {
             store,
             settings,
-            watches: Arc::new(AtomicUsize::new(0)),
+            watches: Default::default(),
         }
     }
 

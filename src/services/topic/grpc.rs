@@ -5,7 +5,6 @@ mod subscribe;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use super::hub::Hub;
 use super::settings::{Settings, group_name};
@@ -22,7 +21,7 @@ pub struct Handler {
     settings: Settings,
     hub: Arc<Hub>,
     /// `Subscribe` streams open now (bounded by `topic.max_subscribers`).
-    subscribers: Arc<AtomicUsize>,
+    subscribers: crate::grpc::slots::Slots,
 }
 
 crate::grpc_service! {
@@ -75,7 +74,7 @@ impl Handler {
             store,
             settings,
             hub,
-            subscribers: Arc::new(AtomicUsize::new(0)),
+            subscribers: Default::default(),
         }
     }
 

@@ -6,7 +6,6 @@
 //! fails: the caller watches again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -15,20 +14,12 @@ use super::convert::record;
 use super::{Handler, board_id, no_board};
 use crate::error::Error;
 use crate::grpc::Ctx;
+use crate::grpc::slots::Slot;
 use crate::keys::Tenant;
 use crate::proto::datalayer::leaderboard::v1 as pb;
 use crate::services::leaderboard::store::{Page, Store, Which};
 use crate::store::StoreError;
 use crate::validate;
-
-/// Counts an open watch; the count drops when the stream does.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 struct Watcher {
     store: Arc<dyn Store>,
@@ -102,13 +93,11 @@ impl Handler {
             board_id(&req.leaderboard_id, "leaderboard_id"),
             self.settings.watch_limit(req.limit, "limit"),
         ))?;
-        let open = self.watches.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(self.watches.clone());
-        if open >= self.settings.max_watches {
-            return Err(Error::ResourceExhausted(format!(
+        let slot = self.watches.take(self.settings.max_watches).map_err(|open| {
+            Error::ResourceExhausted(format!(
                 "{open} WatchTop streams are open on this instance, the most leaderboard.max_watches allows; close one or watch through another instance"
-            )));
-        }
+            ))
+        })?;
         ctx.store(self.store.get(&ctx.tenant, &req.leaderboard_id))
             .await?
             .ok_or_else(|| no_board(&req.leaderboard_id))?;

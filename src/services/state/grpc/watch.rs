@@ -8,7 +8,6 @@
 //! ends the stream too (UNAVAILABLE): the caller watches again and re-reads.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -16,6 +15,7 @@ use futures::Stream;
 use super::Handler;
 use crate::error::Error;
 use crate::grpc::Ctx;
+use crate::grpc::slots::Slot;
 use crate::keys::Tenant;
 use crate::proto::datalayer::state::v1 as pb;
 use crate::services::state::store::Store;
@@ -25,15 +25,6 @@ use crate::validate;
 
 /// Most changes one poll reads.
 const POLL_BATCH: usize = 1000;
-
-/// Counts an open watch; the count drops when the stream does.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 struct Watcher {
     store: Arc<dyn Store>,
@@ -128,13 +119,11 @@ impl Handler {
             state::name(&req.collection, "collection"),
             self.settings.prefix(&req.prefix, "prefix"),
         ))?;
-        let open = self.watches.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(self.watches.clone());
-        if open >= self.settings.max_watches {
-            return Err(Error::ResourceExhausted(format!(
+        let slot = self.watches.take(self.settings.max_watches).map_err(|open| {
+            Error::ResourceExhausted(format!(
                 "{open} watches are open on this instance, the most state.max_watches allows; close one or watch through another instance"
-            )));
-        }
+            ))
+        })?;
         let start = ctx
             .store(self.store.changes(&ctx.tenant, &req.collection, None, 0))
             .await?;

@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -24,6 +23,7 @@ use super::{Handler, id_in, message_out, topic_name};
 use crate::error::Error;
 use crate::grpc::Ctx;
 use crate::grpc::convert::{duration_in, timestamp_in};
+use crate::grpc::slots::Slot;
 use crate::keys::Tenant;
 use crate::proto::datalayer::topic::v1::{self as pb, subscribe_request::From};
 use crate::services::topic::hub::Event;
@@ -32,15 +32,6 @@ use crate::services::topic::store::Store;
 use crate::services::topic::{GroupRead, Msg, MsgId, Retention};
 use crate::store::StoreError;
 use crate::validate;
-
-/// Counts an open subscription; the count drops when the stream does.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 enum Mode {
     /// Replaying from the store, then following `rx`.
@@ -220,13 +211,11 @@ impl Handler {
             duration_in(req.ack_timeout.as_ref(), "ack_timeout")
                 .and_then(|d| s.ack_timeout_ms(d, "ack_timeout")),
         ))?;
-        let open = self.subscribers.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(self.subscribers.clone());
-        if open >= s.max_subscribers {
-            return Err(Error::ResourceExhausted(format!(
+        let slot = self.subscribers.take(s.max_subscribers).map_err(|open| {
+            Error::ResourceExhausted(format!(
                 "{open} subscriptions are open on this instance, the most topic.max_subscribers allows; close one or subscribe through another instance"
-            )));
-        }
+            ))
+        })?;
         let mode = if grouped {
             let start = match from {
                 Some(id) => id,
