@@ -48,6 +48,9 @@ pub struct Registrar<'a> {
     limits: Limits,
     routes: &'a mut RoutesBuilder,
     served: Vec<&'static str>,
+    /// What one service hands to a later one in the list (the rate
+    /// limiter's decision recorder, which analytics flushes).
+    handoffs: http::Extensions,
 }
 
 /// A handler that can be served (implemented by [`crate::grpc_service!`]).
@@ -68,6 +71,7 @@ impl<'a> Registrar<'a> {
             limits,
             routes,
             served: Vec::new(),
+            handoffs: http::Extensions::new(),
         }
     }
 
@@ -90,6 +94,16 @@ impl<'a> Registrar<'a> {
     /// Records a served gRPC service's full name (health reports on it).
     pub fn served(&mut self, name: &'static str) {
         self.served.push(name);
+    }
+
+    /// Leaves `value` for a service later in the list.
+    pub fn hand_off<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
+        self.handoffs.insert(value);
+    }
+
+    /// What an earlier service left with [`Registrar::hand_off`].
+    pub fn handed<T: Clone + Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.handoffs.remove::<T>()
     }
 
     /// Serves `handler`.

@@ -14,6 +14,7 @@ crate::services! {
     queue,
     leaderboard,
     topic,
+    analytics,
     audit,
     #[cfg(feature = "echo")]
     echo,

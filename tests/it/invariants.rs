@@ -33,6 +33,7 @@ pub fn workloads() -> Vec<(&'static str, Workload)> {
     all.push(("queue", crate::queue::workload));
     all.push(("leaderboard", crate::leaderboard::workload));
     all.push(("topic", crate::topic::workload));
+    all.push(("analytics", crate::analytics::workload));
     all.push(("audit", crate::audit::workload));
     #[cfg(feature = "echo")]
     all.push(("echo", crate::echo::workload));
@@ -47,8 +48,9 @@ pub fn fresh(prefix: &str) -> String {
     )
 }
 
-/// Longest TTL any expiring key may carry: a year and a day.
-const MAX_TTL_MS: i64 = 367 * 24 * 3600 * 1000;
+/// Longest TTL any expiring key may carry: three years and a day (the
+/// longest analytics retention, `days(1098)`, plus its bucket).
+const MAX_TTL_MS: i64 = 1130 * 24 * 3600 * 1000;
 
 #[test]
 fn every_registered_service_has_a_workload() {

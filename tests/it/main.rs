@@ -10,6 +10,7 @@
 #[macro_use]
 mod harness;
 
+mod analytics;
 mod audit;
 mod auth;
 mod cache;

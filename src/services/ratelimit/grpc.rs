@@ -1,7 +1,10 @@
 //! `datalayer.ratelimit.v1.RateLimitService`: the wire ↔ the domain, then
 //! the store.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::store::Store;
 use super::{
@@ -12,12 +15,15 @@ use crate::error::Error;
 use crate::grpc::Ctx;
 use crate::grpc::convert::{duration_in, duration_out};
 use crate::proto::datalayer::ratelimit::v1 as pb;
+use crate::services::analytics::recorder::Recorder;
 use crate::validate::{self, FieldViolation, Invalid, quote};
 
 pub struct Handler {
     store: Arc<dyn Store>,
     settings: Settings,
     policies: BTreeMap<Arc<str>, Limit>,
+    /// Where the decisions of policies with `analytics = true` are counted.
+    analytics: Option<(Arc<Recorder>, BTreeSet<Arc<str>>)>,
 }
 
 crate::grpc_service! {
@@ -117,11 +123,13 @@ impl Handler {
         store: Arc<dyn Store>,
         settings: Settings,
         policies: BTreeMap<Arc<str>, Limit>,
+        analytics: Option<(Arc<Recorder>, BTreeSet<Arc<str>>)>,
     ) -> Self {
         Self {
             store,
             settings,
             policies,
+            analytics,
         }
     }
 
@@ -191,6 +199,7 @@ impl Handler {
                 .zip(decisions)
                 .map(|(p, d)| {
                     record(p, if d.allowed { "allowed" } else { "rejected" });
+                    self.analyze(ctx, p, d.allowed);
                     answer(p, d)
                 })
                 .collect()),
@@ -207,6 +216,19 @@ impl Handler {
                 Ok(parsed.iter().map(fail_open).collect())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Counts the decision for analytics when its policy asks for it.
+    fn analyze(&self, ctx: &Ctx, parsed: &Parsed, allowed: bool) {
+        let Some((recorder, recorded)) = &self.analytics else {
+            return;
+        };
+        let target = &parsed.check.target;
+        if let Scope::Policy(name) = &target.scope
+            && recorded.contains(name)
+        {
+            recorder.record(&ctx.tenant, name, allowed, &target.key);
         }
     }
 

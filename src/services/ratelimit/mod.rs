@@ -66,7 +66,18 @@ impl Module for Service {
             envoy_config,
             settings.envoy.clone(),
         ));
-        registrar.add(grpc::Handler::new(store, settings.clone(), policies));
+        let recorded = settings.recorded();
+        let recorder = (!recorded.is_empty()).then(|| {
+            let recorder = crate::services::analytics::recorder::Recorder::new();
+            registrar.hand_off(recorder.clone());
+            (recorder, recorded)
+        });
+        registrar.add(grpc::Handler::new(
+            store,
+            settings.clone(),
+            policies,
+            recorder,
+        ));
         Ok(())
     }
 }

@@ -52,6 +52,10 @@ crate::section! {
         /// `closed` (when unset: UNAVAILABLE while the store is down) or
         /// `open` (allowed, reason FAIL_OPEN).
         pub fail_mode: Option<FailModeName> = None;
+        /// Record every decision in the analytics metric `ratelimit.checks`
+        /// (by policy and result, denied keys in its `identifier` top list),
+        /// counted in memory and flushed every `analytics.flush_interval`.
+        pub analytics: bool = false;
     }
 }
 
@@ -173,6 +177,15 @@ impl Settings {
                 }
             }
         }
+    }
+
+    /// The policies whose decisions analytics record.
+    pub fn recorded(&self) -> std::collections::BTreeSet<Arc<str>> {
+        self.policies
+            .iter()
+            .filter(|(_, spec)| spec.analytics)
+            .map(|(name, _)| Arc::from(name.as_str()))
+            .collect()
     }
 
     /// The configured policies, by name (settings were validated at load).

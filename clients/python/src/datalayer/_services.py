@@ -8,6 +8,8 @@ import grpc.aio
 
 from datalayer._invoke import AsyncInvoker, AsyncServerStream, Metadata, ServerStream, SyncInvoker
 from datalayer._locks import AsyncStateLocks, StateLocks
+from datalayer.analytics.v1 import analytics_pb2
+from datalayer.analytics.v1 import analytics_pb2_grpc
 from datalayer.audit.v1 import audit_pb2
 from datalayer.audit.v1 import audit_pb2_grpc
 from datalayer.cache.v1 import cache_pb2
@@ -28,7 +30,183 @@ from datalayer.topic.v1 import topic_pb2
 from datalayer.topic.v1 import topic_pb2_grpc
 
 #: Fully-qualified service name -> client attribute.
-SERVICES: dict[str, str] = {"datalayer.audit.v1.AuditService": "audit", "datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.leaderboard.v1.LeaderboardService": "leaderboard", "datalayer.queue.v1.QueueService": "queue", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state", "datalayer.topic.v1.TopicService": "topic"}
+SERVICES: dict[str, str] = {"datalayer.analytics.v1.AnalyticsService": "analytics", "datalayer.audit.v1.AuditService": "audit", "datalayer.cache.v1.CacheService": "cache", "datalayer.flags.v1.FlagService": "flags", "datalayer.leaderboard.v1.LeaderboardService": "leaderboard", "datalayer.queue.v1.QueueService": "queue", "datalayer.ratelimit.v1.RateLimitService": "ratelimit", "datalayer.session.v1.SessionService": "sessions", "datalayer.state.v1.StateService": "state", "datalayer.topic.v1.TopicService": "topic"}
+
+
+class AnalyticsService:
+    """AnalyticsService keeps real-time counters, unique counts and top lists:
+    signals sent per exchange, daily active users, the most used commands,
+    who is rate limited most.
+
+    Every event lands in time buckets at each of its metric's resolutions
+    (by default a minute kept 48 hours, an hour kept 90 days, a day kept two
+    years), each key expiring after its retention. A bucket holds, per
+    combination of dimension values, the count, sum, min and max; a
+    HyperLogLog of the events' `unique_id`s; and, per top label, a bounded
+    sorted set of its values. A metric's keys share one hash slot, so a
+    `Track` is one script call per metric.
+
+    Memory is bounded whatever callers send: each metric keeps at most
+    `analytics.max_combinations` dimension combinations (later ones are
+    counted in the `__other__` series, and `ListMetrics` says how many events
+    were folded), a tenant at most `analytics.max_metrics` metrics, and a top
+    list at most `analytics.top_size` values per bucket.
+
+    Reached as ``client.analytics``.
+    """
+
+    def __init__(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+        self._invoke = invoke
+
+    def track(
+        self,
+        request: analytics_pb2.TrackRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.TrackResponse:
+        """Track records a batch of events (at most analytics.max_batch). All are
+        validated first: one bad event refuses the whole batch, naming every
+        bad field.
+        """
+        return self._invoke(self.stub.Track, request, timeout=timeout, metadata=metadata)
+
+    def query(
+        self,
+        request: analytics_pb2.QueryRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.QueryResponse:
+        """Query reads a metric's series over a range: one point per bucket,
+        zeros where nothing was tracked, optionally filtered by dimension
+        values and grouped by some dimensions.
+        """
+        return self._invoke(self.stub.Query, request, timeout=timeout, metadata=metadata)
+
+    def unique(
+        self,
+        request: analytics_pb2.UniqueRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.UniqueResponse:
+        """Unique estimates how many distinct `unique_id`s were tracked over a
+        range (HyperLogLog: standard error 0.81%).
+        """
+        return self._invoke(self.stub.Unique, request, timeout=timeout, metadata=metadata)
+
+    def top(
+        self,
+        request: analytics_pb2.TopRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.TopResponse:
+        """Top ranks the values of a top label (or, when the metric has no top
+        list under that name, of a dimension) by count over a range.
+        """
+        return self._invoke(self.stub.Top, request, timeout=timeout, metadata=metadata)
+
+    def list_metrics(
+        self,
+        request: analytics_pb2.ListMetricsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.ListMetricsResponse:
+        """ListMetrics lists the tenant's metrics, in name order."""
+        return self._invoke(self.stub.ListMetrics, request, timeout=timeout, metadata=metadata)
+
+
+class AsyncAnalyticsService:
+    """AnalyticsService keeps real-time counters, unique counts and top lists:
+    signals sent per exchange, daily active users, the most used commands,
+    who is rate limited most.
+
+    Every event lands in time buckets at each of its metric's resolutions
+    (by default a minute kept 48 hours, an hour kept 90 days, a day kept two
+    years), each key expiring after its retention. A bucket holds, per
+    combination of dimension values, the count, sum, min and max; a
+    HyperLogLog of the events' `unique_id`s; and, per top label, a bounded
+    sorted set of its values. A metric's keys share one hash slot, so a
+    `Track` is one script call per metric.
+
+    Memory is bounded whatever callers send: each metric keeps at most
+    `analytics.max_combinations` dimension combinations (later ones are
+    counted in the `__other__` series, and `ListMetrics` says how many events
+    were folded), a tenant at most `analytics.max_metrics` metrics, and a top
+    list at most `analytics.top_size` values per bucket.
+
+    Reached as ``client.analytics``.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        #: The generated stub, for calls without the wrapper.
+        self.stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+        self._invoke = invoke
+
+    async def track(
+        self,
+        request: analytics_pb2.TrackRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.TrackResponse:
+        """Track records a batch of events (at most analytics.max_batch). All are
+        validated first: one bad event refuses the whole batch, naming every
+        bad field.
+        """
+        return await self._invoke(self.stub.Track, request, timeout=timeout, metadata=metadata)
+
+    async def query(
+        self,
+        request: analytics_pb2.QueryRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.QueryResponse:
+        """Query reads a metric's series over a range: one point per bucket,
+        zeros where nothing was tracked, optionally filtered by dimension
+        values and grouped by some dimensions.
+        """
+        return await self._invoke(self.stub.Query, request, timeout=timeout, metadata=metadata)
+
+    async def unique(
+        self,
+        request: analytics_pb2.UniqueRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.UniqueResponse:
+        """Unique estimates how many distinct `unique_id`s were tracked over a
+        range (HyperLogLog: standard error 0.81%).
+        """
+        return await self._invoke(self.stub.Unique, request, timeout=timeout, metadata=metadata)
+
+    async def top(
+        self,
+        request: analytics_pb2.TopRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.TopResponse:
+        """Top ranks the values of a top label (or, when the metric has no top
+        list under that name, of a dimension) by count over a range.
+        """
+        return await self._invoke(self.stub.Top, request, timeout=timeout, metadata=metadata)
+
+    async def list_metrics(
+        self,
+        request: analytics_pb2.ListMetricsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> analytics_pb2.ListMetricsResponse:
+        """ListMetrics lists the tenant's metrics, in name order."""
+        return await self._invoke(self.stub.ListMetrics, request, timeout=timeout, metadata=metadata)
 
 
 class AuditService:
@@ -2262,6 +2440,7 @@ class AsyncTopicService:
 class SyncServices:
     """The services of this client version, one attribute each."""
 
+    analytics: AnalyticsService
     audit: AuditService
     cache: CacheService
     flags: FlagService
@@ -2273,6 +2452,7 @@ class SyncServices:
     topic: TopicService
 
     def _bind_services(self, channel: grpc.Channel, invoke: SyncInvoker) -> None:
+        self.analytics = AnalyticsService(channel, invoke)
         self.audit = AuditService(channel, invoke)
         self.cache = CacheService(channel, invoke)
         self.flags = FlagService(channel, invoke)
@@ -2287,6 +2467,7 @@ class SyncServices:
 class AsyncServices:
     """The services of this client version, one attribute each."""
 
+    analytics: AsyncAnalyticsService
     audit: AsyncAuditService
     cache: AsyncCacheService
     flags: AsyncFlagService
@@ -2298,6 +2479,7 @@ class AsyncServices:
     topic: AsyncTopicService
 
     def _bind_services(self, channel: grpc.aio.Channel, invoke: AsyncInvoker) -> None:
+        self.analytics = AsyncAnalyticsService(channel, invoke)
         self.audit = AsyncAuditService(channel, invoke)
         self.cache = AsyncCacheService(channel, invoke)
         self.flags = AsyncFlagService(channel, invoke)
