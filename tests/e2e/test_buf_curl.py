@@ -103,3 +103,18 @@ def test_health_check(curl):
     assert answer == {"status": "SERVING"}
     answer = ok_json(curl("-d", '{"service":"datalayer.ratelimit.v1.RateLimitService"}', path="/grpc.health.v1.Health/Check"))
     assert answer == {"status": "SERVING"}
+
+
+def test_analytics_doc_example(curl):
+    # docs/analytics.md's buf curl example: Track, then Query by exchange.
+    import re
+
+    doc = (REPO_ROOT / "docs" / "analytics.md").read_text()
+    track_body = re.search(r"\$BUF -d '(\{\"events\".*?)' \\", doc).group(1)
+    answer = ok_json(curl("-d", track_body, path="/datalayer.analytics.v1.AnalyticsService/Track"))
+    assert answer == {"accepted": 2}
+    query_body = re.search(r"\$BUF -d '(\{\"metric\":\"orders\".*?)' \\", doc).group(1)
+    series = ok_json(curl("-d", query_body, path="/datalayer.analytics.v1.AnalyticsService/Query"))
+    assert series["resolution"] == "1h"
+    [kraken] = [s for s in series["series"] if s["dimensions"] == {"exchange": "kraken"}]
+    assert sum(int(p.get("count", "0")) for p in kraken["points"]) >= 2
