@@ -94,7 +94,7 @@ impl Quotas {
         let mut used = lock(&self.used);
         let entry = used.entry(tenant.clone()).or_default();
         if let Some(limit) = &limit {
-            let outcome = algorithm::apply(limit, 1, now_us, entry.rate);
+            let outcome = algorithm::apply(limit, 1, now_us, entry.rate, algorithm::Mode::Check);
             if !outcome.decision.allowed {
                 let wait = Duration::from_micros(outcome.decision.retry_after_us.unwrap_or(1_000));
                 return Err((

@@ -11,8 +11,9 @@ use super::{Algorithm, Decision, Limit};
 pub enum State {
     /// Theoretical arrival time in microseconds plus `frac / limit` of one.
     Gcra { tat_us: u64, frac: u64 },
-    /// Tokens left, and the time the last whole refill interval ended.
-    TokenBucket { tokens: u64, last_us: u64 },
+    /// Tokens left (below zero after a forced spend), and the time the
+    /// last whole refill interval ended.
+    TokenBucket { tokens: i64, last_us: u64 },
     /// The current window's index, its count, and the previous window's count.
     Window { window: u64, count: u64, prev: u64 },
 }
@@ -24,17 +25,35 @@ pub struct Outcome {
     pub write: Option<(State, u64)>,
 }
 
-/// Applies one check. `cost` is already clamped to `limit + 1`.
-pub fn apply(limit: &Limit, cost: u64, now_us: u64, state: Option<State>) -> Outcome {
-    match limit.algorithm {
-        Algorithm::Gcra => gcra(limit, cost, now_us, state),
-        Algorithm::TokenBucket => token_bucket(limit, cost, now_us, state),
-        Algorithm::FixedWindow => fixed_window(limit, cost, now_us, state),
-        Algorithm::SlidingWindow => sliding_window(limit, cost, now_us, state),
+/// What a check does with a cost (the scripts' `c`, `d` and `f`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Consumes the cost if it fits.
+    Check,
+    /// Only decides (the first pass of an all-or-nothing batch).
+    Dry,
+    /// Consumes it whether or not it fits (usage reported afterwards).
+    Force,
+}
+
+impl Mode {
+    fn consumes(self, allowed: bool) -> bool {
+        self == Mode::Force || (allowed && self == Mode::Check)
     }
 }
 
-fn gcra(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome {
+/// Applies one check. `cost` is already clamped to `limit + 1`, unless
+/// forced (then bounded by the handler).
+pub fn apply(limit: &Limit, cost: u64, now_us: u64, state: Option<State>, mode: Mode) -> Outcome {
+    match limit.algorithm {
+        Algorithm::Gcra => gcra(limit, cost, now_us, state, mode),
+        Algorithm::TokenBucket => token_bucket(limit, cost, now_us, state, mode),
+        Algorithm::FixedWindow => fixed_window(limit, cost, now_us, state, mode),
+        Algorithm::SlidingWindow => sliding_window(limit, cost, now_us, state, mode),
+    }
+}
+
+fn gcra(l: &Limit, cost: u64, now: u64, state: Option<State>, mode: Mode) -> Outcome {
     let (limit, period) = (l.limit, l.period_us);
     // The emission interval period/limit is q + r/limit microseconds, kept
     // exact by carrying the fraction in units of 1/limit.
@@ -52,8 +71,9 @@ fn gcra(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome {
     let new_frac = add % limit;
     let new_diff = new_tat - now;
     let allowed = new_diff < period || (new_diff == period && new_frac == 0);
+    let consume = mode.consumes(allowed);
 
-    let (tat_after, frac_after) = if allowed {
+    let (tat_after, frac_after) = if consume {
         (new_tat, new_frac)
     } else {
         (tat, frac)
@@ -66,7 +86,7 @@ fn gcra(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome {
     let reset_after_us = diff_after + u64::from(frac_after > 0);
     let retry_after_us =
         (!allowed && cost <= limit).then(|| new_tat - period - now + u64::from(new_frac > 0));
-    let write = (allowed && cost > 0).then_some((
+    let write = (consume && cost > 0).then_some((
         State::Gcra {
             tat_us: tat_after,
             frac: frac_after,
@@ -84,34 +104,43 @@ fn gcra(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome {
     }
 }
 
-fn token_bucket(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome {
+fn token_bucket(l: &Limit, cost: u64, now: u64, state: Option<State>, mode: Mode) -> Outcome {
     let (capacity, refill, interval) = (l.limit, l.refill, l.period_us);
     let (mut tokens, mut last) = match state {
         Some(State::TokenBucket { tokens, last_us }) => (tokens, last_us),
-        _ => (capacity, now),
+        _ => (capacity as i64, now),
     };
+    // Signed: a forced spend may leave the bucket below zero.
+    let (capacity, refill, cost) = (capacity as i64, refill as i64, cost as i64);
     if now > last {
-        // Never more intervals than it takes to fill the bucket.
-        let intervals = ((now - last) / interval).min(capacity / refill + 1);
+        // Never more intervals than it takes to fill the bucket (from
+        // below zero too).
+        let deficit = if tokens < 0 {
+            capacity - tokens
+        } else {
+            capacity
+        };
+        let intervals = (((now - last) / interval) as i64).min(deficit / refill + 1);
         tokens = (tokens + intervals * refill).min(capacity);
-        last += intervals * interval;
+        last += intervals as u64 * interval;
     }
     if tokens >= capacity {
         // A full bucket's refill clock starts at its next spend.
         last = now;
     }
     let allowed = cost <= tokens;
-    if allowed {
+    let consume = mode.consumes(allowed);
+    if consume {
         tokens -= cost;
     }
     let reset_after_us = if tokens >= capacity {
         0
     } else {
-        last + (capacity - tokens).div_ceil(refill) * interval - now
+        last + ((capacity - tokens) as u64).div_ceil(refill as u64) * interval - now
     };
     let retry_after_us = (!allowed && cost <= capacity)
-        .then(|| last + (cost - tokens).div_ceil(refill) * interval - now);
-    let write = (allowed && cost > 0).then_some((
+        .then(|| last + ((cost - tokens) as u64).div_ceil(refill as u64) * interval - now);
+    let write = (consume && cost > 0).then_some((
         State::TokenBucket {
             tokens,
             last_us: last,
@@ -121,7 +150,7 @@ fn token_bucket(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome
     Outcome {
         decision: Decision {
             allowed,
-            remaining: tokens,
+            remaining: tokens.max(0) as u64,
             reset_after_us,
             retry_after_us,
         },
@@ -129,7 +158,7 @@ fn token_bucket(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome
     }
 }
 
-fn fixed_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome {
+fn fixed_window(l: &Limit, cost: u64, now: u64, state: Option<State>, mode: Mode) -> Outcome {
     let (limit, size) = (l.limit, l.period_us);
     let window = now / size;
     let count = match state {
@@ -139,11 +168,12 @@ fn fixed_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome
         _ => 0,
     };
     let allowed = count + cost <= limit;
-    let count_after = if allowed { count + cost } else { count };
+    let consume = mode.consumes(allowed);
+    let count_after = if consume { count + cost } else { count };
     let until_end = (window + 1) * size - now;
     let reset_after_us = if count_after == 0 { 0 } else { until_end };
     let retry_after_us = (!allowed && cost <= limit).then_some(until_end);
-    let write = (allowed && cost > 0).then_some((
+    let write = (consume && cost > 0).then_some((
         State::Window {
             window,
             count: count_after,
@@ -154,7 +184,7 @@ fn fixed_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome
     Outcome {
         decision: Decision {
             allowed,
-            remaining: limit - count_after,
+            remaining: limit.saturating_sub(count_after),
             reset_after_us,
             retry_after_us,
         },
@@ -162,7 +192,7 @@ fn fixed_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome
     }
 }
 
-fn sliding_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outcome {
+fn sliding_window(l: &Limit, cost: u64, now: u64, state: Option<State>, mode: Mode) -> Outcome {
     let (limit, size) = (l.limit, l.period_us);
     let window = now / size;
     let elapsed = now % size;
@@ -182,7 +212,8 @@ fn sliding_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outco
     let weight = (size - elapsed) as f64 / size as f64;
     let prev_weighted = (prev as f64 * weight).floor() as u64;
     let allowed = prev_weighted + count + cost <= limit;
-    let count_after = if allowed { count + cost } else { count };
+    let consume = mode.consumes(allowed);
+    let count_after = if consume { count + cost } else { count };
     let until_end = size - elapsed;
     let remaining = limit - (prev_weighted + count_after).min(limit);
     let reset_after_us = if count_after > 0 {
@@ -210,7 +241,7 @@ fn sliding_window(l: &Limit, cost: u64, now: u64, state: Option<State>) -> Outco
             }
         }
     });
-    let write = (allowed && cost > 0).then_some((
+    let write = (consume && cost > 0).then_some((
         State::Window {
             window,
             count: count_after,
@@ -248,7 +279,7 @@ mod tests {
     fn burst(l: &Limit, now: u64, state: &mut Option<State>, n: u64) -> u64 {
         let mut allowed = 0;
         for _ in 0..n {
-            let out = apply(l, 1, now, *state);
+            let out = apply(l, 1, now, *state, Mode::Check);
             if let Some((s, _)) = out.write {
                 *state = Some(s);
             }
@@ -263,7 +294,7 @@ mod tests {
         let l = limit(Algorithm::Gcra, 3, 1_000_000, 3);
         let mut state = None;
         assert_eq!(burst(&l, 10_000_000, &mut state, 10), 3);
-        let out = apply(&l, 1, 10_000_000, state);
+        let out = apply(&l, 1, 10_000_000, state, Mode::Check);
         assert_eq!(out.decision.retry_after_us, Some(333_334));
         // At the retry time exactly one more fits.
         assert_eq!(burst(&l, 10_333_334, &mut state, 5), 1);
@@ -274,7 +305,7 @@ mod tests {
         let l = limit(Algorithm::Gcra, 10, 10_000_000, 10);
         let mut state = None;
         assert_eq!(burst(&l, 5_000_000, &mut state, 3), 3);
-        let out = apply(&l, 0, 5_000_000, state);
+        let out = apply(&l, 0, 5_000_000, state, Mode::Check);
         assert!(out.decision.allowed);
         assert_eq!(out.decision.remaining, 7);
         assert_eq!(out.decision.reset_after_us, 3_000_000);
@@ -286,11 +317,11 @@ mod tests {
         let l = limit(Algorithm::TokenBucket, 5, 1_000_000, 2);
         let mut state = None;
         assert_eq!(burst(&l, 0, &mut state, 10), 5);
-        let out = apply(&l, 1, 999_999, state);
+        let out = apply(&l, 1, 999_999, state, Mode::Check);
         assert!(!out.decision.allowed);
         assert_eq!(out.decision.retry_after_us, Some(1));
         assert_eq!(burst(&l, 1_000_000, &mut state, 10), 2);
-        let out = apply(&l, 0, 1_000_000, state);
+        let out = apply(&l, 0, 1_000_000, state, Mode::Check);
         assert_eq!(out.decision.reset_after_us, 3_000_000);
     }
 
@@ -299,7 +330,12 @@ mod tests {
         let l = limit(Algorithm::FixedWindow, 4, 1_000, 4);
         let mut state = None;
         assert_eq!(burst(&l, 10_500, &mut state, 9), 4);
-        assert_eq!(apply(&l, 1, 10_999, state).decision.retry_after_us, Some(1));
+        assert_eq!(
+            apply(&l, 1, 10_999, state, Mode::Check)
+                .decision
+                .retry_after_us,
+            Some(1)
+        );
         assert_eq!(burst(&l, 11_000, &mut state, 9), 4);
     }
 
@@ -310,10 +346,18 @@ mod tests {
         assert_eq!(burst(&l, 5_000, &mut state, 20), 10);
         // A quarter into the next window, 3/4 of the previous 10 still count.
         assert_eq!(burst(&l, 6_250, &mut state, 20), 3);
-        let out = apply(&l, 1, 6_250, state);
+        let out = apply(&l, 1, 6_250, state, Mode::Check);
         let retry = out.decision.retry_after_us.expect("fits later");
-        assert!(apply(&l, 1, 6_250 + retry, state).decision.allowed);
-        assert!(!apply(&l, 1, 6_250 + retry - 1, state).decision.allowed);
+        assert!(
+            apply(&l, 1, 6_250 + retry, state, Mode::Check)
+                .decision
+                .allowed
+        );
+        assert!(
+            !apply(&l, 1, 6_250 + retry - 1, state, Mode::Check)
+                .decision
+                .allowed
+        );
     }
 
     #[test]
@@ -325,7 +369,7 @@ mod tests {
             Algorithm::SlidingWindow,
         ] {
             let l = limit(algorithm, 5, 1_000_000, 5);
-            let out = apply(&l, l.clamp_cost(u64::MAX), 0, None);
+            let out = apply(&l, l.clamp_cost(u64::MAX), 0, None, Mode::Check);
             assert!(!out.decision.allowed, "{algorithm:?}");
             assert_eq!(out.decision.retry_after_us, None, "{algorithm:?}");
             assert_eq!(out.write, None, "{algorithm:?}");

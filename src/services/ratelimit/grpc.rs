@@ -1,5 +1,7 @@
 //! `datalayer.ratelimit.v1.RateLimitService`: the wire ↔ the domain, then
-//! the store.
+//! the store. All-or-nothing batches and `Report` are in `grpc/batch.rs`.
+
+mod batch;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,12 +26,15 @@ pub struct Handler {
     policies: BTreeMap<Arc<str>, Limit>,
     /// Where the decisions of policies with `analytics = true` are counted.
     analytics: Option<(Arc<Recorder>, BTreeSet<Arc<str>>)>,
+    /// Policies with `shadow_mode = true`: decided, counted, answered allowed.
+    shadow: BTreeSet<Arc<str>>,
 }
 
 crate::grpc_service! {
     pb::rate_limit_service_server::{RateLimitService, RateLimitServiceServer} for Handler {
         unary Check => check(pb::CheckRequest) -> pb::CheckResponse;
         unary CheckBatch => check_batch(pb::CheckBatchRequest) -> pb::CheckBatchResponse;
+        unary Report => report(pb::ReportRequest) -> pb::ReportResponse;
         unary Reset => reset(pb::ResetRequest) -> pb::ResetResponse;
     }
 }
@@ -51,6 +56,15 @@ impl<'a> From<&'a pb::check_request::LimitSource> for Source<'a> {
         match source {
             pb::check_request::LimitSource::Limit(l) => Self::Inline(l),
             pb::check_request::LimitSource::Policy(p) => Self::Policy(p),
+        }
+    }
+}
+
+impl<'a> From<&'a pb::report_request::LimitSource> for Source<'a> {
+    fn from(source: &'a pb::report_request::LimitSource) -> Self {
+        match source {
+            pb::report_request::LimitSource::Limit(l) => Self::Inline(l),
+            pb::report_request::LimitSource::Policy(p) => Self::Policy(p),
         }
     }
 }
@@ -126,6 +140,7 @@ impl Handler {
         analytics: Option<(Arc<Recorder>, BTreeSet<Arc<str>>)>,
     ) -> Self {
         Self {
+            shadow: settings.shadowed(),
             store,
             settings,
             policies,
@@ -182,10 +197,15 @@ impl Handler {
         Ok(Parsed {
             check: RateCheck {
                 cost: target.limit.clamp_cost(requested_cost),
+                shadow: self.is_shadow(&target),
                 target,
             },
             requested_cost,
         })
+    }
+
+    fn is_shadow(&self, target: &Limited) -> bool {
+        matches!(&target.scope, Scope::Policy(name) if self.shadow.contains(name))
     }
 
     /// Runs the checks; when the store is unavailable, limits that fail
@@ -197,26 +217,17 @@ impl Handler {
             Ok(decisions) => Ok(parsed
                 .iter()
                 .zip(decisions)
-                .map(|(p, d)| {
-                    record(p, if d.allowed { "allowed" } else { "rejected" });
-                    self.analyze(ctx, p, d.allowed);
-                    answer(p, d)
-                })
+                .map(|(p, d)| self.decided(ctx, p, d))
                 .collect()),
-            Err(Error::Store(e))
-                if e.is_unavailable()
-                    && parsed
-                        .iter()
-                        .all(|p| p.check.target.limit.fail_mode == FailMode::Open) =>
-            {
-                tracing::warn!(reason = %e, "store unavailable; failing open");
-                for p in parsed {
-                    record(p, "fail_open");
-                }
-                Ok(parsed.iter().map(fail_open).collect())
-            }
-            Err(e) => Err(e),
+            Err(e) => failed(parsed, e),
         }
+    }
+
+    /// Counts a decision (metrics, analytics) and answers it.
+    fn decided(&self, ctx: &Ctx, p: &Parsed, d: Decision) -> pb::CheckResponse {
+        record(p, result_label(p, d.allowed));
+        self.analyze(ctx, p, d.allowed);
+        answer(p, d)
     }
 
     /// Counts the decision for analytics when its policy asks for it.
@@ -252,9 +263,12 @@ impl Handler {
             "ratelimit.max_batch",
         )?;
         let parsed = validate::each(&req.checks, "checks", |c| self.parse(c))?;
-        Ok(pb::CheckBatchResponse {
-            results: self.apply(&ctx, &parsed).await?,
-        })
+        let results = if req.all_or_nothing {
+            self.apply_all(&ctx, &parsed).await?
+        } else {
+            self.apply(&ctx, &parsed).await?
+        };
+        Ok(pb::CheckBatchResponse { results })
     }
 
     async fn reset(&self, ctx: Ctx, req: pb::ResetRequest) -> Result<pb::ResetResponse, Error> {
@@ -274,8 +288,26 @@ fn record(parsed: &Parsed, result: &'static str) {
     .increment(1);
 }
 
+fn result_label(parsed: &Parsed, allowed: bool) -> &'static str {
+    match (allowed, parsed.check.shadow) {
+        (true, _) => "allowed",
+        (false, true) => "shadow_rejected",
+        (false, false) => "rejected",
+    }
+}
+
 fn answer(parsed: &Parsed, d: Decision) -> pb::CheckResponse {
     let limit = parsed.check.target.limit.limit;
+    if !d.allowed && parsed.check.shadow {
+        return pb::CheckResponse {
+            allowed: true,
+            limit,
+            remaining: d.remaining,
+            reset_after: Some(duration_out(d.reset_after_us)),
+            retry_after: d.retry_after_us.map(duration_out),
+            reason: pb::Reason::ShadowOverLimit as i32,
+        };
+    }
     let reason = if d.allowed {
         pb::Reason::WithinLimit
     } else if parsed.requested_cost > limit {
@@ -290,6 +322,27 @@ fn answer(parsed: &Parsed, d: Decision) -> pb::CheckResponse {
         reset_after: Some(duration_out(d.reset_after_us)),
         retry_after: d.retry_after_us.map(duration_out),
         reason: reason as i32,
+    }
+}
+
+/// A store failure: when the store is unavailable, limits that fail open
+/// are allowed with `REASON_FAIL_OPEN`; any that fails closed makes the
+/// call fail.
+fn failed(parsed: &[Parsed], e: Error) -> Result<Vec<pb::CheckResponse>, Error> {
+    match e {
+        Error::Store(e)
+            if e.is_unavailable()
+                && parsed
+                    .iter()
+                    .all(|p| p.check.target.limit.fail_mode == FailMode::Open) =>
+        {
+            tracing::warn!(reason = %e, "store unavailable; failing open");
+            for p in parsed {
+                record(p, "fail_open");
+            }
+            Ok(parsed.iter().map(fail_open).collect())
+        }
+        e => Err(e),
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::algorithm::{self, State};
+use super::algorithm::{self, Mode, State};
 use super::store::{Store, state_key};
 use super::{Decision, Limited, RateCheck};
 use crate::keys::Tenant;
@@ -44,17 +44,28 @@ impl MemoryRateLimits {
         lock(&self.shards[(fnv1a(key) as usize) % self.shards.len()])
     }
 
-    fn check_one(&self, tenant: &Tenant, check: &RateCheck) -> Decision {
+    fn check_one(&self, tenant: &Tenant, check: &RateCheck, mode: Mode) -> Decision {
         let key = state_key(tenant, &check.target);
         let mut shard = self.shard(&key);
         // Read the clock under the lock so concurrent checks of one key see
         // time move forward, as they would inside Redis.
         let now = self.memory.now_us();
+        Self::apply(&mut shard, key, check, now, mode)
+    }
+
+    /// One check on its shard's entries.
+    fn apply(
+        shard: &mut HashMap<String, Entry>,
+        key: String,
+        check: &RateCheck,
+        now: u64,
+        mode: Mode,
+    ) -> Decision {
         let state = shard
             .get(&key)
             .filter(|e| e.expires_at_us > now)
             .map(|e| e.state);
-        let outcome = algorithm::apply(&check.target.limit, check.cost, now, state);
+        let outcome = algorithm::apply(&check.target.limit, check.cost, now, state, mode);
         if let Some((state, ttl_us)) = outcome.write {
             // Redis keys expire on whole milliseconds (PEXPIRE); match it.
             let ttl_us = ttl_us.div_ceil(1000).max(1) * 1000;
@@ -92,7 +103,52 @@ impl Store for MemoryRateLimits {
         tenant: &Tenant,
         checks: &[RateCheck],
     ) -> Result<Vec<Decision>, StoreError> {
-        Ok(checks.iter().map(|c| self.check_one(tenant, c)).collect())
+        Ok(checks
+            .iter()
+            .map(|c| self.check_one(tenant, c, Mode::Check))
+            .collect())
+    }
+
+    async fn check_all(
+        &self,
+        tenant: &Tenant,
+        checks: &[RateCheck],
+    ) -> Result<Option<(bool, Vec<Decision>)>, StoreError> {
+        // Every shard the batch touches, locked in index order (so two
+        // batches never wait on each other), for the whole batch.
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|c| state_key(tenant, &c.target))
+            .collect();
+        let index = |k: &str| (fnv1a(k) as usize) % self.shards.len();
+        let mut wanted: Vec<usize> = keys.iter().map(|k| index(k)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut guards: HashMap<usize, MutexGuard<'_, HashMap<String, Entry>>> = wanted
+            .into_iter()
+            .map(|i| (i, lock(&self.shards[i])))
+            .collect();
+        let now = self.memory.now_us();
+        let mut run = |mode| -> Vec<Decision> {
+            checks
+                .iter()
+                .zip(&keys)
+                .map(|(c, k)| {
+                    let shard = guards.get_mut(&index(k)).expect("every shard is locked");
+                    Self::apply(shard, k.clone(), c, now, mode)
+                })
+                .collect()
+        };
+        let dry = run(Mode::Dry);
+        if dry.iter().zip(checks).all(|(d, c)| d.allowed || c.shadow) {
+            Ok(Some((true, run(Mode::Check))))
+        } else {
+            Ok(Some((false, dry)))
+        }
+    }
+
+    async fn report(&self, tenant: &Tenant, check: &RateCheck) -> Result<Decision, StoreError> {
+        Ok(self.check_one(tenant, check, Mode::Force))
     }
 
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {

@@ -219,7 +219,7 @@ impl Limit {
 /// Whose budget a check spends: a configured policy's, or an inline
 /// limit's. State is kept apart by scope and algorithm, so one caller key
 /// can carry several independent limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
     Inline,
     Policy(Arc<str>),
@@ -248,8 +248,11 @@ pub struct Limited {
 #[derive(Debug, Clone)]
 pub struct RateCheck {
     pub target: Limited,
-    /// Already clamped to `limit + 1`.
+    /// Already clamped to `limit + 1` (a report's: to 100 × the limit).
     pub cost: u64,
+    /// A shadow-mode policy: its rejection holds back no other check of an
+    /// all-or-nothing batch (the handler answers it as allowed).
+    pub shadow: bool,
 }
 
 /// The answer of one check, before it is mapped to the wire.

@@ -17,21 +17,39 @@ struct Scripts {
     token_bucket: NamedScript,
     fixed_window: NamedScript,
     sliding_window: NamedScript,
+    /// Every algorithm, all or nothing over several keys of one slot.
+    batch: NamedScript,
 }
 
+const GCRA: &str = include_str!("lua/gcra.lua");
+const TOKEN_BUCKET: &str = include_str!("lua/token_bucket.lua");
+const FIXED_WINDOW: &str = include_str!("lua/fixed_window.lua");
+const SLIDING_WINDOW: &str = include_str!("lua/sliding_window.lua");
+
+/// One check: KEYS[1] the state; ARGV as the algorithm's function takes
+/// them, then the mode (`c` when absent, `f` for `Report`).
+const CALL_GCRA: &str = "return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] or 'c')\n";
+const CALL_TOKEN_BUCKET: &str = "return token_bucket(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] or 'c')\n";
+const CALL_FIXED_WINDOW: &str = "return fixed_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] or 'c')\n";
+const CALL_SLIDING_WINDOW: &str = "return sliding_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] or 'c')\n";
+
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    gcra: NamedScript::new("ratelimit.gcra", &[include_str!("lua/gcra.lua")]),
-    token_bucket: NamedScript::new(
-        "ratelimit.token_bucket",
-        &[include_str!("lua/token_bucket.lua")],
-    ),
-    fixed_window: NamedScript::new(
-        "ratelimit.fixed_window",
-        &[include_str!("lua/fixed_window.lua")],
-    ),
+    gcra: NamedScript::new("ratelimit.gcra", &[GCRA, CALL_GCRA]),
+    token_bucket: NamedScript::new("ratelimit.token_bucket", &[TOKEN_BUCKET, CALL_TOKEN_BUCKET]),
+    fixed_window: NamedScript::new("ratelimit.fixed_window", &[FIXED_WINDOW, CALL_FIXED_WINDOW]),
     sliding_window: NamedScript::new(
         "ratelimit.sliding_window",
-        &[include_str!("lua/sliding_window.lua")],
+        &[SLIDING_WINDOW, CALL_SLIDING_WINDOW],
+    ),
+    batch: NamedScript::new(
+        "ratelimit.batch",
+        &[
+            GCRA,
+            TOKEN_BUCKET,
+            FIXED_WINDOW,
+            SLIDING_WINDOW,
+            include_str!("lua/batch.lua"),
+        ],
     ),
 });
 
@@ -51,27 +69,52 @@ pub fn script_source(algorithm: Algorithm) -> (&'static str, &'static str) {
     (s.source(), s.sha())
 }
 
-/// ARGV of each script: see the header of its `lua/*.lua`.
-fn call<'a>(key: &str, check: &RateCheck) -> ScriptCall<'a> {
+/// ARGV of each script: see the header of its `lua/*.lua`. A forced call
+/// consumes whether or not the cost fits.
+fn call<'a>(key: &str, check: &RateCheck, forced: bool) -> ScriptCall<'a> {
     let l = &check.target.limit;
     let args: &[u64] = match l.algorithm {
         Algorithm::TokenBucket => &[l.limit, l.refill, l.period_us, check.cost],
         _ => &[l.limit, l.period_us, check.cost],
     };
-    script(l.algorithm).call(&[key], args)
+    let mut call = script(l.algorithm).call(&[key], args);
+    if forced {
+        call.cmd.arg("f");
+    }
+    call
+}
+
+/// The batch script's six ARGV of a check.
+fn batch_args(cmd: &mut redis::Cmd, check: &RateCheck) {
+    let l = &check.target.limit;
+    let (code, a, b, c) = match l.algorithm {
+        Algorithm::Gcra => ("g", l.limit, l.period_us, 0),
+        Algorithm::TokenBucket => ("t", l.limit, l.refill, l.period_us),
+        Algorithm::FixedWindow => ("f", l.limit, l.period_us, 0),
+        Algorithm::SlidingWindow => ("s", l.limit, l.period_us, 0),
+    };
+    cmd.arg(code)
+        .arg(a)
+        .arg(b)
+        .arg(c)
+        .arg(check.cost)
+        .arg(u8::from(check.shadow));
 }
 
 /// Reads `{allowed, remaining, reset_after_us, retry_after_us | -1}`.
 fn decision(value: redis::Value) -> Result<Decision, StoreError> {
-    let (allowed, remaining, reset_after_us, retry_after_us): (i64, i64, i64, i64) =
-        redis::FromRedisValue::from_redis_value(value)
-            .map_err(|e| StoreError::internal(format!("rate-limit script reply: {e}")))?;
-    Ok(Decision {
+    let four: (i64, i64, i64, i64) = redis::FromRedisValue::from_redis_value(value)
+        .map_err(|e| StoreError::internal(format!("rate-limit script reply: {e}")))?;
+    Ok(decoded(four))
+}
+
+fn decoded((allowed, remaining, reset_after_us, retry_after_us): (i64, i64, i64, i64)) -> Decision {
+    Decision {
         allowed: allowed == 1,
         remaining: remaining.max(0) as u64,
         reset_after_us: reset_after_us.max(0) as u64,
         retry_after_us: (retry_after_us >= 0).then_some(retry_after_us as u64),
-    })
+    }
 }
 
 pub struct RedisRateLimits {
@@ -95,13 +138,52 @@ impl Store for RedisRateLimits {
             .iter()
             .map(|c| state_key(tenant, &c.target))
             .collect();
-        let calls: Vec<_> = checks.iter().zip(&keys).map(|(c, k)| call(k, c)).collect();
+        let calls: Vec<_> = checks
+            .iter()
+            .zip(&keys)
+            .map(|(c, k)| call(k, c, false))
+            .collect();
         self.redis
             .eval_batch(&calls)
             .await?
             .into_iter()
             .map(decision)
             .collect()
+    }
+
+    async fn check_all(
+        &self,
+        tenant: &Tenant,
+        checks: &[RateCheck],
+    ) -> Result<Option<(bool, Vec<Decision>)>, StoreError> {
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|c| state_key(tenant, &c.target))
+            .collect();
+        if !self.redis.same_node(&keys) {
+            return Ok(None);
+        }
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut call = SCRIPTS.batch.call(&key_refs, &[]);
+        for check in checks {
+            batch_args(&mut call.cmd, check);
+        }
+        let values: Vec<i64> =
+            redis::FromRedisValue::from_redis_value(self.redis.eval(call).await?)
+                .map_err(|e| StoreError::internal(format!("rate-limit batch reply: {e}")))?;
+        let Some((all, rest)) = values.split_first() else {
+            return Err(StoreError::internal("rate-limit batch reply: empty"));
+        };
+        let decisions = rest
+            .chunks_exact(4)
+            .map(|d| decoded((d[0], d[1], d[2], d[3])))
+            .collect();
+        Ok(Some((*all == 1, decisions)))
+    }
+
+    async fn report(&self, tenant: &Tenant, check: &RateCheck) -> Result<Decision, StoreError> {
+        let key = state_key(tenant, &check.target);
+        decision(self.redis.eval(call(&key, check, true)).await?)
     }
 
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {

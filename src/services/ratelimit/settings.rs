@@ -56,6 +56,9 @@ crate::section! {
         /// (by policy and result, denied keys in its `identifier` top list),
         /// counted in memory and flushed every `analytics.flush_interval`.
         pub analytics: bool = false;
+        /// Decide and count, but answer allowed (reason
+        /// `REASON_SHADOW_OVER_LIMIT`): to try a limit out in production.
+        pub shadow_mode: bool = false;
     }
 }
 
@@ -184,6 +187,15 @@ impl Settings {
         self.policies
             .iter()
             .filter(|(_, spec)| spec.analytics)
+            .map(|(name, _)| Arc::from(name.as_str()))
+            .collect()
+    }
+
+    /// The policies in shadow mode.
+    pub fn shadowed(&self) -> std::collections::BTreeSet<Arc<str>> {
+        self.policies
+            .iter()
+            .filter(|(_, spec)| spec.shadow_mode)
             .map(|(name, _)| Arc::from(name.as_str()))
             .collect()
     }

@@ -16,6 +16,18 @@ pub trait Store: Send + Sync {
         tenant: &Tenant,
         checks: &[RateCheck],
     ) -> Result<Vec<Decision>, StoreError>;
+    /// Applies the checks all or nothing: every one consumes, or (when one
+    /// does not fit) none does and each answers as if alone. `None` when
+    /// their states are on different Redis Cluster slots, where no single
+    /// script can see them all.
+    async fn check_all(
+        &self,
+        tenant: &Tenant,
+        checks: &[RateCheck],
+    ) -> Result<Option<(bool, Vec<Decision>)>, StoreError>;
+    /// Consumes the cost whether or not it fits: usage that already
+    /// happened, which may overdraw the budget until it refills.
+    async fn report(&self, tenant: &Tenant, check: &RateCheck) -> Result<Decision, StoreError>;
     /// Forgets the state behind `target`.
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError>;
 }

@@ -264,6 +264,19 @@ impl Redis {
             .map_err(|_| StoreError::unavailable("the Redis lane stopped"))?
     }
 
+    /// Whether one script may touch all of `keys`: always on one server; on
+    /// a cluster, when they hash to one slot.
+    pub fn same_node(&self, keys: &[String]) -> bool {
+        match &self.transport {
+            Transport::Lanes { .. } => true,
+            Transport::Cluster(_) => {
+                let mut slots = keys.iter().map(|k| cluster::slot(k.as_bytes()));
+                let first = slots.next();
+                slots.all(|s| Some(s) == first)
+            }
+        }
+    }
+
     pub fn pool_status(&self) -> Option<PoolStatus> {
         let Transport::Lanes { pool, .. } = &self.transport else {
             return None;

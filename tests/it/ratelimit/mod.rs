@@ -2,6 +2,7 @@
 //! and against a real `redis-server`, through the gRPC surface.
 
 mod envoy;
+mod limits;
 mod redis_only;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -392,7 +393,10 @@ async fn batch_answers_in_order(backend: Backend) {
     let results = app
         .ratelimit
         .clone()
-        .check_batch(CheckBatchRequest { checks })
+        .check_batch(CheckBatchRequest {
+            checks,
+            all_or_nothing: false,
+        })
         .await
         .expect("batch succeeds")
         .into_inner()
@@ -522,16 +526,21 @@ async fn bad_input_names_the_field(backend: Backend) {
     // Batches: too long, empty, and a bad item named by index.
     let too_long = CheckBatchRequest {
         checks: (0..101).map(|_| request("k", &ok, None)).collect(),
+        all_or_nothing: false,
     };
     assert_bad_field(client.check_batch(too_long).await, "checks");
     assert_bad_field(
         client
-            .check_batch(CheckBatchRequest { checks: vec![] })
+            .check_batch(CheckBatchRequest {
+                checks: vec![],
+                all_or_nothing: false,
+            })
             .await,
         "checks",
     );
     let bad_item = CheckBatchRequest {
         checks: vec![request("k", &ok, None), request("", &ok, None)],
+        all_or_nothing: false,
     };
     assert_bad_field(client.check_batch(bad_item).await, "checks[1].key");
 
@@ -583,6 +592,24 @@ pub fn workload(app: &TestApp) -> futures::future::BoxFuture<'_, Result<(), toni
                     by_policy.clone(),
                     request(&key, &gcra(3, Duration::from_secs(9)), None),
                 ],
+                all_or_nothing: false,
+            }))
+            .await?;
+        // One key under two limits: one slot, so atomic on a cluster too.
+        client
+            .check_batch(timed(CheckBatchRequest {
+                checks: vec![
+                    by_policy.clone(),
+                    request(&key, &gcra(3, Duration::from_secs(9)), None),
+                ],
+                all_or_nothing: true,
+            }))
+            .await?;
+        client
+            .report(timed(v1::ReportRequest {
+                key: key.clone(),
+                limit_source: Some(v1::report_request::LimitSource::Policy("closed".into())),
+                cost: 2,
             }))
             .await?;
         client

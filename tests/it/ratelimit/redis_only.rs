@@ -169,6 +169,7 @@ async fn redis_down_fails_by_policy_and_recovers_by_itself() {
     let all_open = client
         .check_batch(CheckBatchRequest {
             checks: vec![policy("open"), policy("open")],
+            all_or_nothing: false,
         })
         .await
         .expect("all-open batch answers")
@@ -182,6 +183,7 @@ async fn redis_down_fails_by_policy_and_recovers_by_itself() {
     let mixed = client
         .check_batch(CheckBatchRequest {
             checks: vec![policy("open"), policy("closed")],
+            all_or_nothing: false,
         })
         .await
         .expect_err("a closed check fails the batch");

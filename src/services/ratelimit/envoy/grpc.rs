@@ -194,6 +194,7 @@ impl Handler {
                     }
                     checks.push(RateCheck {
                         cost: limit.clamp_cost(hits),
+                        shadow: false,
                         target: Limited {
                             key,
                             scope: scope.clone(),

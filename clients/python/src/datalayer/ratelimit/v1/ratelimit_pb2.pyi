@@ -60,6 +60,15 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Allowed without a decision: the store was unreachable and the limit
     fails open.
     """
+    REASON_BATCH_REJECTED: _Reason.ValueType  # 5
+    """Rejected: this check fitted, but another check of its all-or-nothing
+    batch did not, so none consumed.
+    """
+    REASON_SHADOW_OVER_LIMIT: _Reason.ValueType  # 6
+    """Allowed by shadow mode: the policy (`shadow_mode = true`) would have
+    rejected it. Nothing was consumed; `remaining` and `retry_after` tell
+    what the limit would have answered.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper): ...
 
@@ -73,6 +82,15 @@ REASON_COST_EXCEEDS_LIMIT: Reason.ValueType  # 3
 REASON_FAIL_OPEN: Reason.ValueType  # 4
 """Allowed without a decision: the store was unreachable and the limit
 fails open.
+"""
+REASON_BATCH_REJECTED: Reason.ValueType  # 5
+"""Rejected: this check fitted, but another check of its all-or-nothing
+batch did not, so none consumed.
+"""
+REASON_SHADOW_OVER_LIMIT: Reason.ValueType  # 6
+"""Allowed by shadow mode: the policy (`shadow_mode = true`) would have
+rejected it. Nothing was consumed; `remaining` and `retry_after` tell
+what the limit would have answered.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
@@ -315,20 +333,31 @@ class CheckBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKS_FIELD_NUMBER: _builtins.int
+    ALL_OR_NOTHING_FIELD_NUMBER: _builtins.int
+    all_or_nothing: _builtins.bool
+    """Either every check consumes, or none does: when one does not fit, each
+    of the others answers REASON_BATCH_REJECTED (a shadow-mode policy's
+    rejection holds none back). Atomic: one script over all the checks'
+    states. The checks must name different (key, limit) pairs. On Redis
+    Cluster their states must share a hash slot, which the same key under
+    several policies always does (a user's per-minute and per-day limits);
+    different keys there are FAILED_PRECONDITION.
+    """
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckRequest]:
-        """Independent checks, answered in the same order. At most
-        `ratelimit.max_batch` (default 100).
+        """Checks answered in the same order. At most `ratelimit.max_batch`
+        (default 100).
         """
 
     def __init__(
         self,
         *,
         checks: _abc.Iterable[Global___CheckRequest] | None = ...,
+        all_or_nothing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_or_nothing", b"all_or_nothing", "checks", b"checks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,6 +382,73 @@ class CheckBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckBatchResponse: _TypeAlias = CheckBatchResponse  # noqa: Y015
+
+@_typing.final
+class ReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    policy: _builtins.str
+    cost: _builtins.int
+    """Units used: 1 to 100 times the limit (the most a report may overdraw)."""
+    @_builtins.property
+    def limit(self) -> Global___Limit: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        limit: Global___Limit | None = ...,
+        policy: _builtins.str = ...,
+        cost: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "limit_source", b"limit_source", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "key", b"key", "limit", b"limit", "limit_source", b"limit_source", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_limit_source: _TypeAlias = _typing.Literal["limit", "policy"]  # noqa: Y015
+    _WhichOneofArgType_limit_source: _TypeAlias = _typing.Literal["limit_source", b"limit_source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_limit_source) -> _WhichOneofReturnType_limit_source | None: ...
+
+Global___ReportRequest: _TypeAlias = ReportRequest  # noqa: Y015
+
+@_typing.final
+class ReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESET_AFTER_FIELD_NUMBER: _builtins.int
+    OVERDRAWN_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    remaining: _builtins.int
+    """Units still available after the report (0 when overdrawn)."""
+    overdrawn: _builtins.bool
+    """The cost did not fit: the budget is exhausted (or overdrawn) and checks
+    are rejected until it refills. A Check with cost 0 tells when one fits.
+    """
+    @_builtins.property
+    def reset_after(self) -> _duration_pb2.Duration:
+        """Time until the key is back to its full budget."""
+
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        reset_after: _duration_pb2.Duration | None = ...,
+        overdrawn: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_after", b"reset_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "overdrawn", b"overdrawn", "remaining", b"remaining", "reset_after", b"reset_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
 
 @_typing.final
 class ResetRequest(_message.Message):

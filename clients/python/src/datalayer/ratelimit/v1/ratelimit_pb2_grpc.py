@@ -48,6 +48,11 @@ class RateLimitServiceStub:
                 request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.SerializeToString,
                 response_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/datalayer.ratelimit.v1.RateLimitService/Report',
+                request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportRequest.SerializeToString,
+                response_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportResponse.FromString,
+                _registered_method=True)
         self.Reset = channel.unary_unary(
                 '/datalayer.ratelimit.v1.RateLimitService/Reset',
                 request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetRequest.SerializeToString,
@@ -71,7 +76,18 @@ class RateLimitServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckBatch(self, request, context):
-        """CheckBatch runs independent checks in one call, answered in order.
+        """CheckBatch runs several checks in one call, answered in order:
+        independent, or all or nothing (`all_or_nothing`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Report(self, request, context):
+        """Report records usage that already happened, such as an LLM call's
+        tokens, known only when the answer arrives. The cost is consumed
+        whether or not it fits, so the budget may be overdrawn, and later
+        checks are rejected until it has refilled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +112,11 @@ def add_RateLimitServiceServicer_to_server(servicer, server):
                     servicer.CheckBatch,
                     request_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.FromString,
                     response_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportRequest.FromString,
+                    response_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportResponse.SerializeToString,
             ),
             'Reset': grpc.unary_unary_rpc_method_handler(
                     servicer.Reset,
@@ -161,6 +182,33 @@ class RateLimitService:
             '/datalayer.ratelimit.v1.RateLimitService/CheckBatch',
             datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchRequest.SerializeToString,
             datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datalayer.ratelimit.v1.RateLimitService/Report',
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportRequest.SerializeToString,
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

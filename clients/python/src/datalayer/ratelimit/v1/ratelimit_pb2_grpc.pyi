@@ -42,7 +42,15 @@ class RateLimitServiceStub:
     consumes nothing. `cost = 0` reports the state without consuming.
     """
     CheckBatch: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.CheckBatchRequest, _ratelimit_pb2.CheckBatchResponse]
-    """CheckBatch runs independent checks in one call, answered in order."""
+    """CheckBatch runs several checks in one call, answered in order:
+    independent, or all or nothing (`all_or_nothing`).
+    """
+    Report: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.ReportRequest, _ratelimit_pb2.ReportResponse]
+    """Report records usage that already happened, such as an LLM call's
+    tokens, known only when the answer arrives. The cost is consumed
+    whether or not it fits, so the budget may be overdrawn, and later
+    checks are rejected until it has refilled.
+    """
     Reset: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.ResetRequest, _ratelimit_pb2.ResetResponse]
     """Reset forgets the state of `key` for the given limit or policy."""
 
@@ -60,7 +68,15 @@ class RateLimitServiceAsyncStub(RateLimitServiceStub):
     consumes nothing. `cost = 0` reports the state without consuming.
     """
     CheckBatch: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.CheckBatchRequest, _ratelimit_pb2.CheckBatchResponse]  # type: ignore[assignment]
-    """CheckBatch runs independent checks in one call, answered in order."""
+    """CheckBatch runs several checks in one call, answered in order:
+    independent, or all or nothing (`all_or_nothing`).
+    """
+    Report: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.ReportRequest, _ratelimit_pb2.ReportResponse]  # type: ignore[assignment]
+    """Report records usage that already happened, such as an LLM call's
+    tokens, known only when the answer arrives. The cost is consumed
+    whether or not it fits, so the budget may be overdrawn, and later
+    checks are rejected until it has refilled.
+    """
     Reset: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.ResetRequest, _ratelimit_pb2.ResetResponse]  # type: ignore[assignment]
     """Reset forgets the state of `key` for the given limit or policy."""
 
@@ -87,7 +103,21 @@ class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ratelimit_pb2.CheckBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ratelimit_pb2.CheckBatchResponse, _abc.Awaitable[_ratelimit_pb2.CheckBatchResponse]]:
-        """CheckBatch runs independent checks in one call, answered in order."""
+        """CheckBatch runs several checks in one call, answered in order:
+        independent, or all or nothing (`all_or_nothing`).
+        """
+
+    @_abc_1.abstractmethod
+    def Report(
+        self,
+        request: _ratelimit_pb2.ReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimit_pb2.ReportResponse, _abc.Awaitable[_ratelimit_pb2.ReportResponse]]:
+        """Report records usage that already happened, such as an LLM call's
+        tokens, known only when the answer arrives. The cost is consumed
+        whether or not it fits, so the budget may be overdrawn, and later
+        checks are rejected until it has refilled.
+        """
 
     @_abc_1.abstractmethod
     def Reset(

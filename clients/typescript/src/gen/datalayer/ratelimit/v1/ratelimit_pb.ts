@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file datalayer/ratelimit/v1/ratelimit.proto.
  */
 export const file_datalayer_ratelimit_v1_ratelimit: GenFile = /*@__PURE__*/
-  fileDesc("CiZkYXRhbGF5ZXIvcmF0ZWxpbWl0L3YxL3JhdGVsaW1pdC5wcm90bxIWZGF0YWxheWVyLnJhdGVsaW1pdC52MSKyAgoFTGltaXQSLAoEZ2NyYRgBIAEoCzIcLmRhdGFsYXllci5yYXRlbGltaXQudjEuR2NyYUgAEjsKDHRva2VuX2J1Y2tldBgCIAEoCzIjLmRhdGFsYXllci5yYXRlbGltaXQudjEuVG9rZW5CdWNrZXRIABI7CgxmaXhlZF93aW5kb3cYAyABKAsyIy5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZpeGVkV2luZG93SAASPwoOc2xpZGluZ193aW5kb3cYBCABKAsyJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlNsaWRpbmdXaW5kb3dIABIzCglmYWlsX21vZGUYBSABKA4yIC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZhaWxNb2RlQgsKCWFsZ29yaXRobSJACgRHY3JhEg0KBWxpbWl0GAEgASgEEikKBnBlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJqCgtUb2tlbkJ1Y2tldBIQCghjYXBhY2l0eRgBIAEoBBIVCg1yZWZpbGxfYW1vdW50GAIgASgEEjIKD3JlZmlsbF9pbnRlcnZhbBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJHCgtGaXhlZFdpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoNU2xpZGluZ1dpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iiQEKDENoZWNrUmVxdWVzdBILCgNrZXkYASABKAkSLgoFbGltaXQYAiABKAsyHS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkxpbWl0SAASEAoGcG9saWN5GAMgASgJSAASEQoEY29zdBgEIAEoBEgBiAEBQg4KDGxpbWl0X3NvdXJjZUIHCgVfY29zdCLSAQoNQ2hlY2tSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEg0KBWxpbWl0GAIgASgEEhEKCXJlbWFpbmluZxgDIAEoBBIuCgtyZXNldF9hZnRlchgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgZyZWFzb24YBiABKA4yHi5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlYXNvbiJJChFDaGVja0JhdGNoUmVxdWVzdBI0CgZjaGVja3MYASADKAsyJC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrUmVxdWVzdCJMChJDaGVja0JhdGNoUmVzcG9uc2USNgoHcmVzdWx0cxgBIAMoCzIlLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tSZXNwb25zZSJtCgxSZXNldFJlcXVlc3QSCwoDa2V5GAEgASgJEi4KBWxpbWl0GAIgASgLMh0uZGF0YWxheWVyLnJhdGVsaW1pdC52MS5MaW1pdEgAEhAKBnBvbGljeRgDIAEoCUgAQg4KDGxpbWl0X3NvdXJjZSIPCg1SZXNldFJlc3BvbnNlKk8KCEZhaWxNb2RlEhkKFUZBSUxfTU9ERV9VTlNQRUNJRklFRBAAEhQKEEZBSUxfTU9ERV9DTE9TRUQQARISCg5GQUlMX01PREVfT1BFThACKoUBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASFwoTUkVBU09OX1dJVEhJTl9MSU1JVBABEhUKEVJFQVNPTl9PVkVSX0xJTUlUEAISHQoZUkVBU09OX0NPU1RfRVhDRUVEU19MSU1JVBADEhQKEFJFQVNPTl9GQUlMX09QRU4QBDKjAgoQUmF0ZUxpbWl0U2VydmljZRJUCgVDaGVjaxIkLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tSZXF1ZXN0GiUuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5DaGVja1Jlc3BvbnNlEmMKCkNoZWNrQmF0Y2gSKS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrQmF0Y2hSZXF1ZXN0GiouZGF0YWxheWVyLnJhdGVsaW1pdC52MS5DaGVja0JhdGNoUmVzcG9uc2USVAoFUmVzZXQSJC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlc2V0UmVxdWVzdBolLmRhdGFsYXllci5yYXRlbGltaXQudjEuUmVzZXRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration]);
+  fileDesc("CiZkYXRhbGF5ZXIvcmF0ZWxpbWl0L3YxL3JhdGVsaW1pdC5wcm90bxIWZGF0YWxheWVyLnJhdGVsaW1pdC52MSKyAgoFTGltaXQSLAoEZ2NyYRgBIAEoCzIcLmRhdGFsYXllci5yYXRlbGltaXQudjEuR2NyYUgAEjsKDHRva2VuX2J1Y2tldBgCIAEoCzIjLmRhdGFsYXllci5yYXRlbGltaXQudjEuVG9rZW5CdWNrZXRIABI7CgxmaXhlZF93aW5kb3cYAyABKAsyIy5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZpeGVkV2luZG93SAASPwoOc2xpZGluZ193aW5kb3cYBCABKAsyJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlNsaWRpbmdXaW5kb3dIABIzCglmYWlsX21vZGUYBSABKA4yIC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZhaWxNb2RlQgsKCWFsZ29yaXRobSJACgRHY3JhEg0KBWxpbWl0GAEgASgEEikKBnBlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJqCgtUb2tlbkJ1Y2tldBIQCghjYXBhY2l0eRgBIAEoBBIVCg1yZWZpbGxfYW1vdW50GAIgASgEEjIKD3JlZmlsbF9pbnRlcnZhbBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJHCgtGaXhlZFdpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoNU2xpZGluZ1dpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iiQEKDENoZWNrUmVxdWVzdBILCgNrZXkYASABKAkSLgoFbGltaXQYAiABKAsyHS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkxpbWl0SAASEAoGcG9saWN5GAMgASgJSAASEQoEY29zdBgEIAEoBEgBiAEBQg4KDGxpbWl0X3NvdXJjZUIHCgVfY29zdCLSAQoNQ2hlY2tSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEg0KBWxpbWl0GAIgASgEEhEKCXJlbWFpbmluZxgDIAEoBBIuCgtyZXNldF9hZnRlchgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgZyZWFzb24YBiABKA4yHi5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlYXNvbiJhChFDaGVja0JhdGNoUmVxdWVzdBI0CgZjaGVja3MYASADKAsyJC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrUmVxdWVzdBIWCg5hbGxfb3Jfbm90aGluZxgCIAEoCCJMChJDaGVja0JhdGNoUmVzcG9uc2USNgoHcmVzdWx0cxgBIAMoCzIlLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tSZXNwb25zZSJ8Cg1SZXBvcnRSZXF1ZXN0EgsKA2tleRgBIAEoCRIuCgVsaW1pdBgCIAEoCzIdLmRhdGFsYXllci5yYXRlbGltaXQudjEuTGltaXRIABIQCgZwb2xpY3kYAyABKAlIABIMCgRjb3N0GAQgASgEQg4KDGxpbWl0X3NvdXJjZSJ1Cg5SZXBvcnRSZXNwb25zZRINCgVsaW1pdBgBIAEoBBIRCglyZW1haW5pbmcYAiABKAQSLgoLcmVzZXRfYWZ0ZXIYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJb3ZlcmRyYXduGAQgASgIIm0KDFJlc2V0UmVxdWVzdBILCgNrZXkYASABKAkSLgoFbGltaXQYAiABKAsyHS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkxpbWl0SAASEAoGcG9saWN5GAMgASgJSABCDgoMbGltaXRfc291cmNlIg8KDVJlc2V0UmVzcG9uc2UqTwoIRmFpbE1vZGUSGQoVRkFJTF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQRkFJTF9NT0RFX0NMT1NFRBABEhIKDkZBSUxfTU9ERV9PUEVOEAIqvgEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABIXChNSRUFTT05fV0lUSElOX0xJTUlUEAESFQoRUkVBU09OX09WRVJfTElNSVQQAhIdChlSRUFTT05fQ09TVF9FWENFRURTX0xJTUlUEAMSFAoQUkVBU09OX0ZBSUxfT1BFThAEEhkKFVJFQVNPTl9CQVRDSF9SRUpFQ1RFRBAFEhwKGFJFQVNPTl9TSEFET1dfT1ZFUl9MSU1JVBAGMvwCChBSYXRlTGltaXRTZXJ2aWNlElQKBUNoZWNrEiQuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5DaGVja1JlcXVlc3QaJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrUmVzcG9uc2USYwoKQ2hlY2tCYXRjaBIpLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tCYXRjaFJlcXVlc3QaKi5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrQmF0Y2hSZXNwb25zZRJXCgZSZXBvcnQSJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlcG9ydFJlcXVlc3QaJi5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlcG9ydFJlc3BvbnNlElQKBVJlc2V0EiQuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5SZXNldFJlcXVlc3QaJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlc2V0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration]);
 
 /**
  * A limit given inline in a request. Exactly one algorithm must be set.
@@ -271,12 +271,25 @@ export const CheckResponseSchema: GenMessage<CheckResponse> = /*@__PURE__*/
  */
 export type CheckBatchRequest = Message<"datalayer.ratelimit.v1.CheckBatchRequest"> & {
   /**
-   * Independent checks, answered in the same order. At most
-   * `ratelimit.max_batch` (default 100).
+   * Checks answered in the same order. At most `ratelimit.max_batch`
+   * (default 100).
    *
    * @generated from field: repeated datalayer.ratelimit.v1.CheckRequest checks = 1;
    */
   checks: CheckRequest[];
+
+  /**
+   * Either every check consumes, or none does: when one does not fit, each
+   * of the others answers REASON_BATCH_REJECTED (a shadow-mode policy's
+   * rejection holds none back). Atomic: one script over all the checks'
+   * states. The checks must name different (key, limit) pairs. On Redis
+   * Cluster their states must share a hash slot, which the same key under
+   * several policies always does (a user's per-minute and per-day limits);
+   * different keys there are FAILED_PRECONDITION.
+   *
+   * @generated from field: bool all_or_nothing = 2;
+   */
+  allOrNothing: boolean;
 };
 
 /**
@@ -302,6 +315,86 @@ export type CheckBatchResponse = Message<"datalayer.ratelimit.v1.CheckBatchRespo
  */
 export const CheckBatchResponseSchema: GenMessage<CheckBatchResponse> = /*@__PURE__*/
   messageDesc(file_datalayer_ratelimit_v1_ratelimit, 8);
+
+/**
+ * @generated from message datalayer.ratelimit.v1.ReportRequest
+ */
+export type ReportRequest = Message<"datalayer.ratelimit.v1.ReportRequest"> & {
+  /**
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * @generated from oneof datalayer.ratelimit.v1.ReportRequest.limit_source
+   */
+  limitSource: {
+    /**
+     * @generated from field: datalayer.ratelimit.v1.Limit limit = 2;
+     */
+    value: Limit;
+    case: "limit";
+  } | {
+    /**
+     * @generated from field: string policy = 3;
+     */
+    value: string;
+    case: "policy";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Units used: 1 to 100 times the limit (the most a report may overdraw).
+   *
+   * @generated from field: uint64 cost = 4;
+   */
+  cost: bigint;
+};
+
+/**
+ * Describes the message datalayer.ratelimit.v1.ReportRequest.
+ * Use `create(ReportRequestSchema)` to create a new message.
+ */
+export const ReportRequestSchema: GenMessage<ReportRequest> = /*@__PURE__*/
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 9);
+
+/**
+ * @generated from message datalayer.ratelimit.v1.ReportResponse
+ */
+export type ReportResponse = Message<"datalayer.ratelimit.v1.ReportResponse"> & {
+  /**
+   * @generated from field: uint64 limit = 1;
+   */
+  limit: bigint;
+
+  /**
+   * Units still available after the report (0 when overdrawn).
+   *
+   * @generated from field: uint64 remaining = 2;
+   */
+  remaining: bigint;
+
+  /**
+   * Time until the key is back to its full budget.
+   *
+   * @generated from field: google.protobuf.Duration reset_after = 3;
+   */
+  resetAfter?: Duration | undefined;
+
+  /**
+   * The cost did not fit: the budget is exhausted (or overdrawn) and checks
+   * are rejected until it refills. A Check with cost 0 tells when one fits.
+   *
+   * @generated from field: bool overdrawn = 4;
+   */
+  overdrawn: boolean;
+};
+
+/**
+ * Describes the message datalayer.ratelimit.v1.ReportResponse.
+ * Use `create(ReportResponseSchema)` to create a new message.
+ */
+export const ReportResponseSchema: GenMessage<ReportResponse> = /*@__PURE__*/
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 10);
 
 /**
  * @generated from message datalayer.ratelimit.v1.ResetRequest
@@ -335,7 +428,7 @@ export type ResetRequest = Message<"datalayer.ratelimit.v1.ResetRequest"> & {
  * Use `create(ResetRequestSchema)` to create a new message.
  */
 export const ResetRequestSchema: GenMessage<ResetRequest> = /*@__PURE__*/
-  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 9);
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 11);
 
 /**
  * @generated from message datalayer.ratelimit.v1.ResetResponse
@@ -348,7 +441,7 @@ export type ResetResponse = Message<"datalayer.ratelimit.v1.ResetResponse"> & {
  * Use `create(ResetResponseSchema)` to create a new message.
  */
 export const ResetResponseSchema: GenMessage<ResetResponse> = /*@__PURE__*/
-  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 10);
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 12);
 
 /**
  * @generated from enum datalayer.ratelimit.v1.FailMode
@@ -419,6 +512,23 @@ export enum Reason {
    * @generated from enum value: REASON_FAIL_OPEN = 4;
    */
   FAIL_OPEN = 4,
+
+  /**
+   * Rejected: this check fitted, but another check of its all-or-nothing
+   * batch did not, so none consumed.
+   *
+   * @generated from enum value: REASON_BATCH_REJECTED = 5;
+   */
+  BATCH_REJECTED = 5,
+
+  /**
+   * Allowed by shadow mode: the policy (`shadow_mode = true`) would have
+   * rejected it. Nothing was consumed; `remaining` and `retry_after` tell
+   * what the limit would have answered.
+   *
+   * @generated from enum value: REASON_SHADOW_OVER_LIMIT = 6;
+   */
+  SHADOW_OVER_LIMIT = 6,
 }
 
 /**
@@ -448,7 +558,8 @@ export const RateLimitService: GenService<{
     output: typeof CheckResponseSchema;
   },
   /**
-   * CheckBatch runs independent checks in one call, answered in order.
+   * CheckBatch runs several checks in one call, answered in order:
+   * independent, or all or nothing (`all_or_nothing`).
    *
    * @generated from rpc datalayer.ratelimit.v1.RateLimitService.CheckBatch
    */
@@ -456,6 +567,19 @@ export const RateLimitService: GenService<{
     methodKind: "unary";
     input: typeof CheckBatchRequestSchema;
     output: typeof CheckBatchResponseSchema;
+  },
+  /**
+   * Report records usage that already happened, such as an LLM call's
+   * tokens, known only when the answer arrives. The cost is consumed
+   * whether or not it fits, so the budget may be overdrawn, and later
+   * checks are rejected until it has refilled.
+   *
+   * @generated from rpc datalayer.ratelimit.v1.RateLimitService.Report
+   */
+  report: {
+    methodKind: "unary";
+    input: typeof ReportRequestSchema;
+    output: typeof ReportResponseSchema;
   },
   /**
    * Reset forgets the state of `key` for the given limit or policy.

@@ -1,0 +1,33 @@
+-- All or nothing: every check of the batch consumes, or none does.
+-- KEYS: one state key per check (all in one slot). ARGV: per check six
+-- values: algorithm (g, t, f, s), limit (capacity), period (refill amount
+-- for t), 0 (refill interval for t), cost, shadow (1: its rejection holds
+-- back no other check).
+-- Returns {all_allowed, then per check allowed, remaining, reset_after_us,
+-- retry_after_us or -1}: when one check does not fit, nothing is consumed
+-- and every check answers as if alone, without consuming.
+local function run(i, mode)
+  local at = (i - 1) * 6
+  local alg = ARGV[at + 1]
+  local a, b, c = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
+  local cost = tonumber(ARGV[at + 5])
+  if alg == 'g' then return gcra(KEYS[i], a, b, cost, mode) end
+  if alg == 't' then return token_bucket(KEYS[i], a, b, c, cost, mode) end
+  if alg == 'f' then return fixed_window(KEYS[i], a, b, cost, mode) end
+  return sliding_window(KEYS[i], a, b, cost, mode)
+end
+
+local results = {}
+local all = true
+for i = 1, #KEYS do
+  results[i] = run(i, 'd')
+  if results[i][1] == 0 and ARGV[(i - 1) * 6 + 6] ~= '1' then all = false end
+end
+if all then
+  for i = 1, #KEYS do results[i] = run(i, 'c') end
+end
+local out = {all and 1 or 0}
+for i = 1, #KEYS do
+  for j = 1, 4 do out[#out + 1] = results[i][j] end
+end
+return out
