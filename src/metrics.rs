@@ -63,6 +63,7 @@ pub const CONNECTIONS_OPEN: &str = "datalayer_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "datalayer_connections_refused_total";
 pub const CONNECTIONS_DROPPED: &str = "datalayer_connections_dropped_total";
 pub const RATELIMIT_DECISIONS: &str = "datalayer_ratelimit_decisions_total";
+pub const RATELIMIT_DENIAL_CACHE: &str = "datalayer_ratelimit_denial_cache_lookups_total";
 pub const FLAG_EVALUATIONS: &str = "datalayer_flag_evaluations_total";
 pub const STORE_UP: &str = "datalayer_store_up";
 pub const REDIS_ERRORS: &str = "datalayer_redis_errors_total";
@@ -146,6 +147,10 @@ fn describe() {
     describe_counter!(
         RATELIMIT_DECISIONS,
         "Rate-limit checks by policy (`inline` for inline limits) and result."
+    );
+    describe_counter!(
+        RATELIMIT_DENIAL_CACHE,
+        "Lookups of the in-process denial cache (ratelimit.denial_cache), by result (hit: answered without Redis, miss)."
     );
     describe_counter!(
         FLAG_EVALUATIONS,

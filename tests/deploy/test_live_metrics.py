@@ -117,6 +117,10 @@ def _traffic(channel: grpc.Channel, grpc_addr: str) -> None:
     ten_a_minute = ratelimit_pb2.Limit(gcra=ratelimit_pb2.Gcra(limit=10, period=Duration(seconds=60)))
     assert ratelimit.Check(ratelimit_pb2.CheckRequest(key="user:42", limit=ten_a_minute)).allowed
     assert ratelimit.Check(ratelimit_pb2.CheckRequest(key="user:42", policy="login")).allowed
+    # Over the limit: the denial is cached (a miss), then answered from the
+    # cache (a hit) -- datalayer_ratelimit_denial_cache_lookups_total.
+    flood = [ratelimit.Check(ratelimit_pb2.CheckRequest(key="flood:1", policy="login")) for _ in range(5)]
+    assert [r.allowed for r in flood] == [True, True, True, False, False]
     with pytest.raises(grpc.RpcError) as refused:
         ratelimit.Check(ratelimit_pb2.CheckRequest(key="", limit=ten_a_minute))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -193,7 +197,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         "config": {
             "health": {"probe_interval": "100ms"},
             "server": {"max_connections": 3},
-            "ratelimit": {"policies": {"login": {"limit": 3, "period": "1m"}}},
+            "ratelimit": {"denial_cache": True, "policies": {"login": {"limit": 3, "period": "1m"}}},
             "flags": {"sources": [{"selector": FLAG_SET, "path": str(flags)}]},
             "queue": {
                 "push": {

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The configuration file every service in this suite runs with. `auth` is the
-# README's example policy.
+# example policy of docs/configuring.md.
 CONFIG = """\
 [health]
 # Notice Redis coming and going quickly (the default is 1s).

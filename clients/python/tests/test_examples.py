@@ -1,4 +1,5 @@
-"""The quickstart of the repository README.md, run as it is written."""
+"""The quickstart of the repository README.md, and the worker and analytics
+examples of clients/python/README.md, run as they are written."""
 
 from __future__ import annotations
 
@@ -86,3 +87,24 @@ def test_python_readme_shows_the_worker_example_verbatim() -> None:
     doc = (EXAMPLES.parent / "README.md").read_text()
     block = doc.split("```python worker\n", 1)[1].split("```\n", 1)[0]
     assert block == (EXAMPLES / "worker.py").read_text()
+
+
+def test_analytics_example(stack: Stack) -> None:
+    """examples/analytics.py tracks through a tracker, then reads, as
+    clients/python/README.md shows it."""
+    require(stack, "datalayer.analytics.v1.AnalyticsService")
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "analytics.py")],
+        env={**os.environ, "DATALAYER_ADDR": stack.addr},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.splitlines() == ["binance 1", "kraken 2", "users: 1"], out
+
+
+def test_python_readme_shows_the_analytics_example_verbatim() -> None:
+    doc = (EXAMPLES.parent / "README.md").read_text()
+    block = doc.split("```python analytics\n", 1)[1].split("```\n", 1)[0]
+    assert block == (EXAMPLES / "analytics.py").read_text()

@@ -50,6 +50,13 @@
  * `limiter.reset(id)`; `dl.cache.getOrSet(key, compute, { ttl: "5m" })`
  * (one caller computes, on GetOrLease), `dl.cache.setJson` / `getJson<T>`;
  * `dl.sessions.validate(token)` -> the session or `undefined`.
+ *
+ * `dl.analytics` has a buffered tracker (`./analytics.ts`) whose `track()`
+ * never waits for the network: `const tracker = dl.analytics.tracker({
+ * flushEvery: "1s", maxBatch: 500 })`, `tracker.track("signals", { dims: {
+ * exchange: "kraken" } })`, `await tracker.flush()`, `await tracker.close()`;
+ * and reads over a `since` / `until` range: `dl.analytics.series(metric, {
+ * since: "1h", groupBy: ["exchange"] })`, `countUnique`, `topValues`.
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import type { CallOptions, Client, Interceptor, Transport } from "@connectrpc/connect";
@@ -63,6 +70,7 @@ import { withQueueWorkers, type QueueWorkers } from "./worker.js";
 import { withRateLimiters, type RateLimiters } from "./ratelimit.js";
 import { withCacheHelpers, type CacheHelpers } from "./cache.js";
 import { withSessionHelpers, type SessionHelpers } from "./sessions.js";
+import { withAnalyticsHelpers, type AnalyticsHelpers } from "./analytics.js";
 
 export * from "./gen/services.js";
 export {
@@ -124,6 +132,20 @@ export { JSON_CONTENT_TYPE, cacheHelpers, withCacheHelpers } from "./cache.js";
 export type { CacheCallOptions, CacheClient, CacheHelpers, CacheServiceClient, GetOrSetOptions, JsonWriteOptions } from "./cache.js";
 export { sessionHelpers, sessionInfo, withSessionHelpers } from "./sessions.js";
 export type { SessionClient, SessionHelpers, SessionInfo, SessionServiceClient, ValidateOptions } from "./sessions.js";
+export { Tracker, analyticsHelpers, withAnalyticsHelpers } from "./analytics.js";
+export type {
+  AnalyticsClient,
+  AnalyticsHelpers,
+  AnalyticsServiceClient,
+  MetricPoint,
+  MetricSeries,
+  RangeOptions,
+  SeriesOptions,
+  TopValue,
+  TopValuesOptions,
+  TrackOptions,
+  TrackerOptions,
+} from "./analytics.js";
 export { durationToMs } from "./durations.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { CallOptions, Interceptor } from "@connectrpc/connect";
@@ -181,6 +203,7 @@ type Helpers = {
   ratelimit: RateLimiters;
   cache: CacheHelpers;
   sessions: SessionHelpers;
+  analytics: AnalyticsHelpers;
 };
 type ServiceClient<K extends keyof Services> = K extends keyof Helpers ? Client<Services[K]> & Helpers[K] : Client<Services[K]>;
 
@@ -364,6 +387,7 @@ export function createClient(options: ClientOptions): DatalayerClient {
     ratelimit: withRateLimiters(typed.ratelimit),
     cache: withCacheHelpers(typed.cache),
     sessions: withSessionHelpers(typed.sessions),
+    analytics: withAnalyticsHelpers(typed.analytics),
     transport,
     close: () => sessionManager.abort(),
   };

@@ -5,7 +5,9 @@
 // their own configured for it, in push.suite.ts, whose calls count as well;
 // API keys, quotas, TLS and mTLS: binaries of their own, in
 // security.suite.ts; the rate-limit, cache and session helpers on both, in
-// helpers2.suite.ts); then a check that every RPC the binary serves (by
+// helpers2.suite.ts; AnalyticsService and its tracker on both, in
+// analytics.suite.ts, with a binary of its own for a small
+// analytics.max_batch, whose calls count as well); then a check that every RPC the binary serves (by
 // reflection) was called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -25,6 +27,7 @@ import { workerSuite } from "./worker.suite.js";
 import { pushSuite } from "./push.suite.js";
 import { securitySuite } from "./security.suite.js";
 import { helpers2Suite } from "./helpers2.suite.js";
+import { analyticsSuite } from "./analytics.suite.js";
 
 let stack: Stack | undefined;
 let memory: Stack | undefined;
@@ -67,6 +70,8 @@ pushSuite(() => current().called);
 pushSuite(() => current().called, "memory");
 helpers2Suite(current);
 helpers2Suite(onMemory, "memory");
+analyticsSuite(current);
+analyticsSuite(onMemory, "memory");
 securitySuite();
 
 describe("coverage", () => {

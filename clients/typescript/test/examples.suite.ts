@@ -1,6 +1,7 @@
-// The quickstart of the repository README.md, and the worker and push
-// receiver of clients/typescript/README.md, run as they are written (the
-// push receiver in push.suite.ts, which has a service configured for it).
+// The quickstart of the repository README.md, and the worker, analytics and
+// push receiver examples of clients/typescript/README.md, run as they are
+// written (the push receiver in push.suite.ts, which has a service
+// configured for it).
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { once } from "node:events";
@@ -39,12 +40,22 @@ export function examplesSuite(stack: () => Stack) {
       ]);
     });
 
-    test("clients/typescript/README.md shows worker.ts and push-receiver.ts verbatim", () => {
+    test("clients/typescript/README.md shows worker.ts, analytics.ts and push-receiver.ts verbatim", () => {
       const doc = readFileSync(path.join(here, "../README.md"), "utf8");
-      for (const name of ["worker", "push-receiver"]) {
+      for (const name of ["worker", "analytics", "push-receiver"]) {
         const block = doc.split(`\`\`\`ts ${name}\n`)[1]?.split("```\n")[0];
         assert.equal(block, readFileSync(path.join(here, `../examples/${name}.ts`), "utf8"), name);
       }
+    });
+
+    test("analytics.ts: tracks through a tracker, then reads", async (t) => {
+      if (!stack().serves("datalayer.analytics.v1.AnalyticsService")) return t.skip("AnalyticsService is not served");
+      const { stdout } = await promisify(execFile)(
+        process.execPath,
+        ["--import", "tsx", path.join(here, "../examples/analytics.ts")],
+        { env: { ...process.env, DATALAYER_URL: stack().baseUrl }, timeout: 60_000, cwd: path.join(here, "..") },
+      );
+      assert.deepEqual(stdout.trim().split("\n"), ["binance 1", "kraken 2", "users: 1"]);
     });
 
     test("worker.ts: acks, dead-letters a bad job, stops on SIGTERM", async (t) => {

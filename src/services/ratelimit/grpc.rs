@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
 };
 
+use super::denials::Denials;
 use super::store::Store;
 use super::{
     Algorithm, Decision, FailMode, Limit, LimitSpec, Limited, MAX_KEY_BYTES, RateCheck, Scope,
@@ -28,6 +29,8 @@ pub struct Handler {
     analytics: Option<(Arc<Recorder>, BTreeSet<Arc<str>>)>,
     /// Policies with `shadow_mode = true`: decided, counted, answered allowed.
     shadow: BTreeSet<Arc<str>>,
+    /// Recent denials, answered without Redis (`ratelimit.denial_cache`).
+    denials: Option<Arc<Denials>>,
 }
 
 crate::grpc_service! {
@@ -138,9 +141,11 @@ impl Handler {
         settings: Settings,
         policies: BTreeMap<Arc<str>, Limit>,
         analytics: Option<(Arc<Recorder>, BTreeSet<Arc<str>>)>,
+        denials: Option<Arc<Denials>>,
     ) -> Self {
         Self {
             shadow: settings.shadowed(),
+            denials,
             store,
             settings,
             policies,
@@ -212,15 +217,50 @@ impl Handler {
     /// open are allowed with `REASON_FAIL_OPEN`, and any that fails closed
     /// makes the call `UNAVAILABLE`.
     async fn apply(&self, ctx: &Ctx, parsed: &[Parsed]) -> Result<Vec<pb::CheckResponse>, Error> {
-        let checks: Vec<RateCheck> = parsed.iter().map(|p| p.check.clone()).collect();
-        match ctx.store(self.store.check(&ctx.tenant, &checks)).await {
-            Ok(decisions) => Ok(parsed
+        // Denials still cached are answered here; the rest go to the store.
+        let cached: Vec<Option<Decision>> = match &self.denials {
+            Some(denials) => parsed
                 .iter()
-                .zip(decisions)
-                .map(|(p, d)| self.decided(ctx, p, d))
-                .collect()),
-            Err(e) => failed(parsed, e),
+                .map(|p| denials.lookup(&ctx.tenant, &p.check))
+                .collect(),
+            None => vec![None; parsed.len()],
+        };
+        let sent: Vec<&Parsed> = parsed
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(p, _)| p)
+            .collect();
+        let fresh = if sent.is_empty() {
+            Vec::new()
+        } else {
+            let checks: Vec<RateCheck> = sent.iter().map(|p| p.check.clone()).collect();
+            match ctx.store(self.store.check(&ctx.tenant, &checks)).await {
+                Ok(decisions) => decisions,
+                Err(e) => {
+                    failed(&sent, e)?;
+                    return Ok(merge_fail_open(self, ctx, parsed, cached));
+                }
+            }
+        };
+        let mut fresh = fresh.into_iter();
+        let mut answers = Vec::with_capacity(parsed.len());
+        for (p, cached) in parsed.iter().zip(cached) {
+            let d = match cached {
+                Some(d) => d,
+                None => {
+                    let Some(d) = fresh.next() else {
+                        return Err(Error::Internal("a decision is missing".into()));
+                    };
+                    if let Some(denials) = &self.denials {
+                        denials.remember(&ctx.tenant, &p.check, &d);
+                    }
+                    d
+                }
+            };
+            answers.push(self.decided(ctx, p, d));
         }
+        Ok(answers)
     }
 
     /// Counts a decision (metrics, analytics) and answers it.
@@ -275,6 +315,9 @@ impl Handler {
         ctx.audit_target(crate::audit::target(&[&req.key]));
         let target = self.target(&req.key, req.limit_source.as_ref().map(Source::from))?;
         ctx.store(self.store.reset(&ctx.tenant, &target)).await?;
+        if let Some(denials) = &self.denials {
+            denials.forget(&ctx.tenant, &target.key);
+        }
         Ok(pb::ResetResponse {})
     }
 }
@@ -328,7 +371,7 @@ fn answer(parsed: &Parsed, d: Decision) -> pb::CheckResponse {
 /// A store failure: when the store is unavailable, limits that fail open
 /// are allowed with `REASON_FAIL_OPEN`; any that fails closed makes the
 /// call fail.
-fn failed(parsed: &[Parsed], e: Error) -> Result<Vec<pb::CheckResponse>, Error> {
+fn failed(parsed: &[&Parsed], e: Error) -> Result<Vec<pb::CheckResponse>, Error> {
     match e {
         Error::Store(e)
             if e.is_unavailable()
@@ -340,10 +383,28 @@ fn failed(parsed: &[Parsed], e: Error) -> Result<Vec<pb::CheckResponse>, Error> 
             for p in parsed {
                 record(p, "fail_open");
             }
-            Ok(parsed.iter().map(fail_open).collect())
+            Ok(parsed.iter().map(|p| fail_open(p)).collect())
         }
         e => Err(e),
     }
+}
+
+/// Answers of a call whose store failed while some checks were cached
+/// denials and the others all fail open.
+fn merge_fail_open(
+    handler: &Handler,
+    ctx: &Ctx,
+    parsed: &[Parsed],
+    cached: Vec<Option<Decision>>,
+) -> Vec<pb::CheckResponse> {
+    parsed
+        .iter()
+        .zip(cached)
+        .map(|(p, c)| match c {
+            Some(d) => handler.decided(ctx, p, d),
+            None => fail_open(p),
+        })
+        .collect()
 }
 
 fn fail_open(parsed: &Parsed) -> pb::CheckResponse {

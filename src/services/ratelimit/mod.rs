@@ -8,6 +8,7 @@
 //! they agree to the microsecond; the conformance suite proves it.
 
 pub mod algorithm;
+mod denials;
 pub mod envoy;
 mod grpc;
 mod memory;
@@ -72,14 +73,38 @@ impl Module for Service {
             registrar.hand_off(recorder.clone());
             (recorder, recorded)
         });
+        let denials = settings.denial_cache.then(|| {
+            let denials = Arc::new(denials::Denials::new(settings.denial_cache_max_keys));
+            forget_resets(&store, &denials);
+            denials
+        });
         registrar.add(grpc::Handler::new(
             store,
             settings.clone(),
             policies,
             recorder,
+            denials,
         ));
         Ok(())
     }
+}
+
+/// Clears cached denials of keys reset on any replica.
+fn forget_resets(store: &Arc<dyn store::Store>, denials: &Arc<denials::Denials>) {
+    let Some(mut resets) = store.resets() else {
+        return;
+    };
+    let denials = Arc::downgrade(denials);
+    tokio::spawn(async move {
+        while let Some((tenant, key)) = resets.recv().await {
+            let Some(denials) = denials.upgrade() else {
+                return;
+            };
+            if let Ok(tenant) = crate::keys::Tenant::parse(&tenant) {
+                denials.forget(&tenant, &key);
+            }
+        }
+    });
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,7 +126,7 @@ impl Algorithm {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum FailMode {
     /// Store down: the call fails with `UNAVAILABLE`.
     #[default]
@@ -113,7 +138,7 @@ pub enum FailMode {
 /// A validated limit. For the window algorithms and GCRA, `limit` units per
 /// `period_us`; for the token bucket, a bucket of `limit` tokens refilled by
 /// `refill` tokens every `period_us`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
     pub algorithm: Algorithm,
     pub limit: u64,
@@ -219,7 +244,7 @@ impl Limit {
 /// Whose budget a check spends: a configured policy's, or an inline
 /// limit's. State is kept apart by scope and algorithm, so one caller key
 /// can carry several independent limits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
     Inline,
     Policy(Arc<str>),

@@ -5,6 +5,8 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use deadpool_redis::redis;
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use super::store::{Store, state_key};
 use super::{Algorithm, Decision, Limited, RateCheck};
@@ -117,6 +119,39 @@ fn decoded((allowed, remaining, reset_after_us, retry_after_us): (i64, i64, i64,
     }
 }
 
+/// Where Resets are announced: `dl:<tenant>:rlr`, the key as payload.
+fn reset_channel(tenant: &Tenant) -> String {
+    format!("dl:{tenant}:rlr")
+}
+
+/// Forwards `(tenant, key)` of every reset notice until the connection
+/// breaks or nobody listens.
+async fn listen(
+    client: &redis::Client,
+    tx: &mpsc::Sender<(String, String)>,
+) -> Result<(), redis::RedisError> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.psubscribe("dl:*:rlr").await?;
+    let mut messages = pubsub.on_message();
+    loop {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            () = tx.closed() => return Ok(()),
+        };
+        let Some(message) = next else { return Ok(()) };
+        let tenant = message
+            .get_channel_name()
+            .strip_prefix("dl:")
+            .and_then(|rest| rest.strip_suffix(":rlr"))
+            .unwrap_or_default()
+            .to_owned();
+        let key: String = message.get_payload().unwrap_or_default();
+        if tx.send((tenant, key)).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
 pub struct RedisRateLimits {
     redis: Arc<Redis>,
 }
@@ -189,9 +224,31 @@ impl Store for RedisRateLimits {
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {
         let mut del = redis::cmd("DEL");
         del.arg(state_key(tenant, target));
-        for reply in self.redis.exec("DEL", vec![del]).await? {
+        // Replicas caching denials of the key forget them (a cluster has
+        // no pub/sub here: their entries last until their retry time).
+        let mut cmds = vec![del];
+        if self.redis.pubsub_client().is_some() {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(reset_channel(tenant)).arg(&target.key);
+            cmds.push(publish);
+        }
+        for reply in self.redis.exec("DEL", cmds).await? {
             reply.map_err(|e| StoreError::from_redis(&e))?;
         }
         Ok(())
+    }
+
+    fn resets(&self) -> Option<mpsc::Receiver<(String, String)>> {
+        let client = self.redis.pubsub_client()?.clone();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                if let Err(e) = listen(&client, &tx).await {
+                    tracing::debug!(error = %e, "rate-limit reset notices: reconnecting");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        Some(rx)
     }
 }

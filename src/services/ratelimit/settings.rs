@@ -161,6 +161,12 @@ crate::section! {
         /// Named limits callers refer to by `policy`, e.g.
         /// `ratelimit.policies.auth = {algorithm = "sliding_window", limit = 5, window = "1m"}`.
         pub policies: BTreeMap<String, PolicySpec> = BTreeMap::new();
+        /// Answer checks of a key and limit that Redis just rejected
+        /// "rejected" in process, without Redis, until their `retry_after`
+        /// (flood protection; a Reset clears it on every replica).
+        pub denial_cache: bool = false;
+        /// Most denials the cache holds per replica.
+        pub denial_cache_max_keys: usize = 100_000, range(1, 10_000_000);
         /// Envoy's rate-limit protocol, served beside this one.
         pub envoy: super::envoy::EnvoySettings = super::envoy::EnvoySettings::default();
     }

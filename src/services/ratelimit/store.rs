@@ -28,8 +28,15 @@ pub trait Store: Send + Sync {
     /// Consumes the cost whether or not it fits: usage that already
     /// happened, which may overdraw the budget until it refills.
     async fn report(&self, tenant: &Tenant, check: &RateCheck) -> Result<Decision, StoreError>;
-    /// Forgets the state behind `target`.
+    /// Forgets the state behind `target`, and tells every replica (see
+    /// [`Store::resets`]).
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError>;
+    /// `(tenant, key)` of every Reset on any replica, where the store can
+    /// tell (a single Redis server, through pub/sub); `None` where it
+    /// cannot, or need not (the memory store serves one replica).
+    fn resets(&self) -> Option<tokio::sync::mpsc::Receiver<(String, String)>> {
+        None
+    }
 }
 
 /// The store on the application's backend.

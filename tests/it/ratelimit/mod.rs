@@ -2,6 +2,7 @@
 //! and against a real `redis-server`, through the gRPC surface.
 
 mod envoy;
+mod flood;
 mod limits;
 mod redis_only;
 

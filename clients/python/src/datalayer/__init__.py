@@ -40,13 +40,25 @@ Upstash-style helpers (durations: ``"10s"``, ``"1 m"``, ``"500ms"``, a
     session = client.sessions.validate(token)    # the Session, or None
 
 (see :mod:`datalayer._ratelimit`, :mod:`datalayer._cache`,
-:mod:`datalayer._sessions`). A push queue's deliveries are checked with
+:mod:`datalayer._sessions`).
+
+Analytics events are buffered by a tracker whose ``track()`` never waits
+for the network, and sent in batches by a background thread::
+
+    with client.analytics.tracker(flush_every="1s", max_batch=500) as tracker:
+        tracker.track("signals", exchange="kraken")      # tracker.dropped, .failed, .errors
+    client.analytics.series("signals", since="1h", group_by=["exchange"])   # [MetricSeries(...)]
+
+(see :mod:`datalayer._analytics`). A push queue's deliveries are checked with
 :func:`verify_signature` (see :mod:`datalayer._signature`).
 """
 
+from datalayer._analytics import AsyncTracker, MetricPoint, MetricSeries, Tracker
 from datalayer._cache import JSON_CONTENT_TYPE
 from datalayer._client import (
     DEFAULT_TIMEOUT,
+    AnalyticsClient,
+    AsyncAnalyticsClient,
     AsyncCacheClient,
     AsyncClient,
     AsyncQueueClient,
@@ -113,6 +125,8 @@ __all__ = [
     "SIGNATURE_HEADER",
     "Aborted",
     "AlreadyExists",
+    "AnalyticsClient",
+    "AsyncAnalyticsClient",
     "AsyncCacheClient",
     "AsyncClient",
     "AsyncConsumer",
@@ -125,6 +139,7 @@ __all__ = [
     "AsyncRateLimiter",
     "AsyncServerStream",
     "AsyncSessionClient",
+    "AsyncTracker",
     "AsyncWorker",
     "CacheClient",
     "Cancelled",
@@ -148,6 +163,8 @@ __all__ = [
     "LockLost",
     "LockNotAcquired",
     "Metadata",
+    "MetricPoint",
+    "MetricSeries",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
@@ -159,6 +176,7 @@ __all__ = [
     "ServerStream",
     "SessionClient",
     "SignatureError",
+    "Tracker",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

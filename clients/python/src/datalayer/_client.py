@@ -8,10 +8,13 @@ from typing import Any, Sequence, Union
 import grpc
 import grpc.aio
 
+from datalayer._analytics import AnalyticsHelpers, AsyncAnalyticsHelpers
 from datalayer._cache import AsyncCacheHelpers, CacheHelpers
 from datalayer._invoke import AsyncInvoker, Metadata, RetryPolicy, SyncInvoker
 from datalayer._ratelimit import AsyncRateLimiters, RateLimiters
 from datalayer._services import (
+    AnalyticsService,
+    AsyncAnalyticsService,
     AsyncCacheService,
     AsyncQueueService,
     AsyncRateLimitService,
@@ -27,6 +30,8 @@ from datalayer._sessions import AsyncSessionHelpers, SessionHelpers
 from datalayer._workers import AsyncQueueWorkers, QueueWorkers
 
 __all__ = [
+    "AnalyticsClient",
+    "AsyncAnalyticsClient",
     "AsyncCacheClient",
     "AsyncClient",
     "AsyncQueueClient",
@@ -96,6 +101,20 @@ class SessionClient(SessionService, SessionHelpers):
 
 class AsyncSessionClient(AsyncSessionService, AsyncSessionHelpers):
     """``AsyncClient.sessions``: as :class:`SessionClient`, on asyncio."""
+
+
+class AnalyticsClient(AnalyticsService, AnalyticsHelpers):
+    """``Client.analytics``: AnalyticsService's RPCs (``track``, ``query``,
+    ``unique``, ``top``, ``list_metrics``) and the helpers of
+    :class:`datalayer._analytics.AnalyticsHelpers`: ``tracker`` (a buffered
+    :class:`datalayer.Tracker` whose ``track()`` never waits for the
+    network), ``series``, ``count_unique`` and ``top_values`` (reads over a
+    ``since`` / ``until`` range)."""
+
+
+class AsyncAnalyticsClient(AsyncAnalyticsService, AsyncAnalyticsHelpers):
+    """``AsyncClient.analytics``: as :class:`AnalyticsClient`, on asyncio
+    (``tracker()`` makes an :class:`datalayer.AsyncTracker`)."""
 
 
 def _metadata(token: str | None) -> Metadata:
@@ -177,9 +196,12 @@ class Client(SyncServices):
     ``client.ratelimit`` makes limiters (``sliding_window(10, "10s")``, ...,
     ``policy("auth")``; see :class:`RateLimitClient`), ``client.cache`` has
     ``get_or_set``, ``set_json`` and ``get_json`` (:class:`CacheClient`),
-    ``client.sessions`` has ``validate`` (:class:`SessionClient`).
+    ``client.sessions`` has ``validate`` (:class:`SessionClient`),
+    ``client.analytics`` has ``tracker``, ``series``, ``count_unique`` and
+    ``top_values`` (:class:`AnalyticsClient`).
     """
 
+    analytics: AnalyticsClient
     queue: QueueClient
     ratelimit: RateLimitClient
     cache: CacheClient
@@ -216,6 +238,7 @@ class Client(SyncServices):
             plaintext=creds is None,
         )
         self._bind_services(self.channel, self._invoker)
+        self.analytics = AnalyticsClient(self.channel, self._invoker)
         self.queue = QueueClient(self.channel, self._invoker)
         self.ratelimit = RateLimitClient(self.channel, self._invoker)
         self.cache = CacheClient(self.channel, self._invoker)
@@ -240,6 +263,7 @@ class AsyncClient(AsyncServices):
     """The asyncio twin of :class:`Client` (same arguments), on ``grpc.aio``.
     Create it inside a running event loop; methods are coroutines."""
 
+    analytics: AsyncAnalyticsClient
     queue: AsyncQueueClient
     ratelimit: AsyncRateLimitClient
     cache: AsyncCacheClient
@@ -275,6 +299,7 @@ class AsyncClient(AsyncServices):
             plaintext=creds is None,
         )
         self._bind_services(self.channel, self._invoker)
+        self.analytics = AsyncAnalyticsClient(self.channel, self._invoker)
         self.queue = AsyncQueueClient(self.channel, self._invoker)
         self.ratelimit = AsyncRateLimitClient(self.channel, self._invoker)
         self.cache = AsyncCacheClient(self.channel, self._invoker)

@@ -1582,8 +1582,24 @@ class RateLimitService:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> ratelimit_pb2.CheckBatchResponse:
-        """CheckBatch runs independent checks in one call, answered in order."""
+        """CheckBatch runs several checks in one call, answered in order:
+        independent, or all or nothing (`all_or_nothing`).
+        """
         return self._invoke(self.stub.CheckBatch, request, timeout=timeout, metadata=metadata)
+
+    def report(
+        self,
+        request: ratelimit_pb2.ReportRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ratelimit_pb2.ReportResponse:
+        """Report records usage that already happened, such as an LLM call's
+        tokens, known only when the answer arrives. The cost is consumed
+        whether or not it fits, so the budget may be overdrawn, and later
+        checks are rejected until it has refilled.
+        """
+        return self._invoke(self.stub.Report, request, timeout=timeout, metadata=metadata)
 
     def reset(
         self,
@@ -1629,8 +1645,24 @@ class AsyncRateLimitService:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> ratelimit_pb2.CheckBatchResponse:
-        """CheckBatch runs independent checks in one call, answered in order."""
+        """CheckBatch runs several checks in one call, answered in order:
+        independent, or all or nothing (`all_or_nothing`).
+        """
         return await self._invoke(self.stub.CheckBatch, request, timeout=timeout, metadata=metadata)
+
+    async def report(
+        self,
+        request: ratelimit_pb2.ReportRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ratelimit_pb2.ReportResponse:
+        """Report records usage that already happened, such as an LLM call's
+        tokens, known only when the answer arrives. The cost is consumed
+        whether or not it fits, so the budget may be overdrawn, and later
+        checks are rejected until it has refilled.
+        """
+        return await self._invoke(self.stub.Report, request, timeout=timeout, metadata=metadata)
 
     async def reset(
         self,

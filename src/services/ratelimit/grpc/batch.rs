@@ -50,7 +50,7 @@ impl Handler {
                     "on Redis Cluster an all-or-nothing batch must keep its states in one hash slot: use one key under several limits or policies, or send the checks without all_or_nothing".to_owned(),
                 ));
             }
-            Err(e) => return failed(parsed, e),
+            Err(e) => return failed(&parsed.iter().collect::<Vec<_>>(), e),
         };
         if all {
             return Ok(parsed

@@ -304,7 +304,9 @@ class Series(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def dimensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The group's values of `group_by` (`__other__` for folded events)."""
+        """The group's values of `group_by` (`__other__` for folded events, empty
+        for events without the dimension).
+        """
 
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___Point]: ...
@@ -535,7 +537,11 @@ class Metric(_message.Message):
     folded_events: _builtins.int
     """Events counted in `__other__` because the combinations were full."""
     @_builtins.property
-    def last_tracked(self) -> _timestamp_pb2.Timestamp: ...
+    def last_tracked(self) -> _timestamp_pb2.Timestamp:
+        """When the last Track of it was written (the server's time, not the
+        events' own).
+        """
+
     @_builtins.property
     def resolutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resolution]: ...
     def __init__(

@@ -260,7 +260,8 @@ export const PointSchema: GenMessage<Point> = /*@__PURE__*/
  */
 export type Series = Message<"datalayer.analytics.v1.Series"> & {
   /**
-   * The group's values of `group_by` (`__other__` for folded events).
+   * The group's values of `group_by` (`__other__` for folded events, empty
+   * for events without the dimension).
    *
    * @generated from field: map<string, string> dimensions = 1;
    */
@@ -517,6 +518,9 @@ export type Metric = Message<"datalayer.analytics.v1.Metric"> & {
   foldedEvents: bigint;
 
   /**
+   * When the last Track of it was written (the server's time, not the
+   * events' own).
+   *
    * @generated from field: google.protobuf.Timestamp last_tracked = 4;
    */
   lastTracked?: Timestamp | undefined;
