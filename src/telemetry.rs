@@ -1,6 +1,8 @@
-//! Logs through `tracing` (text or JSON), and traces over OTLP/gRPC when an
+//! Logs through `tracing` (text or JSON), and traces over OTLP when an
 //! endpoint is configured (`telemetry.otlp_endpoint`, else
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`):
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`),
+//! over gRPC or HTTP/protobuf (`telemetry.otlp_protocol`, else
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`):
 //! `http://` in the clear, `https://` over TLS (the web's roots, or the CA
 //! of `telemetry.otlp_ca_file` / `OTEL_EXPORTER_OTLP_CERTIFICATE`). Incoming
 //! W3C `traceparent` headers are continued (see [`crate::grpc::serve`]).
@@ -21,6 +23,17 @@ crate::setting_enum! {
     default = Text;
 }
 
+crate::setting_enum! {
+    /// How traces travel to the OTLP endpoint.
+    pub enum OtlpProtocol {
+        /// OTLP over gRPC (port 4317 by convention).
+        Grpc = "grpc",
+        /// OTLP over HTTP with protobuf bodies (port 4318, `/v1/traces`).
+        HttpProtobuf = "http/protobuf",
+    }
+    default = Grpc;
+}
+
 crate::section! {
     /// Logs and traces.
     pub struct TelemetrySettings {
@@ -33,6 +46,10 @@ crate::section! {
         /// Falls back to `OTEL_EXPORTER_OTLP_ENDPOINT`; unset: no traces
         /// are exported.
         pub otlp_endpoint: Option<String> = None;
+        /// `grpc` or `http/protobuf`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`,
+        /// else `grpc`. Over HTTP an endpoint without a path gets
+        /// `/v1/traces`.
+        pub otlp_protocol: Option<OtlpProtocol> = None;
         /// PEM CA that signs an `https://` endpoint's certificate (a private
         /// CA); unset: `OTEL_EXPORTER_OTLP_CERTIFICATE`, else the web's roots.
         pub otlp_ca_file: Option<std::path::PathBuf> = None;
@@ -97,6 +114,8 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
+mod http;
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -111,54 +130,98 @@ pub fn otlp_endpoint(settings: &TelemetrySettings) -> Option<String> {
         .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
-/// The trace exporter the settings ask for (`None`: no endpoint), checked:
-/// only OTLP over gRPC is built in, so another `OTEL_EXPORTER_OTLP_*PROTOCOL`
-/// is refused rather than ignored.
+/// The protocol traces go over: the setting, else the environment's.
+fn protocol(settings: &TelemetrySettings) -> Result<OtlpProtocol, TelemetryError> {
+    protocol_from(settings, env)
+}
+
+fn protocol_from(
+    settings: &TelemetrySettings,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<OtlpProtocol, TelemetryError> {
+    if let Some(p) = settings.otlp_protocol {
+        return Ok(p);
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(p) = env(var) {
+            return match p.as_str() {
+                "grpc" => Ok(OtlpProtocol::Grpc),
+                "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+                _ => Err(TelemetryError::Exporter(format!(
+                    "{var}={p}: use `grpc` or `http/protobuf` (`http/json` is not supported)"
+                ))),
+            };
+        }
+    }
+    Ok(OtlpProtocol::Grpc)
+}
+
+/// The trace exporter the settings ask for (`None`: no endpoint), and a
+/// line saying where traces go.
 pub fn exporter(
     settings: &TelemetrySettings,
 ) -> Result<Option<(opentelemetry_otlp::SpanExporter, String)>, TelemetryError> {
     let Some(endpoint) = otlp_endpoint(settings) else {
         return Ok(None);
     };
-    for var in [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ] {
-        if let Some(p) = env(var)
-            && p != "grpc"
-        {
-            return Err(TelemetryError::Exporter(format!(
-                "{var}={p}: only `grpc` (OTLP over gRPC, e.g. http://collector:4317 or https://…) is supported"
-            )));
-        }
-    }
-    let ca = settings
+    let protocol = protocol(settings)?;
+    let ca_path = settings
         .otlp_ca_file
         .clone()
         .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE").map(Into::into));
+    let ca = match &ca_path {
+        None => None,
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            TelemetryError::Exporter(format!("the OTLP CA file {}: {e}", path.display()))
+        })?),
+    };
+    let how = match (&ca_path, endpoint.starts_with("https://")) {
+        (Some(path), _) => format!("over TLS (CA {})", path.display()),
+        (None, true) => "over TLS (the web's roots)".to_owned(),
+        (None, false) => "in the clear".to_owned(),
+    };
+    let (exporter, endpoint) = match protocol {
+        OtlpProtocol::Grpc => (grpc_exporter(&endpoint, ca)?, endpoint),
+        OtlpProtocol::HttpProtobuf => {
+            let endpoint = traces_url(&endpoint);
+            (http::exporter(&endpoint, ca)?, endpoint)
+        }
+    };
+    Ok(Some((
+        exporter,
+        format!("{endpoint} (OTLP/{protocol} {how})"),
+    )))
+}
+
+fn grpc_exporter(
+    endpoint: &str,
+    ca: Option<Vec<u8>>,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint.clone());
-    let mut how = if endpoint.starts_with("https://") {
-        "over TLS (the web's roots)".to_owned()
-    } else {
-        "in the clear".to_owned()
-    };
-    if let Some(path) = ca {
+        .with_endpoint(endpoint);
+    if let Some(pem) = ca {
         use opentelemetry_otlp::WithTonicConfig;
-        let pem = std::fs::read(&path).map_err(|e| {
-            TelemetryError::Exporter(format!("the OTLP CA file {}: {e}", path.display()))
-        })?;
         builder = builder.with_tls_config(
             tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
         );
-        how = format!("over TLS (CA {})", path.display());
     }
-    let exporter = builder
+    builder
         .build()
-        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-    Ok(Some((exporter, format!("{endpoint} (OTLP/gRPC {how})"))))
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
+}
+
+/// An HTTP endpoint without a path is a base: traces go to `/v1/traces`.
+fn traces_url(endpoint: &str) -> String {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    match rest.find('/') {
+        Some(i) if i + 1 < rest.len() => endpoint.to_owned(),
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    }
 }
 
 /// Installs the global subscriber, propagator and (optionally) exporter.
@@ -227,4 +290,66 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         ),
     }
     Ok(TelemetryGuard { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_comes_from_the_setting_then_the_environment() {
+        let unset = TelemetrySettings::default();
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let p = |s: &TelemetrySettings, e| protocol_from(s, e).map_err(|e| e.to_string());
+        assert_eq!(p(&unset, vars(&[])), Ok(OtlpProtocol::Grpc));
+        assert_eq!(
+            p(
+                &unset,
+                vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
+            ),
+            Ok(OtlpProtocol::HttpProtobuf)
+        );
+        // The traces-specific variable wins over the general one.
+        assert_eq!(
+            p(
+                &unset,
+                vars(&[
+                    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ])
+            ),
+            Ok(OtlpProtocol::Grpc)
+        );
+        let refused = p(
+            &unset,
+            vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+        )
+        .unwrap_err();
+        assert!(refused.contains("`grpc` or `http/protobuf`"), "{refused}");
+        let set = TelemetrySettings {
+            otlp_protocol: Some(OtlpProtocol::HttpProtobuf),
+            ..TelemetrySettings::default()
+        };
+        assert_eq!(
+            p(&set, vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])),
+            Ok(OtlpProtocol::HttpProtobuf)
+        );
+    }
+
+    #[test]
+    fn a_base_http_endpoint_gets_the_traces_path() {
+        assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url("https://c/custom/traces"),
+            "https://c/custom/traces"
+        );
+    }
 }

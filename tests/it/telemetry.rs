@@ -290,3 +290,116 @@ async fn spans_reach_an_otlp_receiver_over_tls() {
     }
     let _ = provider.shutdown();
 }
+
+/// What the HTTP receiver got: the request path and its spans.
+type Export = (String, Vec<Span>);
+
+/// OTLP over HTTP/protobuf (`telemetry.otlp_protocol = "http/protobuf"`):
+/// a base endpoint gets `/v1/traces`, and the spans reach a real HTTP
+/// receiver (an HTTP/1.1 server on a socket, decoding the protobuf body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_http_receiver() {
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Arc<Mutex<Vec<Export>>> = Arc::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // One request per connection is enough for the exporter.
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    let body = &buf[end + 4..end + 4 + length];
+                    let request =
+                        ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
+                    let path = head
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let spans = request
+                        .resource_spans
+                        .into_iter()
+                        .flat_map(|r| r.scope_spans)
+                        .flat_map(|s| s.spans)
+                        .collect();
+                    sink.lock().unwrap().push((path, spans));
+                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+                        reply.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&reply).await;
+                    buf.clear();
+                }
+            });
+        }
+    });
+
+    let settings = TelemetrySettings {
+        otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+        otlp_protocol: Some(telemetry::OtlpProtocol::HttpProtobuf),
+        ..TelemetrySettings::default()
+    };
+    let (exporter, to) = telemetry::exporter(&settings)
+        .unwrap()
+        .expect("an exporter");
+    assert!(
+        to.contains("/v1/traces (OTLP/http/protobuf in the clear)"),
+        "{to}"
+    );
+    // The batch processor exports from its own thread, as the service does.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    provider.tracer("http-test").in_span("over-http", |_| {});
+    let started = Instant::now();
+    loop {
+        let p = provider.clone();
+        let _ = tokio::task::spawn_blocking(move || p.force_flush()).await;
+        let got = received.lock().unwrap().clone();
+        if let Some((path, _)) = got
+            .iter()
+            .find(|(_, spans)| spans.iter().any(|s| s.name == "over-http"))
+        {
+            assert_eq!(path, "/v1/traces");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no span arrived over HTTP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+}
