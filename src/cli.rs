@@ -72,17 +72,88 @@ pub enum HealthAnswer {
     Unreachable(String),
 }
 
-/// Asks `grpc.health.v1.Health/Check` at `addr` (`host:port` or a URL).
-pub async fn health_check(addr: &str, service: &str, timeout: Duration) -> HealthAnswer {
+/// How `datalayer health` speaks TLS to an `https://` address.
+#[derive(Debug, Clone, Default)]
+pub struct HealthTls {
+    /// PEM CA that signed the server's certificate; unset: the web's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and key (PEM), for a server that requires mTLS.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name the certificate must carry; unset: the address's host
+    /// (set it when probing `127.0.0.1` whose certificate names the
+    /// Service).
+    pub server_name: Option<String>,
+}
+
+impl HealthTls {
+    fn config(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_file {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => tls.with_webpki_roots(),
+        };
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => return Err("--cert and --key go together".to_owned()),
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(tls)
+    }
+
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.server_name.is_some()
+    }
+}
+
+/// Asks `grpc.health.v1.Health/Check` at `addr` (`host:port` or a URL;
+/// `https://` speaks TLS as `tls` says).
+pub async fn health_check(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: &HealthTls,
+) -> HealthAnswer {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
+    let https = url.starts_with("https://");
+    if tls.is_set() && !https {
+        return HealthAnswer::Unreachable(format!(
+            "TLS options need an https:// address, got {addr}"
+        ));
+    }
     let endpoint = match tonic::transport::Endpoint::from_shared(url) {
         Ok(e) => e.connect_timeout(timeout).timeout(timeout),
         Err(e) => return HealthAnswer::Unreachable(format!("bad address {addr}: {e}")),
+    };
+    let endpoint = if https {
+        // rustls needs the process's crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match tls
+            .config()
+            .and_then(|c| endpoint.tls_config(c).map_err(|e| e.to_string()))
+        {
+            Ok(e) => e,
+            Err(e) => return HealthAnswer::Unreachable(format!("TLS for {addr}: {e}")),
+        }
+    } else {
+        endpoint
     };
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
@@ -111,7 +182,7 @@ pub async fn health_check(addr: &str, service: &str, timeout: Duration) -> Healt
 }
 
 /// `datalayer health`: exit 0 when SERVING, 1 when not, 2 unreachable.
-pub fn health(addr: &str, service: &str, timeout: Duration) -> ExitCode {
+pub fn health(addr: &str, service: &str, timeout: Duration, tls: &HealthTls) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -127,7 +198,7 @@ pub fn health(addr: &str, service: &str, timeout: Duration) -> ExitCode {
     } else {
         service.to_owned()
     };
-    match runtime.block_on(health_check(addr, service, timeout)) {
+    match runtime.block_on(health_check(addr, service, timeout, tls)) {
         HealthAnswer::Serving => {
             println!("{what} at {addr}: SERVING");
             ExitCode::SUCCESS

@@ -43,9 +43,25 @@ enum Command {
     /// 1 when not, 2 when it cannot be reached (for container health
     /// checks and scripts).
     Health {
-        /// The server: `host:port`, or `http://host:port`.
+        /// The server: `host:port`, `http://host:port`, or
+        /// `https://host:port` (TLS).
         #[arg(long, default_value = "127.0.0.1:50051")]
         addr: String,
+        /// With https://: the PEM CA of the server's certificate (default:
+        /// the web's roots).
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+        /// With https://: a client certificate (PEM), for a server that
+        /// requires client certificates; with --key.
+        #[arg(long)]
+        cert: Option<std::path::PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+        /// With https://: the name the server's certificate must carry
+        /// (default: the address's host).
+        #[arg(long)]
+        server_name: Option<String>,
         /// One service's status (e.g. `datalayer.cache.v1.CacheService`);
         /// empty: the whole server.
         #[arg(long, default_value = "")]
@@ -84,7 +100,21 @@ fn main() -> ExitCode {
             addr,
             service,
             timeout,
-        }) => cli::health(&addr, &service, timeout),
+            ca_file,
+            cert,
+            key,
+            server_name,
+        }) => cli::health(
+            &addr,
+            &service,
+            timeout,
+            &cli::HealthTls {
+                ca_file,
+                cert_file: cert,
+                key_file: key,
+                server_name,
+            },
+        ),
         Some(Command::Keys(KeysCommand::New { id, tenant })) => cli::keys_new(&id, &tenant),
     }
 }

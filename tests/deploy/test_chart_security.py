@@ -289,6 +289,29 @@ def test_with_tls_the_probes_connect_over_tcp() -> None:
     validate(docs)
 
 
+def test_tls_health_probes_are_exec_probes_of_datalayer_health() -> None:
+    values = merged(MTLS, {"tls": {"healthProbes": True}, "config": {"server": {"tls": {"require_client_cert": True}}}})
+    docs = docs_for(merged(values, {"startupProbe": {"enabled": True}}))
+    found = probes(docs)
+    assert {handler(p) for p in found.values()} == {"exec"}
+    command = found["readinessProbe"]["exec"]["command"]
+    flag = lambda name: command[command.index(name) + 1]  # noqa: E731
+    assert command[:2] == ["/usr/local/bin/datalayer", "health"]
+    assert flag("--addr") == "https://127.0.0.1:50051"
+    assert flag("--service") == ""
+    assert found["livenessProbe"]["exec"]["command"][command.index("--service") + 1] == "liveness"
+    assert flag("--server-name") == f"{FULLNAME}.{NAMESPACE}.svc"
+    # Every file it names is where a Secret volume puts it.
+    assert file_source(docs, flag("--ca-file")) == ("datalayer-tls", "ca.crt")
+    assert file_source(docs, flag("--cert")) == ("datalayer-tls", "tls.crt")
+    assert file_source(docs, flag("--key")) == ("datalayer-tls", "tls.key")
+    named = docs_for(merged(TLS, {"tls": {"healthProbes": True, "probeServerName": "grpc.example.com"}}))
+    named_cmd = probes(named)["readinessProbe"]["exec"]["command"]
+    assert named_cmd[named_cmd.index("--server-name") + 1] == "grpc.example.com"
+    assert "--cert" not in named_cmd
+    validate(docs)
+
+
 def test_tls_probes_follow_the_grpc_port() -> None:
     docs = docs_for(merged(TLS, {"containerPorts": {"grpc": 6000}}))
     assert {p["tcpSocket"]["port"] for p in probes(docs).values()} == {6000}

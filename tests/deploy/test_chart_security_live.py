@@ -253,9 +253,9 @@ def test_a_plaintext_health_check_fails_on_the_tls_port(tls_run: Running) -> Non
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_datalayer_health_cannot_ask_the_tls_port(tls_run: Running) -> None:
-    # Nor can an exec probe running `datalayer health`, which speaks
-    # plaintext only: hence the TCP probes.
+def test_datalayer_health_in_plaintext_cannot_ask_the_tls_port(tls_run: Running) -> None:
+    # Nor can `datalayer health` without https:// (it would speak
+    # plaintext): hence TCP probes, unless tls.healthProbes.
     done = subprocess.run(
         [str(_binary()), "health", "--addr", tls_run.service.grpc_addr, "--timeout", "2s"],
         capture_output=True, text=True, timeout=30,
@@ -272,6 +272,34 @@ def test_the_tcp_probe_connects(tls_run: Running) -> None:
     # The connect the kubelet makes leaves the service serving.
     with _tls_channel(tls_run) as channel:
         assert _health(channel) == SERVING
+
+
+def test_tls_health_probes_run_datalayer_health_over_tls(tls_run: Running) -> None:
+    # tls.healthProbes: the rendered exec probe, run as the kubelet would
+    # (its files where the Secret volume puts them), is SERVING; the same
+    # command against another server name fails.
+    values = {
+        "auth": {"existingSecret": "datalayer-keys"},
+        "tls": {"secretName": "datalayer-tls", "clientCa": True, "healthProbes": True},
+        "metrics": {"tokenSecret": "metrics-token"},
+    }
+    docs = manifests(render(values))
+    probes = {n: container(docs)[n] for n in ("livenessProbe", "readinessProbe")}
+    for name, probe in probes.items():
+        command = probe["exec"]["command"]
+        assert command[:2] == ["/usr/local/bin/datalayer", "health"], name
+        assert command[command.index("--server-name") + 1] == SERVER_NAME
+        assert "--cert" not in command, "client certificates are optional here"
+        relocated = _relocate(command, tls_run.laid)
+        relocated[0] = str(_binary())
+        relocated[relocated.index("--addr") + 1] = f"https://{tls_run.service.grpc_addr}"
+        done = subprocess.run(relocated, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (name, done.stdout + done.stderr)
+        assert "SERVING" in done.stdout
+    wrong = list(relocated)
+    wrong[wrong.index("--server-name") + 1] = "elsewhere.svc"
+    done = subprocess.run(wrong, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
 
 
 def test_tls_health_needs_no_key_but_calls_do(tls_run: Running) -> None:

@@ -434,10 +434,10 @@ fn the_open_file_limit_is_raised() {
     let _ = child.wait();
 }
 
-/// An OTLP protocol the build does not speak stops start-up naming the
-/// variable (it used to be ignored); an `https://` endpoint starts.
+/// An OTLP protocol the build does not speak (`http/json`) stops start-up
+/// naming the variable (it is never ignored).
 #[test]
-fn otlp_protocols_other_than_grpc_are_refused() {
+fn otlp_protocols_other_than_grpc_or_http_protobuf_are_refused() {
     let out = run(&["--version"], &[]);
     assert!(out.status.success());
     let mut child = datalayer(
@@ -445,7 +445,7 @@ fn otlp_protocols_other_than_grpc_are_refused() {
         &[
             ("DATALAYER__SERVER__ADDR", "127.0.0.1:0"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ],
     )
     .stderr(std::process::Stdio::piped())
@@ -456,7 +456,7 @@ fn otlp_protocols_other_than_grpc_are_refused() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success());
     assert!(
-        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"),
+        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/json"),
         "{err}"
     );
 }

@@ -357,7 +357,28 @@ on a TLS port, a TCP connect, since neither the native probe nor
 `datalayer health` can speak TLS. Takes (dict "root" $ "service" <name>).
 */}}
 {{- define "datalayer.probeHandler" -}}
-{{- if include "datalayer.tlsOn" .root -}}
+{{- $v := .root.Values }}
+{{- if and (include "datalayer.tlsOn" .root) $v.tls.secretName $v.tls.healthProbes -}}
+{{- $dir := include "datalayer.tlsDir" .root }}
+exec:
+  command:
+    - /usr/local/bin/datalayer
+    - health
+    - --addr
+    - {{ printf "https://127.0.0.1:%v" $v.containerPorts.grpc | quote }}
+    - --service
+    - {{ .service | quote }}
+    - --ca-file
+    - {{ printf "%s/ca.crt" $dir | quote }}
+    - --server-name
+    - {{ $v.tls.probeServerName | default (printf "%s.%s.svc" (include "datalayer.fullname" .root) .root.Release.Namespace) | quote }}
+    {{- if and $v.tls.clientCa (dig "server" "tls" "require_client_cert" false ($v.config | default dict)) }}
+    - --cert
+    - {{ printf "%s/tls.crt" $dir | quote }}
+    - --key
+    - {{ printf "%s/tls.key" $dir | quote }}
+    {{- end }}
+{{- else if include "datalayer.tlsOn" .root -}}
 tcpSocket:
   port: {{ .root.Values.containerPorts.grpc }}
 {{- else -}}

@@ -248,3 +248,98 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `datalayer health` over TLS (what a container probe on a TLS port
+/// runs): `--ca-file` and `--server-name` verify the server, `--cert` and
+/// `--key` answer a required client certificate; a wrong CA or name, or a
+/// missing certificate, is exit code 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datalayer_health_speaks_tls_and_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test-ca");
+    let (cert, key) = ca.issue("datalayer", &["datalayer.bots.svc"]);
+    let (probe_cert, probe_key) = ca.issue("probe", &[]);
+    let other = Ca::new("other");
+    let p = |name: &str, text: &str| write(dir.path(), name, text);
+    let (cert_file, key_file, ca_file) = (
+        p("tls.crt", &cert),
+        p("tls.key", &key),
+        p("ca.crt", &ca.pem()),
+    );
+    let (probe_cert, probe_key, other_ca) = (
+        p("probe.crt", &probe_cert),
+        p("probe.key", &probe_key),
+        p("other.crt", &other.pem()),
+    );
+    let app = spawn_app_with(Backend::Memory, |s| {
+        s.server.tls.cert_file = Some(cert_file);
+        s.server.tls.key_file = Some(key_file);
+        s.server.tls.client_ca_file = Some(ca_file.clone());
+        s.server.tls.require_client_cert = true;
+    })
+    .await;
+    let addr = format!("https://127.0.0.1:{}", app.addr.port());
+    let health = move |extra: Vec<String>| {
+        let addr = addr.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_datalayer"))
+                    .args(["health", "--addr", &addr, "--timeout", "5s"])
+                    .args(&extra)
+                    .output()
+                    .expect("the binary runs");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (out.status.code(), text)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let s = |p: &std::path::Path| p.display().to_string();
+    let args = |ca: &std::path::Path, name: &str, client: bool| {
+        let mut a = vec![
+            "--ca-file".to_owned(),
+            s(ca),
+            "--server-name".to_owned(),
+            name.to_owned(),
+        ];
+        if client {
+            a.extend([
+                "--cert".to_owned(),
+                s(&probe_cert),
+                "--key".to_owned(),
+                s(&probe_key),
+            ]);
+        }
+        a
+    };
+    let (code, text) = health(args(&ca_file, "datalayer.bots.svc", true)).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("SERVING"), "{text}");
+    for (what, extra) in [
+        (
+            "no client certificate",
+            args(&ca_file, "datalayer.bots.svc", false),
+        ),
+        ("another CA", args(&other_ca, "datalayer.bots.svc", true)),
+        ("another name", args(&ca_file, "elsewhere.svc", true)),
+    ] {
+        let (code, text) = health(extra).await;
+        assert_eq!(code, Some(2), "{what}: {text}");
+    }
+    // TLS options on a plaintext address are a mistake, said so.
+    let plain = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_datalayer"))
+            .args(["health", "--addr", "127.0.0.1:1", "--server-name", "x"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(plain.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("https://"));
+}
