@@ -80,6 +80,12 @@ impl Application {
         settings: Settings,
         backend: Backend,
     ) -> Result<Self, StartupError> {
+        // The recorder is installed before anything records, whether or not
+        // /metrics is served: the call path keeps handles to its metrics.
+        if let Err(e) = crate::metrics::recorder() {
+            tracing::warn!(error = %e, "metrics are not recorded");
+        }
+
         let addr = settings.server.addr;
         let listener = TcpListener::bind(addr)
             .await

@@ -116,6 +116,14 @@ pub enum TelemetryError {
 
 mod http;
 
+/// Whether spans go anywhere: without an exporter, the call path makes
+/// none (they would only cost).
+static EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn traces_exported() -> bool {
+    EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -283,6 +291,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         .with(otel)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    EXPORTED.store(destination.is_some(), std::sync::atomic::Ordering::Relaxed);
     match destination {
         Some(to) => tracing::info!(to = %to, "traces are exported"),
         None => tracing::info!(

@@ -12,6 +12,7 @@ mod audited;
 pub mod codec;
 pub mod context;
 pub mod convert;
+mod method;
 pub mod serve;
 pub mod settings;
 pub mod slots;

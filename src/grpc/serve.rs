@@ -7,10 +7,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -25,42 +22,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::audited::Audit;
 use super::context::{Ctx, Deadlines, parse_grpc_timeout};
+pub use super::method::Method;
 use super::status::code_of;
 use crate::access::Principal;
 use crate::audit::AuditLog;
 use crate::error::Error;
 use crate::keys::Tenant;
 use crate::metrics as m;
-
-/// A gRPC method, named from the generated `SERVICE_NAME`.
-#[derive(Debug)]
-pub struct Method {
-    /// `datalayer.ratelimit.v1.RateLimitService`
-    pub service: &'static str,
-    /// `Check`
-    pub method: &'static str,
-    /// `datalayer.ratelimit.v1.RateLimitService/Check`, the span name.
-    pub full: &'static str,
-    /// Administrative: every call is recorded in the audit log.
-    pub audited: bool,
-    /// Only reads: safe to retry whatever happened.
-    pub read: bool,
-    failures: LogLimiter,
-}
-
-impl Method {
-    /// Made once per method (the service macros keep it in a `static`).
-    pub fn new(service: &'static str, method: &'static str) -> Self {
-        Self {
-            service,
-            method,
-            full: Box::leak(format!("{service}/{method}").into_boxed_str()),
-            audited: crate::access::classify(service, method) == crate::access::Access::Admin,
-            read: crate::access::classify(service, method) == crate::access::Access::Read,
-            failures: LogLimiter::default(),
-        }
-    }
-}
 
 /// What every handler of the application shares.
 #[derive(Clone)]
@@ -88,36 +56,6 @@ pub struct Served<H> {
     pub shared: Shared,
 }
 
-/// At most one failure line per second per method; the rest are counted
-/// into the next line, so an outage does not write a line per call.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    last_second: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    /// `Some(suppressed since the last line)` when a line may be written.
-    fn admit(&self) -> Option<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let last = self.last_second.load(Ordering::Relaxed);
-        if last != now
-            && self
-                .last_second
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
 
 impl Extractor for MetadataExtractor<'_> {
@@ -137,6 +75,11 @@ impl Extractor for MetadataExtractor<'_> {
 }
 
 fn span_for<T>(method: &Method, request: &Request<T>) -> Span {
+    // Without an exporter a span would only cost: no span at all (failure
+    // logs name the method themselves).
+    if !crate::telemetry::traces_exported() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         "rpc",
         otel.name = method.full,
@@ -181,28 +124,22 @@ fn finish(
     code: Code,
     error: Option<&Error>,
 ) {
-    metrics::counter!(
-        m::RPC_REQUESTS,
-        "service" => method.service,
-        "method" => method.method,
-        "code" => m::code_label(code),
-    )
-    .increment(1);
-    metrics::histogram!(
-        m::RPC_DURATION,
-        "service" => method.service,
-        "method" => method.method,
-    )
-    .record(started.elapsed().as_secs_f64());
-    span.record("rpc.grpc.status_code", code as i64);
+    method.requests(code).increment(1);
+    method.duration().record(started.elapsed().as_secs_f64());
+    if !span.is_none() {
+        span.record("rpc.grpc.status_code", code as i64);
+    }
     match error {
         None => {}
-        Some(e) if e.is_rejection() => tracing::debug!(parent: span, error = %e, "rejected"),
+        Some(e) if e.is_rejection() => {
+            tracing::debug!(parent: span, rpc = method.full, error = %e, "rejected")
+        }
         Some(e) => {
             span.record("otel.status_code", "ERROR");
             if let Some(suppressed) = method.failures.admit() {
                 tracing::warn!(
                     parent: span,
+                    rpc = method.full,
                     error = %e,
                     similar_failures_not_logged = suppressed,
                     "failed"

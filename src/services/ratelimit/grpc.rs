@@ -1,7 +1,10 @@
 //! `datalayer.ratelimit.v1.RateLimitService`: the wire ↔ the domain, then
 //! the store. All-or-nothing batches and `Report` are in `grpc/batch.rs`.
 
+mod answers;
 mod batch;
+
+use answers::{answer, fail_open, failed, record, result_label};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +19,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::grpc::Ctx;
-use crate::grpc::convert::{duration_in, duration_out};
+use crate::grpc::convert::duration_in;
 use crate::proto::datalayer::ratelimit::v1 as pb;
 use crate::services::analytics::recorder::Recorder;
 use crate::validate::{self, FieldViolation, Invalid, quote};
@@ -322,73 +325,6 @@ impl Handler {
     }
 }
 
-fn record(parsed: &Parsed, result: &'static str) {
-    metrics::counter!(
-        crate::metrics::RATELIMIT_DECISIONS,
-        "policy" => parsed.check.target.scope.label().to_owned(),
-        "result" => result,
-    )
-    .increment(1);
-}
-
-fn result_label(parsed: &Parsed, allowed: bool) -> &'static str {
-    match (allowed, parsed.check.shadow) {
-        (true, _) => "allowed",
-        (false, true) => "shadow_rejected",
-        (false, false) => "rejected",
-    }
-}
-
-fn answer(parsed: &Parsed, d: Decision) -> pb::CheckResponse {
-    let limit = parsed.check.target.limit.limit;
-    if !d.allowed && parsed.check.shadow {
-        return pb::CheckResponse {
-            allowed: true,
-            limit,
-            remaining: d.remaining,
-            reset_after: Some(duration_out(d.reset_after_us)),
-            retry_after: d.retry_after_us.map(duration_out),
-            reason: pb::Reason::ShadowOverLimit as i32,
-        };
-    }
-    let reason = if d.allowed {
-        pb::Reason::WithinLimit
-    } else if parsed.requested_cost > limit {
-        pb::Reason::CostExceedsLimit
-    } else {
-        pb::Reason::OverLimit
-    };
-    pb::CheckResponse {
-        allowed: d.allowed,
-        limit,
-        remaining: d.remaining,
-        reset_after: Some(duration_out(d.reset_after_us)),
-        retry_after: d.retry_after_us.map(duration_out),
-        reason: reason as i32,
-    }
-}
-
-/// A store failure: when the store is unavailable, limits that fail open
-/// are allowed with `REASON_FAIL_OPEN`; any that fails closed makes the
-/// call fail.
-fn failed(parsed: &[&Parsed], e: Error) -> Result<Vec<pb::CheckResponse>, Error> {
-    match e {
-        Error::Store(e)
-            if e.is_unavailable()
-                && parsed
-                    .iter()
-                    .all(|p| p.check.target.limit.fail_mode == FailMode::Open) =>
-        {
-            tracing::warn!(reason = %e, "store unavailable; failing open");
-            for p in parsed {
-                record(p, "fail_open");
-            }
-            Ok(parsed.iter().map(|p| fail_open(p)).collect())
-        }
-        e => Err(e),
-    }
-}
-
 /// Answers of a call whose store failed while some checks were cached
 /// denials and the others all fail open.
 fn merge_fail_open(
@@ -405,15 +341,4 @@ fn merge_fail_open(
             None => fail_open(p),
         })
         .collect()
-}
-
-fn fail_open(parsed: &Parsed) -> pb::CheckResponse {
-    pb::CheckResponse {
-        allowed: true,
-        limit: parsed.check.target.limit.limit,
-        remaining: 0,
-        reset_after: Some(duration_out(0)),
-        retry_after: None,
-        reason: pb::Reason::FailOpen as i32,
-    }
 }

@@ -225,6 +225,9 @@ impl Redis {
         operation: &'static str,
         cmds: Vec<redis::Cmd>,
     ) -> Result<Vec<RedisResult<Value>>, StoreError> {
+        if !crate::telemetry::traces_exported() {
+            return self.exec_untraced(cmds).await;
+        }
         let span = tracing::info_span!(
             "redis",
             otel.name = operation,

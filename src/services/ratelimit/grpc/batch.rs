@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Handler, Parsed, Source, answer, failed, record, result_label};
+use super::answers::{answer, failed, record, result_label};
+use super::{Handler, Parsed, Source};
 use crate::error::Error;
 use crate::grpc::Ctx;
 use crate::grpc::convert::duration_out;
