@@ -68,6 +68,9 @@ if [ ${#reqs[@]} -gt 0 ]; then
       "The files disagree with each other or with PyPI: fix the pins there, this script installs them as written."
 fi
 if [ -f clients/python/pyproject.toml ]; then
+  # The former setuptools backend left src/*.egg-info in the tree (hatchling
+  # writes nothing there); a stale one would be seen as a second install.
+  rm -rf clients/python/src/*.egg-info
   .venv/bin/pip install --quiet --disable-pip-version-check -e clients/python ||
     fail "pip could not install clients/python (see pip's message above)."
 fi

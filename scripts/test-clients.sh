@@ -3,7 +3,11 @@
 #   generated code up to date (scripts/check-generated.sh),
 #   Python: mypy --strict on the package and examples, then pytest,
 #   TypeScript: tsc build into dist/, tsc --noEmit on src+tests+examples,
-#               then node --test.
+#               then node --test;
+#   packaging (scripts/test-package.sh): each client packed as users get it
+#               (wheel / npm pack), installed into a fresh venv / npm project
+#               in a temporary directory, its quickstart run against the
+#               binary. Needs PyPI and the npm registry, or their caches.
 # Assumes scripts/setup.sh has run. The binary is $DATALAYER_BIN, default
 # target/debug/datalayer (build it first: cargo build).
 # Runs every step even when one fails; exits non-zero if any failed.
@@ -33,6 +37,8 @@ step "python: pytest" bash -c 'cd clients/python && ../../.venv/bin/python -m py
 step "typescript: build (tsc)" bash -c 'cd clients/typescript && npx --no-install tsc -p tsconfig.build.json'
 step "typescript: tsc --noEmit" bash -c 'cd clients/typescript && npx --no-install tsc -p tsconfig.json --noEmit'
 step "typescript: node --test" bash -c 'cd clients/typescript && node --import tsx --test --test-concurrency=1 --test-reporter=spec test/*.test.ts'
+step "python: package (wheel into a fresh venv, quickstart)" bash scripts/test-package.sh python
+step "typescript: package (npm pack into a fresh project, quickstart)" bash scripts/test-package.sh typescript
 
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'test-clients: FAILED: %s\n' "${failed[@]}" >&2

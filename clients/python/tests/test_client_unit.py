@@ -1,8 +1,10 @@
 """The hand-written layer on its own: bearer token, TLS settings, retry
-timing. Uses an in-process gRPC server (no datalayer binary needed)."""
+timing, targets, request types, AsyncClient's event loop. Uses an
+in-process gRPC server (no datalayer binary needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from concurrent import futures
@@ -15,6 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from datalayer import (
+    AsyncClient,
     Client,
     DatalayerError,
     DeadlineExceeded,
@@ -268,3 +271,74 @@ def test_tls_client_needs_a_tls_server(fake: tuple[str, Recorder]) -> None:
     addr, _ = fake
     with Client(addr, tls=True, retries=0, timeout=2) as client, pytest.raises(Unavailable):
         client.ratelimit.check(rl.CheckRequest(key="k"))
+
+
+def test_targets_http_dns_and_bare_are_plaintext_https_is_tls(fake: tuple[str, Recorder]) -> None:
+    addr, recorder = fake
+    for target, expected in [(f"http://{addr}", addr), (f"http://{addr}/", addr), (f"dns:///{addr}", f"dns:///{addr}"), (addr, addr)]:
+        with Client(target, timeout=2) as client:
+            assert client.target == expected
+            assert client.ratelimit.check(rl.CheckRequest(key="k")).remaining == 7, target
+    assert len(recorder.metadata) == 4
+    # https:// is TLS: a plaintext server does not answer it.
+    with Client(f"https://{addr}", retries=0, timeout=2) as client, pytest.raises(Unavailable):
+        client.ratelimit.check(rl.CheckRequest(key="k"))
+    assert len(recorder.metadata) == 4
+
+
+def test_a_dict_request_is_a_type_error_before_sending(fake: tuple[str, Recorder]) -> None:
+    addr, recorder = fake
+    with Client(addr, timeout=2) as client:
+        with pytest.raises(TypeError, match=r"protobuf message.*not dict.*CheckRequest\(\*\*d\)"):
+            client.ratelimit.check({"key": "k", "policy": "auth"})  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="not str"):
+            client.ratelimit.check("k")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="not dict"):
+            client.flags.watch({"flag_set": "flags/app.json"})  # type: ignore[arg-type]
+    assert recorder.metadata == [], "nothing was sent"
+
+    async def on_aio() -> None:
+        async with AsyncClient(addr, timeout=2) as client:
+            with pytest.raises(TypeError, match="not dict"):
+                await client.ratelimit.check({"key": "k"})  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="not dict"):
+                client.flags.watch({"flag_set": "flags/app.json"})  # type: ignore[arg-type]
+
+    asyncio.run(on_aio())
+    assert recorder.metadata == [], "nothing was sent"
+
+
+def test_an_async_client_made_outside_a_running_loop_works_inside_one(fake: tuple[str, Recorder]) -> None:
+    addr, recorder = fake
+    client = AsyncClient(addr, token="t", timeout=2)  # no event loop runs here
+    assert client.channel.get_state() == grpc.ChannelConnectivity.IDLE
+
+    async def check() -> int:
+        return (await client.ratelimit.check(rl.CheckRequest(key="k"))).remaining
+
+    assert asyncio.run(check()) == 7
+    # The first loop has closed: the next asyncio.run gets a channel of its own.
+    assert asyncio.run(check()) == 7
+    assert [m["authorization"] for m in recorder.metadata] == ["Bearer t", "Bearer t"]
+    with pytest.raises(RuntimeError, match="inside a running event loop"):
+        client.ratelimit.stub.Check(rl.CheckRequest(key="k"))
+
+    async def from_another_loop() -> None:
+        await client.ratelimit.check(rl.CheckRequest(key="k"))
+
+    async def bound_elsewhere() -> None:
+        await client.ratelimit.check(rl.CheckRequest(key="k"))  # binds to this loop
+        other = asyncio.new_event_loop()
+        try:
+            # A second loop, while the first still runs (in another thread).
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                future = pool.submit(other.run_until_complete, from_another_loop())
+                with pytest.raises(RuntimeError, match="another event loop"):
+                    await asyncio.wrap_future(future)
+        finally:
+            other.close()
+        await client.close()
+
+    asyncio.run(bound_elsewhere())

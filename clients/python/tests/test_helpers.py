@@ -20,8 +20,10 @@ from datalayer import (
     Client,
     InvalidArgument,
     Unavailable,
+    LimitAllResult,
     LimitResult,
     RateLimiter,
+    ReportResult,
     parse_ms,
 )
 from datalayer.cache.v1 import cache_pb2 as c
@@ -43,14 +45,19 @@ window = "1m"
 [ratelimit.policies.burst]
 limit = 2
 period = "1s"
+
+[ratelimit.policies.shadow]
+limit = 1
+period = "1h"
+shadow_mode = true
 """
 
 
 @pytest.fixture(scope="module")
 def policy_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The binary on its own Redis with the policies `auth` (3 per rolling
-    minute) and `burst` (GCRA, 2 per second); its calls count for the
-    coverage check."""
+    minute), `burst` (GCRA, 2 per second) and `shadow` (GCRA, 1 per hour,
+    in shadow mode); its calls count for the coverage check."""
     require(stack, RATELIMIT)
     config = tmp_path_factory.mktemp("policies") / "datalayer.toml"
     config.write_text(POLICY_CONFIG)
@@ -154,6 +161,22 @@ def test_bad_limiter_arguments_fail_before_sending(offline: Client) -> None:
         limiter.limit("u", cost=True)
     with pytest.raises(TypeError, match="ambiguous"):
         limiter.block_until_ready("u", 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cost must be at least 1"):
+        limiter.report("u", 0)
+    with pytest.raises(TypeError, match="cost must be an int"):
+        limiter.report("u", 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="id must not be empty"):
+        limiter.report("", 1)
+    with pytest.raises(ValueError, match="at least one limiter"):
+        rl.limit_all("u", [])
+    with pytest.raises(TypeError, match="list of RateLimiter"):
+        rl.limit_all("u", limiter)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RateLimiter objects"):
+        rl.limit_all("u", [limiter, "gcra"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="cost must not be negative"):
+        rl.limit_all("u", [limiter], cost=-1)
+    with pytest.raises(ValueError, match="id must not be empty"):
+        rl.limit_all("", [limiter])
     with pytest.raises(TypeError, match="tags must be a list"):
         offline.cache.set_json("k", 1, "1m", tags="t")
     with pytest.raises(ValueError, match="JSON"):
@@ -271,6 +294,84 @@ def test_policy_limiter_uses_the_configured_policy(policy_client: Client) -> Non
         policy_client.ratelimit.policy("nope").limit(user)
 
 
+def test_report_overdraws_then_limit_refuses_with_retry(client: Client) -> None:
+    """25 units reported against GCRA 10 per 10 s: spent although they do
+    not fit, so the next check waits for the overdraft to refill (16 s)."""
+    limiter, user = client.ratelimit.gcra(10, "10s", prefix=unique("py:report")), unique("user")
+    fits = limiter.report(unique("other"), 3)
+    assert isinstance(fits, ReportResult)
+    assert (fits.limit, fits.remaining, fits.overdrawn) == (10, 7, False)
+    over = limiter.report(user, 25)
+    assert (over.limit, over.remaining, over.overdrawn) == (10, 0, True)
+    assert 24 < over.reset_after <= 25 and abs(over.reset_at - (time.time() + over.reset_after)) < 1
+    refused = limiter.limit(user)
+    assert not refused.success and refused.reason == "over_limit" and refused.remaining == 0
+    assert refused.retry_after is not None and 15 < refused.retry_after <= 16, refused
+    assert not limiter.limit(user, cost=0).remaining
+    with pytest.raises(InvalidArgument, match="cost"):
+        limiter.report(user, 1001)  # more than 100 times the limit
+    limiter.reset(user)
+    assert limiter.remaining(user) == 10
+
+
+def test_report_overdraws_every_algorithm(client: Client) -> None:
+    for name, limiter in _limiters(client, 5).items():
+        user = unique("user")
+        assert limiter.limit(user).success, name
+        report = limiter.report(user, 12)
+        assert report.overdrawn and report.remaining == 0 and report.limit == 5, (name, report)
+        refused = limiter.limit(user)
+        assert not refused.success and refused.reason == "over_limit", (name, refused)
+        assert refused.retry_after is not None and refused.retry_after > 0, (name, refused)
+
+
+def _limit_all_ten_and_two(client: Client) -> None:
+    p, user = unique("py:all"), unique("user")
+    ten = client.ratelimit.gcra(10, "1m", prefix=f"{p}:ten")
+    two = client.ratelimit.sliding_window(2, "1m", prefix=f"{p}:two")
+    first, second = client.ratelimit.limit_all(user, [ten, two]), client.ratelimit.limit_all(user, [ten, two])
+    assert isinstance(first, LimitAllResult) and first and second.success
+    assert [r.remaining for r in first.results] == [9, 1] and [r.remaining for r in second.results] == [8, 0]
+    assert first.retry_after is None and all(r.reason == "within_limit" for r in first.results)
+    third = client.ratelimit.limit_all(user, [ten, two])
+    assert not third and not third.success
+    held, full = third.results
+    assert (held.success, held.reason, held.remaining, held.retry_after) == (False, "batch_rejected", 8, None)
+    assert (full.success, full.reason) == (False, "over_limit") and full.retry_after is not None
+    assert third.retry_after == full.retry_after
+    assert ten.remaining(user) == 8, "the 10-limit spent nothing on the refused call"
+    assert two.remaining(user) == 0
+    # A cost only one of them can ever take: refused, nothing spent, no retry time.
+    never = client.ratelimit.limit_all(unique("user"), [ten, two], cost=3)
+    assert [r.reason for r in never.results] == ["batch_rejected", "cost_exceeds_limit"]
+    assert never.retry_after is None
+    # The same limiter twice is a repeated (key, limit): the service refuses it.
+    with pytest.raises(InvalidArgument):
+        client.ratelimit.limit_all(user, [ten, ten])
+
+
+def test_limit_all_spends_under_every_limiter_or_none(client: Client) -> None:
+    _limit_all_ten_and_two(client)
+
+
+def test_limit_all_on_the_memory_store(memory_client: Client) -> None:
+    _limit_all_ten_and_two(memory_client)
+
+
+def test_shadow_policy_answers_allowed_with_shadow_over_limit(policy_client: Client) -> None:
+    shadow, user = policy_client.ratelimit.policy("shadow"), unique("user")
+    first = shadow.limit(user)
+    assert (first.success, first.reason, first.remaining) == (True, "within_limit", 0)
+    would_refuse = shadow.limit(user)
+    assert would_refuse.success and would_refuse.reason == "shadow_over_limit", would_refuse
+    assert would_refuse.remaining == 0 and would_refuse.retry_after is not None and would_refuse.retry_after > 0
+    # All or nothing: a shadow policy's refusal holds none of the others back.
+    auth = policy_client.ratelimit.policy("auth")
+    both = policy_client.ratelimit.limit_all(user, [shadow, auth])
+    assert both.success and [r.reason for r in both.results] == ["shadow_over_limit", "within_limit"]
+    assert auth.remaining(user) == 2
+
+
 async def test_async_limiter(async_client: AsyncClient) -> None:
     limiter = async_client.ratelimit.sliding_window(3, "1m", prefix=unique("py:async"))
     assert isinstance(limiter, AsyncRateLimiter)
@@ -293,6 +394,24 @@ async def test_async_limiter(async_client: AsyncClient) -> None:
     bucket = async_client.ratelimit.token_bucket(1, "1h", 2, prefix=unique("py"))
     assert (await bucket.limit(user, cost=2)).remaining == 0
     assert not (await bucket.block_until_ready(user, 100)).success
+
+
+async def test_async_report_and_limit_all(async_client: AsyncClient) -> None:
+    p, user = unique("py:async:all"), unique("user")
+    tokens = async_client.ratelimit.gcra(10, "10s", prefix=f"{p}:tokens")
+    report = await tokens.report(user, 15)
+    assert report.overdrawn and report.remaining == 0
+    refused = await tokens.limit(user)
+    assert not refused.success and refused.retry_after is not None and refused.retry_after > 4
+    ten = async_client.ratelimit.fixed_window(10, "1h", prefix=f"{p}:ten")
+    two = async_client.ratelimit.token_bucket(1, "1h", 2, prefix=f"{p}:two")
+    results = [await async_client.ratelimit.limit_all(user, [ten, two]) for _ in range(3)]
+    assert [r.success for r in results] == [True, True, False]
+    assert [r.reason for r in results[2].results] == ["batch_rejected", "over_limit"]
+    assert await ten.remaining(user) == 8
+    sync_limiter = Client("127.0.0.1:1").ratelimit.gcra(1, "1s")
+    with pytest.raises(TypeError, match="AsyncRateLimiter objects"):
+        await async_client.ratelimit.limit_all(user, [ten, sync_limiter])  # type: ignore[list-item]
 
 
 async def test_async_policy_limiter(async_policy_client: AsyncClient) -> None:

@@ -10,6 +10,8 @@ from .conftest import Stack
 
 def test_every_served_rpc_was_called(stack: Stack) -> None:
     assert "datalayer.ratelimit.v1.RateLimitService" in stack.served
+    # Listed by reflection, so called (by the limiters' report()).
+    assert "Report" in stack.served["datalayer.ratelimit.v1.RateLimitService"]
     missing = [
         f"/{service}/{method}"
         for service, methods in stack.served.items()

@@ -1,3 +1,9 @@
+// The public types use Node's (node:http2's TLS options, AbortSignal,
+// Symbol.asyncDispose). This directive, kept in dist/index.d.ts by
+// preserve="true", loads @types/node (a dependency) for consumers, so their
+// tsconfig needs no "types": ["node"] (TypeScript 6+ loads no @types
+// package by itself).
+/// <reference types="node" preserve="true" />
 /**
  * TypeScript client of the datalayer gRPC service, over
  * `@connectrpc/connect-node`'s gRPC transport.
@@ -47,7 +53,10 @@
  * `tokenBucket`, `gcra`, `policy("auth")`), then `await limiter.limit(id)` ->
  * `{ success, limit, remaining, resetAt, retryAfterMs, reason }`,
  * `limiter.blockUntilReady(id, "5s")`, `limiter.remaining(id)`,
- * `limiter.reset(id)`; `dl.cache.getOrSet(key, compute, { ttl: "5m" })`
+ * `limiter.report(id, cost)` (usage known afterwards, may overdraw) ->
+ * `{ limit, remaining, resetAt, resetAfterMs, overdrawn }`,
+ * `limiter.reset(id)`, `dl.ratelimit.limitAll(id, [perMinute, perDay])`
+ * (every limiter spends, or none) -> `{ success, results, retryAfterMs }`; `dl.cache.getOrSet(key, compute, { ttl: "5m" })`
  * (one caller computes, on GetOrLease), `dl.cache.setJson` / `getJson<T>`;
  * `dl.sessions.validate(token)` -> the session or `undefined`.
  *
@@ -118,8 +127,9 @@ export type {
   WorkOptions,
   WorkSummary,
 } from "./worker.js";
-export { RateLimiter, limitResult, rateLimiters, withRateLimiters } from "./ratelimit.js";
+export { RateLimiter, limitAllResult, limitResult, rateLimiters, reportResult, withRateLimiters } from "./ratelimit.js";
 export type {
+  LimitAllResult,
   LimitOptions,
   LimitReason,
   LimitResult,
@@ -127,6 +137,7 @@ export type {
   RateLimitClient,
   RateLimitServiceClient,
   RateLimiters,
+  ReportResult,
 } from "./ratelimit.js";
 export { JSON_CONTENT_TYPE, cacheHelpers, withCacheHelpers } from "./cache.js";
 export type { CacheCallOptions, CacheClient, CacheHelpers, CacheServiceClient, GetOrSetOptions, JsonWriteOptions } from "./cache.js";

@@ -9,12 +9,20 @@
  *
  * const login = dl.ratelimit.policy("auth");                // ratelimit.policies.auth of the server
  * await login.blockUntilReady("ip:203.0.113.7", "5s");      // waits up to 5 s for room
+ *
+ * const tokens = dl.ratelimit.gcra(10_000, "1m", { prefix: "tokens" });
+ * await tokens.report("user:42", used);                     // usage known afterwards; may overdraw
+ *
+ * const perMinute = dl.ratelimit.gcra(10, "1m", { prefix: "minute" });
+ * const perDay = dl.ratelimit.gcra(1000, "1d", { prefix: "day" });
+ * const all = await dl.ratelimit.limitAll("user:42", [perMinute, perDay]); // both spend, or neither
  * ```
  *
  * A limiter only describes the limit (nothing is sent when it is made):
- * every call is one `Check` or `Reset`, atomic on the service, so one
- * limiter may serve any number of concurrent requests and processes. Being
- * over the limit is an answer (`success: false`), not an exception.
+ * every call is one `Check`, `Report` or `Reset` (`limitAll`: one
+ * `CheckBatch`), atomic on the service, so one limiter may serve any number
+ * of concurrent requests and processes. Being over the limit is an answer
+ * (`success: false`), not an exception.
  * Arguments are checked before anything is sent (`TypeError` for a wrong
  * type, `RangeError` for a bad value: a malformed duration, a negative or
  * fractional count, an empty id).
@@ -29,9 +37,12 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   FailMode,
   Reason,
+  type CheckBatchResponse,
+  type CheckRequestSchema,
   type CheckResponse,
   type LimitSchema,
   type RateLimitService,
+  type ReportResponse,
 } from "./gen/datalayer/ratelimit/v1/ratelimit_pb.js";
 import { count, durationInit, durationToMs, msOf, nonEmpty, show, sleepMs, type DurationLike } from "./durations.js";
 
@@ -42,20 +53,29 @@ export type RateLimitServiceClient = Client<typeof RateLimitService>;
 export type RateLimitClient = RateLimitServiceClient & RateLimiters;
 
 /** Why a check answered as it did (`ratelimit.v1.Reason`, lower-cased, as the Python client). */
-export type LimitReason = "within_limit" | "over_limit" | "cost_exceeds_limit" | "fail_open" | "unspecified";
+export type LimitReason =
+  | "within_limit"
+  | "over_limit"
+  | "cost_exceeds_limit"
+  | "fail_open"
+  | "batch_rejected"
+  | "shadow_over_limit"
+  | "unspecified";
 
 const REASONS: Record<number, LimitReason> = {
   [Reason.WITHIN_LIMIT]: "within_limit",
   [Reason.OVER_LIMIT]: "over_limit",
   [Reason.COST_EXCEEDS_LIMIT]: "cost_exceeds_limit",
   [Reason.FAIL_OPEN]: "fail_open",
+  [Reason.BATCH_REJECTED]: "batch_rejected",
+  [Reason.SHADOW_OVER_LIMIT]: "shadow_over_limit",
 };
 
 /**
  * The answer of one check: plain numbers, JSON-serialisable as it is.
  */
 export interface LimitResult {
-  /** The cost fitted and was spent (always true for a `cost: 0` look, and for reason `"fail_open"`). */
+  /** The cost fitted and was spent (always true for a `cost: 0` look, and for reason `"fail_open"` or `"shadow_over_limit"`, which spend nothing). */
   success: boolean;
   /** The limit that applied: units per window / period, or the bucket's capacity. */
   limit: number;
@@ -65,9 +85,43 @@ export interface LimitResult {
   resetAt: number;
   /** Time until the full budget is back, in ms, as the service said. */
   resetAfterMs: number;
-  /** When refused: ms until the same cost would fit. `undefined` when allowed, and when the cost can never fit (`"cost_exceeds_limit"`). */
+  /** When refused: ms until the same cost would fit. `undefined` when allowed (but for `"shadow_over_limit"`), and when the cost can never fit (`"cost_exceeds_limit"`). */
   retryAfterMs: number | undefined;
+  /**
+   * `"within_limit"`, `"over_limit"`, `"cost_exceeds_limit"`, `"fail_open"` (the store was unreachable and the
+   * limit fails open), `"batch_rejected"` (`limitAll`: this limit had room, but another of the call did not, so
+   * none spent) or `"shadow_over_limit"` (a policy in shadow mode, `shadow_mode = true`, would have refused:
+   * allowed, nothing spent; `remaining` and `retryAfterMs` say what the limit would have answered).
+   */
   reason: LimitReason;
+}
+
+/** The answer of {@link RateLimiter.report}: plain numbers, JSON-serialisable as it is. */
+export interface ReportResult {
+  /** The limit that applied. */
+  limit: number;
+  /** Units left after the report (0 when overdrawn). */
+  remaining: number;
+  /** When the id is back to its full budget, in Unix ms (this side's clock plus `resetAfterMs`). */
+  resetAt: number;
+  /** Time until the full budget is back, in ms, as the service said. */
+  resetAfterMs: number;
+  /** The cost did not fit: it was spent all the same, so checks are refused until the budget refills (their `retryAfterMs` says when). */
+  overdrawn: boolean;
+}
+
+/** The answer of {@link RateLimiters.limitAll}: plain values, JSON-serialisable as it is. */
+export interface LimitAllResult {
+  /** Every limit had room, and each spent the cost; when false, none spent anything. */
+  success: boolean;
+  /**
+   * One result per limiter, in the order given. When refused, the limits without room answer as alone
+   * (`"over_limit"` with their `retryAfterMs`, or `"cost_exceeds_limit"`), those with room `"batch_rejected"`
+   * (`success: false`, `remaining` unchanged, no `retryAfterMs`).
+   */
+  results: LimitResult[];
+  /** When refused: ms until every limit that had no room would fit the cost again (the largest `retryAfterMs`); `undefined` when allowed, and when a cost can never fit. */
+  retryAfterMs: number | undefined;
 }
 
 export interface LimiterOptions {
@@ -90,6 +144,7 @@ export interface LimitOptions {
 const RETRY_MARGIN_MS = 2;
 
 type LimitInit = MessageInitShape<typeof LimitSchema>;
+type CheckInit = MessageInitShape<typeof CheckRequestSchema>;
 type Source = { case: "limit"; value: LimitInit } | { case: "policy"; value: string };
 
 /** The answer of a `CheckResponse`, with this side's clock for `resetAt`. */
@@ -105,6 +160,30 @@ export function limitResult(answer: CheckResponse): LimitResult {
     reason: REASONS[answer.reason] ?? "unspecified",
   };
 }
+
+/** The answer of a `ReportResponse`, with this side's clock for `resetAt`. */
+export function reportResult(answer: ReportResponse): ReportResult {
+  const resetAfterMs = msOf(answer.resetAfter);
+  return {
+    limit: Number(answer.limit),
+    remaining: Number(answer.remaining),
+    resetAt: Date.now() + resetAfterMs,
+    resetAfterMs,
+    overdrawn: answer.overdrawn,
+  };
+}
+
+/** The answer of an all-or-nothing `CheckBatchResponse`. */
+export function limitAllResult(answer: CheckBatchResponse): LimitAllResult {
+  const results = answer.results.map(limitResult);
+  const success = results.every((r) => r.success);
+  const waits = success ? [] : results.filter((r) => !r.success && r.reason !== "batch_rejected").map((r) => r.retryAfterMs);
+  const retryAfterMs = waits.length > 0 && waits.every((w) => w !== undefined) ? Math.max(...(waits as number[])) : undefined;
+  return { success, results, retryAfterMs };
+}
+
+/** The Check of `limiter` for `id` (set in RateLimiter's static block: it reads the limiter's private fields). */
+let checkOf: (limiter: RateLimiter, id: string, cost: number) => CheckInit;
 
 function costOf(options: LimitOptions): number {
   return options.cost === undefined ? 1 : count(options.cost, "cost", 0);
@@ -124,6 +203,10 @@ export class RateLimiter {
   readonly #prefix: string;
   /** What the limiter applies, e.g. `sliding_window(limit=10, window=10000ms)` or `policy("auth")`. */
   readonly description: string;
+
+  static {
+    checkOf = (limiter, id, cost) => ({ key: limiter.key(id), cost: BigInt(cost), limitSource: limiter.#source });
+  }
 
   constructor(rpc: RateLimitServiceClient, source: Source, prefix: string | undefined, description: string) {
     if (prefix !== undefined && typeof prefix !== "string") throw new TypeError(`prefix must be a string, got ${show(prefix)}`);
@@ -170,6 +253,19 @@ export class RateLimiter {
     return (await this.limit(id, { ...options, cost: 0 })).remaining;
   }
 
+  /**
+   * Records `cost` units (a whole number, at least 1) that `id` has already used, such as an LLM answer's tokens,
+   * known only afterwards. They are spent whether or not they fit, so the budget may be overdrawn
+   * (`overdrawn: true`; up to 100 times the limit per report): later checks are then refused until it has
+   * refilled. Check first with the expected cost, or with `cost: 0` to only look.
+   */
+  async report(id: string, cost: number, options: Omit<LimitOptions, "cost"> = {}): Promise<ReportResult> {
+    const key = this.key(id);
+    const units = count(cost, "cost", 1);
+    const answer = await this.#rpc.report({ key, cost: BigInt(units), limitSource: this.#source }, callOptions(options));
+    return reportResult(answer);
+  }
+
   /** Forgets `id`'s state under this limit: its full budget is back. */
   async reset(id: string, options: Omit<LimitOptions, "cost"> = {}): Promise<void> {
     await this.#rpc.reset({ key: this.key(id), limitSource: this.#source }, callOptions(options));
@@ -188,6 +284,16 @@ export interface RateLimiters {
   gcra(limit: number, period: DurationLike, options?: LimiterOptions): RateLimiter;
   /** The limit configured as `ratelimit.policies.<name>` on the service; an unknown name is INVALID_ARGUMENT at the first call. */
   policy(name: string, options?: Omit<LimiterOptions, "failOpen">): RateLimiter;
+  /**
+   * Spends `cost` units (default 1) of `id`'s budget under every limiter of `limiters` (e.g. 10 per minute and
+   * 1000 per day), or under none: one `CheckBatch` with `allOrNothing`, atomic on the service. `success` is true
+   * when all had room; otherwise nothing was spent, and `results` (one per limiter, in order) say which had none.
+   *
+   * One id under several limiters always works, on Redis Cluster too (a key's states share its hash slot). The
+   * limiters must differ: two inline limiters of one algorithm need different `prefix`es (the service refuses a
+   * repeated key and limit with INVALID_ARGUMENT).
+   */
+  limitAll(id: string, limiters: readonly RateLimiter[], options?: LimitOptions): Promise<LimitAllResult>;
 }
 
 function failMode(options: LimiterOptions): FailMode {
@@ -234,6 +340,17 @@ export function rateLimiters(rpc: RateLimitServiceClient): RateLimiters {
     policy(name, options = {}) {
       nonEmpty(name, "a policy name");
       return new RateLimiter(rpc, { case: "policy", value: name }, options.prefix, `policy(${JSON.stringify(name)})`);
+    },
+    async limitAll(id, limiters, options = {}) {
+      if (!Array.isArray(limiters)) throw new TypeError(`limiters must be an array of RateLimiter, got ${show(limiters)}`);
+      if (limiters.length === 0) throw new RangeError("limitAll needs at least one limiter");
+      for (const l of limiters) {
+        if (!(l instanceof RateLimiter)) throw new TypeError(`limiters must be RateLimiter objects, got ${show(l)}`);
+      }
+      const cost = costOf(options);
+      const checks = limiters.map((l) => checkOf(l, id, cost));
+      const answer = await rpc.checkBatch({ checks, allOrNothing: true }, callOptions(options));
+      return limitAllResult(answer);
     },
   };
 }

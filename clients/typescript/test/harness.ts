@@ -126,6 +126,8 @@ export async function healthStatus(
  */
 export const POLICIES = {
   auth: { algorithm: "fixed_window", limit: 3, window: "1h" },
+  /** GCRA, 1 per hour, in shadow mode: over the limit is answered allowed, reason "shadow_over_limit". */
+  shadow: { limit: 1, period: "1h", shadow_mode: true },
 } as const;
 
 function policyEnv(): NodeJS.ProcessEnv {

@@ -3,7 +3,16 @@
 // GetOrLease, JSON values, session validation. Run on both stacks.
 import assert from "node:assert/strict";
 import { describe, test, type TestContext } from "node:test";
-import { Code, ConnectError, durationToMs, type DatalayerClient, type LimitResult } from "@datalayer/client";
+import {
+  Code,
+  ConnectError,
+  durationToMs,
+  type DatalayerClient,
+  type LimitAllResult,
+  type LimitResult,
+  type RateLimiter,
+  type ReportResult,
+} from "@datalayer/client";
 import { POLICIES, type Stack, sleep, unique } from "./harness.js";
 
 const RATELIMIT = "datalayer.ratelimit.v1.RateLimitService";
@@ -21,8 +30,14 @@ function assertPlain(value: unknown) {
     }
   };
   walk(value);
-  const defined = Object.fromEntries(Object.entries(value as object).filter(([, v]) => v !== undefined));
-  assert.deepEqual(JSON.parse(JSON.stringify(value)), defined);
+  // JSON drops undefined properties (at any depth): so does the expectation.
+  const defined = (v: unknown): unknown =>
+    Array.isArray(v)
+      ? v.map(defined)
+      : v && typeof v === "object"
+        ? Object.fromEntries(Object.entries(v).filter(([, x]) => x !== undefined).map(([k, x]) => [k, defined(x)]))
+        : v;
+  assert.deepEqual(JSON.parse(JSON.stringify(value)), defined(value));
 }
 
 async function rejectsWith(p: Promise<unknown>, code: Code): Promise<ConnectError> {
@@ -167,6 +182,78 @@ export function helpers2Suite(stack: () => Stack, label = "redis") {
         const err = await rejectsWith(dl.ratelimit.policy("no-such-policy").limit(id), Code.InvalidArgument);
         assert.match(err.rawMessage, /unknown policy/);
       });
+      test("report() overdraws; the next limit() is refused with retryAfterMs until it refills", async (t) => {
+        if (skip(t, RATELIMIT)) return;
+        const dl = stack().client();
+        // 25 units against GCRA 10 per 10 s: the next check waits 16 s.
+        const limiter = dl.ratelimit.gcra(10, "10s", { prefix: unique("ts:h2:report") });
+        const id = unique("ts:h2:report:id");
+        const fits: ReportResult = await limiter.report(unique("ts:h2:report:other"), 3);
+        assert.deepEqual([fits.limit, fits.remaining, fits.overdrawn], [10, 7, false]);
+        const over = await limiter.report(id, 25);
+        assert.deepEqual([over.limit, over.remaining, over.overdrawn], [10, 0, true]);
+        assert.ok(over.resetAfterMs > 24_000 && over.resetAfterMs <= 25_000, String(over.resetAfterMs));
+        assert.ok(Math.abs(over.resetAt - (Date.now() + over.resetAfterMs)) < 1000);
+        const refused = await limiter.limit(id);
+        assert.deepEqual([refused.success, refused.reason, refused.remaining], [false, "over_limit", 0]);
+        assert.ok(refused.retryAfterMs! > 15_000 && refused.retryAfterMs! <= 16_000, String(refused.retryAfterMs));
+        for (const r of [fits, over, refused]) assertPlain(r);
+        const err = await rejectsWith(limiter.report(id, 1001), Code.InvalidArgument); // more than 100 times the limit
+        assert.match(err.rawMessage, /cost/);
+        await limiter.reset(id);
+        assert.equal(await limiter.remaining(id), 10);
+        // Every algorithm may be overdrawn.
+        for (const l of [dl.ratelimit.slidingWindow(5, "1m"), dl.ratelimit.fixedWindow(5, "1h"), dl.ratelimit.tokenBucket(1, "1h", 5)]) {
+          const uid = unique("ts:h2:report:alg");
+          const r = await l.report(uid, 12);
+          assert.deepEqual([r.overdrawn, r.remaining, r.limit], [true, 0, 5], l.description);
+          const next = await l.limit(uid);
+          assert.equal(next.success, false, l.description);
+          assert.ok(next.retryAfterMs! > 0, l.description);
+        }
+      });
+
+      test("limitAll(): every limiter spends, or none (a 10 and a 2 on one id)", async (t) => {
+        if (skip(t, RATELIMIT)) return;
+        const dl = stack().client();
+        const p = unique("ts:h2:all");
+        const id = unique("ts:h2:all:id");
+        const ten = dl.ratelimit.gcra(10, "1m", { prefix: `${p}:ten` });
+        const two = dl.ratelimit.slidingWindow(2, "1m", { prefix: `${p}:two` });
+        const results: LimitAllResult[] = [];
+        for (let i = 0; i < 3; i++) results.push(await dl.ratelimit.limitAll(id, [ten, two]));
+        assert.deepEqual(results.map((r) => r.success), [true, true, false]);
+        assert.deepEqual(results[0].results.map((r) => [r.remaining, r.reason]), [[9, "within_limit"], [1, "within_limit"]]);
+        assert.equal(results[0].retryAfterMs, undefined);
+        const [held, full] = results[2].results;
+        assert.deepEqual([held.success, held.reason, held.remaining, held.retryAfterMs], [false, "batch_rejected", 8, undefined]);
+        assert.deepEqual([full.success, full.reason], [false, "over_limit"]);
+        assert.ok(full.retryAfterMs! > 0);
+        assert.equal(results[2].retryAfterMs, full.retryAfterMs);
+        assert.equal(await ten.remaining(id), 8, "the 10-limit spent nothing on the refused call");
+        for (const r of results) assertPlain(r);
+        const never = await dl.ratelimit.limitAll(unique("ts:h2:all:id"), [ten, two], { cost: 3 });
+        assert.deepEqual(never.results.map((r) => r.reason), ["batch_rejected", "cost_exceeds_limit"]);
+        assert.equal(never.retryAfterMs, undefined);
+        await rejectsWith(dl.ratelimit.limitAll(id, [ten, ten]), Code.InvalidArgument); // a repeated key and limit
+      });
+
+      test("a shadow-mode policy answers allowed with reason shadow_over_limit; limitAll goes on", async (t) => {
+        if (skip(t, RATELIMIT)) return;
+        const dl = stack().client();
+        const shadow = dl.ratelimit.policy("shadow");
+        const id = unique("ts:h2:shadow");
+        const first = await shadow.limit(id);
+        assert.deepEqual([first.success, first.reason, first.remaining], [true, "within_limit", 0]);
+        const wouldRefuse = await shadow.limit(id);
+        assert.deepEqual([wouldRefuse.success, wouldRefuse.reason, wouldRefuse.remaining], [true, "shadow_over_limit", 0]);
+        assert.ok(wouldRefuse.retryAfterMs! > 0, "what the limit would have answered");
+        const auth = dl.ratelimit.policy("auth");
+        const both = await dl.ratelimit.limitAll(id, [shadow, auth]);
+        assert.equal(both.success, true);
+        assert.deepEqual(both.results.map((r) => r.reason), ["shadow_over_limit", "within_limit"]);
+        assert.equal(await auth.remaining(id), POLICIES.auth.limit - 1);
+      });
     });
 
     describe("dl.cache JSON helpers", () => {
@@ -279,6 +366,15 @@ export function helpers2Suite(stack: () => Stack, label = "redis") {
         await assert.rejects(limiter.limit(42 as unknown as string), TypeError);
         await assert.rejects(limiter.blockUntilReady("id", "soon"), RangeError);
         await assert.rejects(limiter.blockUntilReady("id", -1), RangeError);
+        await assert.rejects(limiter.report("id", 0), RangeError);
+        await assert.rejects(limiter.report("id", 2.5), RangeError);
+        await assert.rejects(limiter.report("id", 10n as unknown as number), TypeError);
+        await assert.rejects(limiter.report("", 1), RangeError);
+        await assert.rejects(rl.limitAll("id", []), RangeError);
+        await assert.rejects(rl.limitAll("id", limiter as unknown as RateLimiter[]), TypeError);
+        await assert.rejects(rl.limitAll("id", [limiter, "gcra" as unknown as RateLimiter]), TypeError);
+        await assert.rejects(rl.limitAll("id", [limiter], { cost: -1 }), RangeError);
+        await assert.rejects(rl.limitAll("", [limiter]), RangeError);
         await assert.rejects(dl.cache.getOrSet("k", () => 1, { ttl: "-1s" }), RangeError);
         await assert.rejects(dl.cache.getOrSet("k", () => 1, { ttl: "1m", wait: "forever" }), RangeError);
         await assert.rejects(dl.cache.setJson("k", undefined, "1m"), TypeError);

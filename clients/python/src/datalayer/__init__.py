@@ -36,6 +36,8 @@ Upstash-style helpers (durations: ``"10s"``, ``"1 m"``, ``"500ms"``, a
 
     limiter = client.ratelimit.sliding_window(10, "10s")   # or fixed_window, token_bucket, gcra, policy("auth")
     r = limiter.limit("user:42")       # LimitResult(success, limit, remaining, reset_at, retry_after, reason, ...)
+    limiter.report("user:42", 25)      # usage known afterwards (LLM tokens): ReportResult(..., overdrawn)
+    client.ratelimit.limit_all("user:42", [per_minute, per_day])   # LimitAllResult(success, results): all or none
     report = client.cache.get_or_set("report", build, "5m", stale_ttl="1h")   # computed once across callers
     session = client.sessions.validate(token)    # the Session, or None
 
@@ -52,6 +54,14 @@ for the network, and sent in batches by a background thread::
 (see :mod:`datalayer._analytics`). A push queue's deliveries are checked with
 :func:`verify_signature` (see :mod:`datalayer._signature`).
 """
+
+import sys
+
+if sys.version_info < (3, 10):  # pragma: no cover - pip refuses these (requires-python)
+    raise ImportError(
+        "datalayer-client needs Python 3.10 or newer; this is Python "
+        f"{sys.version_info.major}.{sys.version_info.minor} ({sys.executable})"
+    )
 
 from datalayer._analytics import AsyncTracker, MetricPoint, MetricSeries, Tracker
 from datalayer._cache import JSON_CONTENT_TYPE
@@ -85,7 +95,7 @@ from datalayer._locks import (
     LockNotAcquired,
     parse_duration,
 )
-from datalayer._ratelimit import AsyncRateLimiter, LimitReason, LimitResult, RateLimiter
+from datalayer._ratelimit import AsyncRateLimiter, LimitAllResult, LimitReason, LimitResult, RateLimiter, ReportResult
 from datalayer._services import SERVICES
 from datalayer._signature import SIGNATURE_HEADER, SignatureError, parse_signing_keys, verify_signature
 from datalayer._workers import (
@@ -156,6 +166,7 @@ __all__ = [
     "InvalidArgument",
     "Leadership",
     "Lease",
+    "LimitAllResult",
     "LimitReason",
     "LimitResult",
     "Lock",
@@ -171,6 +182,7 @@ __all__ = [
     "QueueClient",
     "RateLimitClient",
     "RateLimiter",
+    "ReportResult",
     "ResourceExhausted",
     "RetryPolicy",
     "ServerStream",

@@ -8,6 +8,7 @@ from typing import Any, Sequence, Union
 import grpc
 import grpc.aio
 
+from datalayer._aio_channel import LazyChannel
 from datalayer._analytics import AnalyticsHelpers, AsyncAnalyticsHelpers
 from datalayer._cache import AsyncCacheHelpers, CacheHelpers
 from datalayer._invoke import AsyncInvoker, Metadata, RetryPolicy, SyncInvoker
@@ -71,11 +72,12 @@ class AsyncQueueClient(AsyncQueueService, AsyncQueueWorkers):
 
 class RateLimitClient(RateLimitService, RateLimiters):
     """``Client.ratelimit``: RateLimitService's RPCs (``check``,
-    ``check_batch``, ``reset``) and the limiter factories of
+    ``check_batch``, ``report``, ``reset``) and the limiter factories of
     :class:`datalayer._ratelimit.RateLimiters`: ``sliding_window``,
     ``fixed_window``, ``token_bucket``, ``gcra`` and ``policy``, each making
     a :class:`datalayer.RateLimiter` (``limit(id)``, ``block_until_ready``,
-    ``remaining``, ``reset``)."""
+    ``remaining``, ``report``, ``reset``), and ``limit_all(id, limiters)``
+    (every limiter spends, or none)."""
 
 
 class AsyncRateLimitClient(AsyncRateLimitService, AsyncRateLimiters):
@@ -260,8 +262,14 @@ class Client(SyncServices):
 
 
 class AsyncClient(AsyncServices):
-    """The asyncio twin of :class:`Client` (same arguments), on ``grpc.aio``.
-    Create it inside a running event loop; methods are coroutines."""
+    """The asyncio twin of :class:`Client` (same arguments), on ``grpc.aio``;
+    methods are coroutines.
+
+    It may be created outside a running event loop (at import time, before
+    ``asyncio.run``): its channel is made in the loop of its first call
+    (see :mod:`datalayer._aio_channel`). One client serves one event loop
+    at a time; after that loop has closed, a call from a new loop makes a
+    new channel there."""
 
     analytics: AsyncAnalyticsClient
     queue: AsyncQueueClient
@@ -287,11 +295,14 @@ class AsyncClient(AsyncServices):
         target, tls = _target(target, tls, root_certificates, client_cert)
         self.target = target
         creds = _credentials(tls, root_certificates, client_cert, client_key)
-        self.channel: grpc.aio.Channel = (
-            grpc.aio.secure_channel(target, creds, options=list(options), interceptors=list(interceptors))
-            if creds is not None
-            else grpc.aio.insecure_channel(target, options=list(options), interceptors=list(interceptors))
-        )
+
+        def make_channel() -> grpc.aio.Channel:
+            if creds is not None:
+                return grpc.aio.secure_channel(target, creds, options=list(options), interceptors=list(interceptors))
+            return grpc.aio.insecure_channel(target, options=list(options), interceptors=list(interceptors))
+
+        # Made in the running event loop: now if one runs, else at the first call.
+        self.channel: grpc.aio.Channel = LazyChannel(make_channel)
         self._invoker = AsyncInvoker(
             timeout=timeout,
             metadata=_metadata(token),

@@ -22,6 +22,7 @@ from typing import AsyncIterator, Iterator, Protocol, Sequence, TypeVar, Union
 import grpc
 import grpc.aio
 
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
 from datalayer.errors import DatalayerError, DeadlineExceeded, Unavailable, from_rpc_error
@@ -113,6 +114,22 @@ def retryable(err: DatalayerError) -> bool:
     return err.detail(error_details_pb2.RetryInfo) is not None or _never_sent(err)
 
 
+def _check_request(request: object) -> None:
+    """Refuses, before anything is sent, a request that is not a protobuf
+    message (grpc would fail to serialize it and report INTERNAL)."""
+    if isinstance(request, Message):
+        return
+    hint = (
+        "; make the message from the dict: CheckRequest(**d), or json_format.ParseDict(d, CheckRequest())"
+        if isinstance(request, dict)
+        else ""
+    )
+    raise TypeError(
+        "a request must be the method's protobuf message, e.g. "
+        f"ratelimit_pb2.CheckRequest(key=...), not {type(request).__name__}{hint}"
+    )
+
+
 class _Base:
     def __init__(
         self, *, timeout: float | None, metadata: Metadata, policy: RetryPolicy, plaintext: bool = False
@@ -175,6 +192,7 @@ class SyncInvoker(_Base):
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> _Resp:
+        _check_request(request)
         deadline, md = self._start(timeout, metadata)
         attempt = 0
         while True:
@@ -197,6 +215,7 @@ class SyncInvoker(_Base):
         metadata: Metadata = (),
     ) -> ServerStream[_Resp]:
         """Opens a server-streaming call; see :class:`ServerStream`."""
+        _check_request(request)
         deadline, md = self._start(timeout, metadata, stream=True)
         return ServerStream(self, method, request, deadline, md)
 
@@ -212,6 +231,7 @@ class AsyncInvoker(_Base):
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> _Resp:
+        _check_request(request)
         deadline, md = self._start(timeout, metadata)
         attempt = 0
         while True:
@@ -234,6 +254,7 @@ class AsyncInvoker(_Base):
         metadata: Metadata = (),
     ) -> AsyncServerStream[_Resp]:
         """Opens a server-streaming call; see :class:`AsyncServerStream`."""
+        _check_request(request)
         deadline, md = self._start(timeout, metadata, stream=True)
         return AsyncServerStream(self, method, request, deadline, md)
 

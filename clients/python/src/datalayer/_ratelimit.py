@@ -12,10 +12,18 @@ wrapper plus :class:`RateLimiters`)::
     login = client.ratelimit.policy("auth")                # a limit of the server's configuration
     r = login.block_until_ready("ip:203.0.113.7", "5s")    # waits up to 5 s for room
 
+    tokens = client.ratelimit.gcra(10_000, "1m", prefix="tokens")
+    tokens.report("user:42", used)                         # usage known afterwards; may overdraw
+
+    per_minute = client.ratelimit.gcra(10, "1m", prefix="minute")
+    per_day = client.ratelimit.gcra(1000, "1d", prefix="day")
+    r = client.ratelimit.limit_all("user:42", [per_minute, per_day])   # both spend, or neither
+
 A limiter is a description of the limit (nothing is sent when it is made):
-every call is one ``Check`` or ``Reset``, atomic on the service, so a
-limiter may be shared by threads (or tasks) and processes alike. Being over
-the limit is an answer (``success=False``), not an exception.
+every call is one ``Check``, ``Report`` or ``Reset`` (``limit_all``: one
+``CheckBatch``), atomic on the service, so a limiter may be shared by
+threads (or tasks) and processes alike. Being over the limit is an answer
+(``success=False``), not an exception.
 
 State is kept per id, per scope (each policy, or *inline*) and per
 algorithm: two inline limiters of the same algorithm but different numbers
@@ -28,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Sequence
 
 from datalayer._durations import DurationMs, _duration_pb, _pb_seconds, _seconds
 from datalayer._invoke import Metadata
@@ -37,20 +45,32 @@ from datalayer.ratelimit.v1 import ratelimit_pb2
 __all__ = [
     "AsyncRateLimiter",
     "AsyncRateLimiters",
+    "LimitAllResult",
     "LimitReason",
     "LimitResult",
     "RateLimiter",
     "RateLimiters",
+    "ReportResult",
 ]
 
 #: Why a check answered as it did (``ratelimit.v1.Reason``, lower-cased).
-LimitReason = Literal["within_limit", "over_limit", "cost_exceeds_limit", "fail_open", "unspecified"]
+LimitReason = Literal[
+    "within_limit",
+    "over_limit",
+    "cost_exceeds_limit",
+    "fail_open",
+    "batch_rejected",
+    "shadow_over_limit",
+    "unspecified",
+]
 
 _REASONS: dict[int, LimitReason] = {
     ratelimit_pb2.REASON_WITHIN_LIMIT: "within_limit",
     ratelimit_pb2.REASON_OVER_LIMIT: "over_limit",
     ratelimit_pb2.REASON_COST_EXCEEDS_LIMIT: "cost_exceeds_limit",
     ratelimit_pb2.REASON_FAIL_OPEN: "fail_open",
+    ratelimit_pb2.REASON_BATCH_REJECTED: "batch_rejected",
+    ratelimit_pb2.REASON_SHADOW_OVER_LIMIT: "shadow_over_limit",
 }
 
 #: block_until_ready sleeps this much past the service's retry_after, which
@@ -64,7 +84,8 @@ class LimitResult:
 
     Attributes:
         success: the cost fitted and was spent (always true for a ``cost=0``
-            look, and for ``reason == "fail_open"``).
+            look, and for ``reason == "fail_open"`` or
+            ``"shadow_over_limit"``, which spend nothing).
         limit: the limit that applied: units per window / period, or the
             bucket's capacity.
         remaining: units left right after this check.
@@ -72,11 +93,16 @@ class LimitResult:
             seconds (comparable with ``time.time()``): this side's clock when
             the answer arrived plus ``reset_after``.
         retry_after: when refused, seconds until the same cost would fit;
-            ``None`` when allowed, and when the cost can never fit
-            (``reason == "cost_exceeds_limit"``).
+            ``None`` when allowed (but for ``"shadow_over_limit"``), and when
+            the cost can never fit (``reason == "cost_exceeds_limit"``).
         reason: ``"within_limit"``, ``"over_limit"``,
-            ``"cost_exceeds_limit"`` or ``"fail_open"`` (the store was
-            unreachable and the limit fails open).
+            ``"cost_exceeds_limit"``, ``"fail_open"`` (the store was
+            unreachable and the limit fails open), ``"batch_rejected"``
+            (:meth:`RateLimiters.limit_all`: this limit had room, but another
+            of the call did not, so none spent) or ``"shadow_over_limit"``
+            (a policy in shadow mode, ``shadow_mode = true``, would have
+            refused: allowed, nothing spent; ``remaining`` and
+            ``retry_after`` say what the limit would have answered).
         reset_after: seconds until the full budget is back, as the service
             said (``reset_at`` without this side's clock).
 
@@ -109,12 +135,92 @@ class LimitResult:
         )
 
 
+@dataclass(frozen=True)
+class ReportResult:
+    """The answer of :meth:`RateLimiter.report`.
+
+    Attributes:
+        limit: the limit that applied.
+        remaining: units left after the report (0 when overdrawn).
+        reset_at: when the id is back to its full budget, as Unix time in
+            seconds (this side's clock plus ``reset_after``); when overdrawn,
+            checks are refused until the overdraft has refilled.
+        overdrawn: the cost did not fit: it was spent all the same, so the
+            budget is exhausted (or below zero) and checks are refused until
+            it refills (their ``retry_after`` says when).
+        reset_after: seconds until the full budget is back, as the service
+            said.
+    """
+
+    limit: int
+    remaining: int
+    reset_at: float
+    overdrawn: bool
+    reset_after: float
+
+    @classmethod
+    def from_pb(cls, answer: ratelimit_pb2.ReportResponse) -> ReportResult:
+        """The result of a ``ReportResponse``."""
+        reset_after = _pb_seconds(answer.reset_after)
+        return cls(
+            limit=answer.limit,
+            remaining=answer.remaining,
+            reset_at=time.time() + reset_after,
+            overdrawn=answer.overdrawn,
+            reset_after=reset_after,
+        )
+
+
+@dataclass(frozen=True)
+class LimitAllResult:
+    """The answer of :meth:`RateLimiters.limit_all`.
+
+    Attributes:
+        success: every limit had room, and each spent the cost; when false,
+            none spent anything.
+        results: one :class:`LimitResult` per limiter, in the order given.
+            When refused, the limits without room answer as alone
+            (``"over_limit"`` with their ``retry_after``, or
+            ``"cost_exceeds_limit"``) and those with room
+            ``"batch_rejected"`` (``success=False``, ``remaining``
+            unchanged, no ``retry_after``).
+
+    ``bool(result)`` is ``result.success``.
+    """
+
+    success: bool
+    results: tuple[LimitResult, ...]
+
+    def __bool__(self) -> bool:
+        return self.success
+
+    @property
+    def retry_after(self) -> float | None:
+        """When refused: seconds until every limit that had no room would
+        fit the cost again (the largest ``retry_after``); ``None`` when
+        allowed, and when a cost can never fit."""
+        if self.success:
+            return None
+        waits = [r.retry_after for r in self.results if not r.success and r.reason != "batch_rejected"]
+        if not waits or any(w is None for w in waits):
+            return None
+        return max(w for w in waits if w is not None)
+
+
 class _SyncRateLimitRPCs(Protocol):
     """What a :class:`RateLimiter` needs of ``client.ratelimit``."""
 
     def check(
         self, request: ratelimit_pb2.CheckRequest, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> ratelimit_pb2.CheckResponse: ...
+
+    def check_batch(
+        self, request: ratelimit_pb2.CheckBatchRequest, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> ratelimit_pb2.CheckBatchResponse: ...
+
+    def report(
+        self, request: ratelimit_pb2.ReportRequest, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> ratelimit_pb2.ReportResponse: ...
 
     def reset(
         self, request: ratelimit_pb2.ResetRequest, *, timeout: float | None = None, metadata: Metadata = ()
@@ -127,6 +233,14 @@ class _AsyncRateLimitRPCs(Protocol):
     async def check(
         self, request: ratelimit_pb2.CheckRequest, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> ratelimit_pb2.CheckResponse: ...
+
+    async def check_batch(
+        self, request: ratelimit_pb2.CheckBatchRequest, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> ratelimit_pb2.CheckBatchResponse: ...
+
+    async def report(
+        self, request: ratelimit_pb2.ReportRequest, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> ratelimit_pb2.ReportResponse: ...
 
     async def reset(
         self, request: ratelimit_pb2.ResetRequest, *, timeout: float | None = None, metadata: Metadata = ()
@@ -176,6 +290,14 @@ class _Spec:
 
     def check(self, id: str, cost: int) -> ratelimit_pb2.CheckRequest:
         req = ratelimit_pb2.CheckRequest(key=self.key(id), cost=_cost(cost))
+        if self.inline is not None:
+            req.limit.CopyFrom(self.inline)
+        else:
+            req.policy = self.policy or ""
+        return req
+
+    def report(self, id: str, cost: int) -> ratelimit_pb2.ReportRequest:
+        req = ratelimit_pb2.ReportRequest(key=self.key(id), cost=_count(cost, "cost"))
         if self.inline is not None:
             req.limit.CopyFrom(self.inline)
         else:
@@ -244,6 +366,32 @@ def _policy_name(name: str) -> str:
     return name
 
 
+def _batch(
+    id: str, limiters: object, cost: int, kind: type[RateLimiter] | type[AsyncRateLimiter]
+) -> tuple[ratelimit_pb2.CheckBatchRequest, Metadata]:
+    """The all-or-nothing ``CheckBatch`` of ``limit_all``, and the metadata
+    of its limiters (each pair once)."""
+    if isinstance(limiters, (str, bytes)) or not isinstance(limiters, (list, tuple)):
+        raise TypeError(f"limiters must be a list of {kind.__name__} objects, got {limiters!r}")
+    if not limiters:
+        raise ValueError("limit_all needs at least one limiter")
+    specs: list[_Spec] = []
+    for limiter in limiters:
+        if not isinstance(limiter, kind):
+            raise TypeError(f"limiters must be {kind.__name__} objects (made by this client), got {limiter!r}")
+        specs.append(limiter._spec)
+    checks = [spec.check(id, cost) for spec in specs]
+    metadata: list[tuple[str, str | bytes]] = []
+    for spec in specs:
+        metadata.extend(pair for pair in spec.metadata if pair not in metadata)
+    return ratelimit_pb2.CheckBatchRequest(checks=checks, all_or_nothing=True), tuple(metadata)
+
+
+def _all_result(answer: ratelimit_pb2.CheckBatchResponse) -> LimitAllResult:
+    results = tuple(LimitResult.from_pb(r) for r in answer.results)
+    return LimitAllResult(success=all(r.success for r in results), results=results)
+
+
 class RateLimiter:
     """A limit, applied per id with :meth:`limit`; made by
     ``client.ratelimit.sliding_window(...)`` and its siblings
@@ -283,6 +431,16 @@ class RateLimiter:
         check)."""
         return self.limit(id, cost=0).remaining
 
+    def report(self, id: str, cost: int) -> ReportResult:
+        """Records ``cost`` units (at least 1) that ``id`` has already used,
+        such as an LLM answer's tokens, known only afterwards. They are
+        spent whether or not they fit, so the budget may be overdrawn
+        (``overdrawn=True``; up to 100 times the limit per report): later
+        checks are then refused until it has refilled. Check first with the
+        expected cost, or with ``cost=0`` to only look."""
+        answer = self._rpcs.report(self._spec.report(id, cost), metadata=self._spec.metadata)
+        return ReportResult.from_pb(answer)
+
     def reset(self, id: str) -> None:
         """Forgets ``id``'s state under this limit: its full budget is back."""
         self._rpcs.reset(self._spec.reset(id), metadata=self._spec.metadata)
@@ -320,6 +478,11 @@ class AsyncRateLimiter:
     async def remaining(self, id: str) -> int:
         """As :meth:`RateLimiter.remaining`."""
         return (await self.limit(id, cost=0)).remaining
+
+    async def report(self, id: str, cost: int) -> ReportResult:
+        """As :meth:`RateLimiter.report`."""
+        answer = await self._rpcs.report(self._spec.report(id, cost), metadata=self._spec.metadata)
+        return ReportResult.from_pb(answer)
 
     async def reset(self, id: str) -> None:
         """As :meth:`RateLimiter.reset`."""
@@ -407,6 +570,23 @@ class RateLimiters:
         raises ``InvalidArgument`` at the first call."""
         return RateLimiter(self, _Spec(policy=_policy_name(name), prefix=prefix, metadata=metadata))
 
+    def limit_all(
+        self: _SyncRateLimitRPCs, id: str, limiters: Sequence[RateLimiter], *, cost: int = 1
+    ) -> LimitAllResult:
+        """Spends ``cost`` units of ``id``'s budget under every limiter of
+        ``limiters`` (e.g. 10 per minute and 1000 per day), or under none:
+        one ``CheckBatch`` with ``all_or_nothing``, atomic on the service.
+        ``success`` is true when all had room; otherwise nothing was spent,
+        and ``results`` (one per limiter, in order) say which had none.
+
+        One id under several limiters always works, on Redis Cluster too (a
+        key's states share its hash slot). The limiters must differ: two
+        inline limiters of one algorithm need different ``prefix`` es (the
+        service refuses a repeated key and limit with ``InvalidArgument``).
+        The metadata of every limiter is sent, each pair once."""
+        request, metadata = _batch(id, limiters, cost, RateLimiter)
+        return _all_result(self.check_batch(request, metadata=metadata))
+
 
 class AsyncRateLimiters:
     """Limiter factories of ``AsyncClient.ratelimit``: as
@@ -476,3 +656,10 @@ class AsyncRateLimiters:
     ) -> AsyncRateLimiter:
         """As :meth:`RateLimiters.policy`."""
         return AsyncRateLimiter(self, _Spec(policy=_policy_name(name), prefix=prefix, metadata=metadata))
+
+    async def limit_all(
+        self: _AsyncRateLimitRPCs, id: str, limiters: Sequence[AsyncRateLimiter], *, cost: int = 1
+    ) -> LimitAllResult:
+        """As :meth:`RateLimiters.limit_all`."""
+        request, metadata = _batch(id, limiters, cost, AsyncRateLimiter)
+        return _all_result(await self.check_batch(request, metadata=metadata))
