@@ -11,7 +11,8 @@
 #   1. service: h2load (nghttp2-client) sending a pre-encoded gRPC body,
 #      BENCH_CONNECTIONS connections x BENCH_STREAMS streams, BENCH_SECONDS;
 #   2. raw: redis-benchmark with as many connections (-P 1), the Redis
-#      equivalent of the call, for about as long;
+#      equivalent of the call, for about as long (analytics-track and
+#      check-analytics compare otherwise: see below);
 #   3. service at half the rate measured in (1) (h2load --rps), for the p99
 #      at half load (from h2load's per-request log).
 # It records the CPU each process spent per call (/proc/<pid>/stat utime +
@@ -24,7 +25,38 @@
 # everything, vs EVALSHA of the same script), cache-get / cache-set (a
 # 100-byte value, vs GET / SET PX), lb-submit / lb-rank (Submit / Rank on a
 # board of 1,000,000 owners, vs ZADD / ZREVRANK on a 1,000,000-member sorted
-# set). Nothing here fails on a time: it measures and prints.
+# set), and:
+#
+# analytics-track: AnalyticsService/Track of a batch of 100 events (metric
+#   "bench", dimensions exchange (4 values) x side (buy, sell): 8 series;
+#   each event a count of 1, no time, its own unique_id from a pool of 100
+#   ids), reported in events/s (calls/s x 100) and CPU per event. The
+#   service writes them as one EVALSHA: per series and resolution (1m, 1h,
+#   1d) HINCRBY count + HINCRBYFLOAT sum + PEXPIREAT, per resolution one
+#   PFADD of the 100 ids, plus the combination bookkeeping. "raw" is what a
+#   client without the service would send for the same events at a single
+#   resolution, with no sums, expiry or combination cap: per event one
+#   `HINCRBY <hash> <series field> 1` and one `PFADD <hll> <id>`, pipelined
+#   100 events (200 commands) per round trip, at the same concurrency.
+#   redis-benchmark repeats one command per pipeline, so it is measured as
+#   two runs, HINCRBY (the field drawn from 8, -r 8) and PFADD (the id drawn
+#   from the same 100 ids, -r 100), each -P 200 (a 200-command round trip's
+#   cost per command), each sending n commands; the two run one after the
+#   other on one Redis, so raw events/s = 1 / (1/HINCRBY/s + 1/PFADD/s) and
+#   raw CPU per event = both runs' CPU / n. Both sides' counts are checked
+#   afterwards (the service's through Query, raw's with HLEN, PFCOUNT and
+#   the hash's total).
+# check-analytics: RateLimitService/Check on the configured policy
+#   bench_analytics (GCRA, a million per second, `analytics = true`: each
+#   decision counted in memory, flushed to the metric ratelimit.checks
+#   every analytics.flush_interval, 1 s) vs the same Check on bench_plain
+#   (the same limit, no analytics): the service against itself, no Redis
+#   baseline. Timed as plain, analytics, analytics, plain ($SECS each, so
+#   drift cancels out), figures summed per policy; the ratio is
+#   analytics / plain (the goal: within 5%). The decisions ratelimit.checks
+#   counted during the analytics runs are compared with the calls answered.
+#
+# Nothing here fails on a time: it measures and prints.
 #
 # Needs: redis-server, redis-benchmark, redis-cli, curl on PATH; h2load (installed
 # with apt-get when missing); the repository's .venv (scripts/setup.sh) for
@@ -36,8 +68,15 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-10}
 STREAMS=${BENCH_STREAMS:-5}
 CONC=$((CONNS * STREAMS))
-WORKLOADS=${BENCH_WORKLOADS:-check cache-get cache-set lb-submit lb-rank}
+WORKLOADS=${BENCH_WORKLOADS:-check cache-get cache-set lb-submit lb-rank analytics-track check-analytics}
 OWNERS=1000000
+# analytics-track: events per Track, the pool of unique ids, the series (4
+# exchanges x 2 sides); as in grpc_bench.py (TRACK_BATCH, TRACK_IDS).
+TRACK_BATCH=100
+TRACK_IDS=100
+TRACK_SERIES=8
+# check-analytics: analytics.flush_interval, in seconds.
+FLUSH=1
 if [ -z "${DATALAYER_BIN:-}" ]; then
   if [ -x /work/bin/datalayer-release ]; then
     DATALAYER_BIN=/work/bin/datalayer-release
@@ -160,13 +199,27 @@ done
 GPORT=$(free_port)
 MPORT=$(free_port)
 ADDR=127.0.0.1:$GPORT
+# check-analytics' policies: the same GCRA limit, one with analytics.
+cat >"$TMP/bench.toml" <<EOF
+[ratelimit.policies.bench_plain]
+limit = 1000000
+period = "1s"
+
+[ratelimit.policies.bench_analytics]
+limit = 1000000
+period = "1s"
+analytics = true
+
+[analytics]
+flush_interval = "${FLUSH}s"
+EOF
 spawned=$(now)
 env -u DATALAYER_CONFIG \
   DATALAYER__REDIS__URL="redis://127.0.0.1:$RPORT" \
   DATALAYER__SERVER__ADDR="$ADDR" \
   DATALAYER__METRICS__ADDR="127.0.0.1:$MPORT" \
   DATALAYER__TELEMETRY__LOG_LEVEL=warn \
-  "$BIN" serve >"$TMP/service.log" 2>&1 &
+  "$BIN" serve --config "$TMP/bench.toml" >"$TMP/service.log" 2>&1 &
 SVC_PID=$!
 # Waits until the service's health says SERVING (at most 10 s).
 wait_serving() {
@@ -186,45 +239,68 @@ IDLE_RSS=$(rss_mib)
 log "service SERVING $READY_MS ms after spawn (polled with \`datalayer health\`), idle RSS $IDLE_RSS MiB"
 
 # --- data ------------------------------------------------------------------
-log "filling the boards ($OWNERS owners each)"
-"$PY" "$HELPER" create-board "$ADDR" >&2
-GEN=$(rcli HGET 'dl:default:lb:{bench}:d' g)
-[ "$GEN" = 1 ] || fail "board generation is '$GEN', expected 1 for a fresh board"
-P="dl:default:lbr:{bench}:$GEN:0"
-# The service's own helpers build members and records (see fill_board.lua);
-# 25,000 owners per EVAL (a few hundred ms each) keeps Redis answering the
-# service's health probe in between.
-fill_src=$(cat src/store/redis/lua/prelude.lua src/services/leaderboard/lua/prelude.lua \
-  scripts/bench/fill_board.lua)
-raw_src=$(cat scripts/bench/fill_raw.lua)
-started=$(date +%s.%N)
-CHUNK=25000
-for ((from = 1; from <= OWNERS; from += CHUNK)); do
-  rcli EVAL "$fill_src" 4 "$P:z" "$P:h" "$P:n" "dl:default:lb:{bench}:$GEN:p" \
-    "$from" $((from + CHUNK - 1)) "$OWNERS" >/dev/null
-  rcli EVAL "$raw_src" 1 rawboard $((from - 1)) $((from + CHUNK - 2)) >/dev/null
-done
-[ "$(rcli ZCARD "$P:z")" = "$OWNERS" ] && [ "$(rcli HLEN "$P:h")" = "$OWNERS" ] &&
-  [ "$(rcli ZCARD rawboard)" = "$OWNERS" ] || fail "the boards are not $OWNERS long"
-log "  filled in $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+case " $WORKLOADS " in *" lb-"*) FILL=1 ;; *) FILL= ;; esac
+if [ -n "$FILL" ]; then
+  log "filling the boards ($OWNERS owners each)"
+  "$PY" "$HELPER" create-board "$ADDR" >&2
+  GEN=$(rcli HGET 'dl:default:lb:{bench}:d' g)
+  [ "$GEN" = 1 ] || fail "board generation is '$GEN', expected 1 for a fresh board"
+  P="dl:default:lbr:{bench}:$GEN:0"
+  # The service's own helpers build members and records (see fill_board.lua);
+  # 25,000 owners per EVAL (a few hundred ms each) keeps Redis answering the
+  # service's health probe in between.
+  fill_src=$(cat src/store/redis/lua/prelude.lua src/services/leaderboard/lua/prelude.lua \
+    scripts/bench/fill_board.lua)
+  raw_src=$(cat scripts/bench/fill_raw.lua)
+  started=$(date +%s.%N)
+  CHUNK=25000
+  for ((from = 1; from <= OWNERS; from += CHUNK)); do
+    rcli EVAL "$fill_src" 4 "$P:z" "$P:h" "$P:n" "dl:default:lb:{bench}:$GEN:p" \
+      "$from" $((from + CHUNK - 1)) "$OWNERS" >/dev/null
+    rcli EVAL "$raw_src" 1 rawboard $((from - 1)) $((from + CHUNK - 2)) >/dev/null
+  done
+  [ "$(rcli ZCARD "$P:z")" = "$OWNERS" ] && [ "$(rcli HLEN "$P:h")" = "$OWNERS" ] &&
+    [ "$(rcli ZCARD rawboard)" = "$OWNERS" ] || fail "the boards are not $OWNERS long"
+  log "  filled in $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 
-wait_serving
-# The service reads the filled board as its own: an owner at its exact rank.
-"$PY" "$HELPER" verify "$ADDR" lb-rank >&2 || fail "the service does not read the filled board right"
+  wait_serving
+  # The service reads the filled board as its own: an owner at its exact rank.
+  "$PY" "$HELPER" verify "$ADDR" lb-rank >&2 || fail "the service does not read the filled board right"
+else
+  log "no lb-* workload: the boards are left empty"
+fi
 
 VALUE=$(printf 'x%.0s' $(seq 100))
 "$PY" "$HELPER" prepare "$ADDR"
 rcli SET bench-raw-get "$VALUE" >/dev/null
 "$PY" "$HELPER" bodies "$TMP/bodies"
 
-# The GCRA script as the service sends it to Redis 7 (NamedScript: the
-# shebang, the shared prelude, the body), so raw EVALSHA runs the same code.
-GCRA_SHA=$({ printf '#!lua\n'; cat src/store/redis/lua/prelude.lua src/services/ratelimit/lua/gcra.lua; } |
-  sha1sum | cut -d' ' -f1)
+# check's raw EVALSHA is the very command the service sends for the Check
+# (the script's SHA and its ARGV), captured with MONITOR during one call
+# before the check workload, on another key: the same code whatever the
+# script is made of and whichever sources the binary was built from.
+GCRA_CALL=
+capture_gcra() {
+  local mon
+  rcli MONITOR >"$TMP/monitor" 2>&1 &
+  mon=$!
+  sleep 0.2
+  "$PY" "$HELPER" verify "$ADDR" check >/dev/null || fail "check answers wrong"
+  sleep 0.2
+  kill "$mon" 2>/dev/null || true
+  wait "$mon" 2>/dev/null || true
+  # "EVALSHA" "<sha>" "1" "<key>" "<limit>" "<period us>" "<cost>" ...
+  GCRA_CALL=$(awk -F'"' '$2 == "EVALSHA" && $8 ~ /:inline:gcra$/ {
+      printf "EVALSHA %s %s dl:default:rl:{bench-raw}:inline:gcra", $4, $6
+      for (i = 10; i <= NF; i += 2) printf " %s", $i
+      print ""; exit
+    }' "$TMP/monitor" | sed 's/[[:space:]]*$//')
+  [ -n "$GCRA_CALL" ] || fail "no EVALSHA of the GCRA script seen during a Check (MONITOR: $TMP/monitor)"
+}
 
 raw_cmd() {
   case $1 in
-    check) echo EVALSHA "$GCRA_SHA" 1 'dl:default:rl:{bench-raw}:inline:gcra' 1000000 1000000 1 ;;
+    check) echo "$GCRA_CALL" ;;
     cache-get) echo GET bench-raw-get ;;
     cache-set) echo SET bench-raw-set "$VALUE" PX 60000 ;;
     lb-submit) echo ZADD rawboard __rand_int__ member:__rand_int__ ;;
@@ -235,6 +311,8 @@ raw_name() {
   case $1 in
     check) echo EVALSHA ;; cache-get) echo GET ;; cache-set) echo "SET PX" ;;
     lb-submit) echo ZADD ;; lb-rank) echo ZREVRANK ;;
+    analytics-track) echo "HINCRBY+PFADD -P$((2 * TRACK_BATCH))" ;;
+    check-analytics) echo "Check bench_plain" ;;
   esac
 }
 
@@ -249,9 +327,12 @@ rpc_counts() {
     END { printf "%d %d\n", ok, bad }'
 }
 
+# h2load sending the pre-encoded body $1 (a workload of grpc_bench.py) to $PATH_.
 h2() {
+  local body=$1
+  shift
   h2load -c "$CONNS" -m "$STREAMS" -H 'content-type: application/grpc' -H 'te: trailers' \
-    -d "$TMP/bodies/$W.bin" "$@" "http://$ADDR$PATH_"
+    -d "$TMP/bodies/$body.bin" "$@" "http://$ADDR$PATH_"
 }
 
 # "done succeeded failed errored req/s" from h2load's summary.
@@ -261,76 +342,206 @@ h2_summary() {
     END { print done + 0, ok + 0, failed + 0, errored + 0, rate + 0 }' "$1"
 }
 
+# Runs "$@" with output to $1 (shifted away) and sets, for its duration: LG
+# (its and its children's CPU ticks), SVC and RDS (the service's and
+# redis-server's), MACH (the machine's busy ticks), WALL (seconds).
+measure() {
+  local out=$1 s0 r0 m0 t0 t1
+  shift
+  s0=$(cpu_ticks "$SVC_PID")
+  r0=$(cpu_ticks "$REDIS_PID")
+  m0=$(machine_ticks) t0=$(now)
+  LG=$(run_timed "$out" "$@") || { cat "$out" >&2; fail "$1 failed ($W)"; }
+  MACH=$(($(machine_ticks) - m0)) t1=$(now)
+  SVC=$(($(cpu_ticks "$SVC_PID") - s0))
+  RDS=$(($(cpu_ticks "$REDIS_PID") - r0))
+  WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+}
+
+# "lg svc rds other": µs of CPU per unit (ticks LG SVC RDS over $6 units)
+# and the cores busy elsewhere (machine ticks $4 over $5 seconds).
+cpu_figs() {
+  echo "$(per_call "$1" "$6") $(per_call "$2" "$6") $(per_call "$3" "$6") $(other_cores "$4" $(($1 + $2 + $3)) "$5")"
+}
+
+# The service at full speed for $SECS sending body $1 (output $TMP/$2.h2load):
+# measure()'s figures, and DONE OKH FAILED ERRORED RATE (h2load's) and GOK
+# GBAD (OK and non-OK gRPC codes the service counted meanwhile).
+service_run() {
+  local ok0 bad0 ok1 bad1
+  read -r ok0 bad0 < <(rpc_counts "$PATH_")
+  measure "$TMP/$2.h2load" h2 "$1" -D "$SECS"
+  read -r ok1 bad1 < <(rpc_counts "$PATH_")
+  read -r DONE OKH FAILED ERRORED RATE < <(h2_summary "$TMP/$2.h2load")
+  GOK=$((ok1 - ok0)) GBAD=$((bad1 - bad0))
+  log "  $2: $DONE done, $OKH HTTP 2xx, $FAILED failed, $ERRORED errored; gRPC OK $GOK, non-OK $GBAD; $RATE calls/s; other CPU $(other_cores "$MACH" $((LG + SVC + RDS)) "$WALL") cores"
+  if [ "$FAILED" != 0 ] || [ "$ERRORED" != 0 ] || [ "$GBAD" != 0 ] || [ "$DONE" = 0 ]; then
+    PROBLEMS+=("$2: h2load $FAILED failed / $ERRORED errored, $GBAD gRPC non-OK of $DONE")
+  fi
+}
+
+# What analytics counted for workload $1 (grpc_bench.py count).
+counted() { "$PY" "$HELPER" count "$ADDR" "$1" || fail "cannot read what analytics counted ($1)"; }
+
+# Compares what analytics counted ($2) with what was answered ($3): at
+# least that, and at most $4 more (calls still in flight when h2load
+# stopped, which the service may have finished).
+check_counted() {
+  log "  $1: analytics counted $2 for $3 answered (at most $4 more were in flight at the end)"
+  if [ "$2" -lt "$3" ] || [ "$2" -gt $(($3 + $4)) ]; then
+    PROBLEMS+=("$1: analytics counted $2, answered $3 (+ at most $4 in flight)")
+  fi
+}
+
 # --- the workloads ---------------------------------------------------------
 # What the service logs from here on (warnings, errors) is reported.
 LOG_FROM=$(($(wc -l <"$TMP/service.log") + 1))
 ROWS=()
 PROBLEMS=()
+NOTES=()
 for W in $WORKLOADS; do
   PATH_=$("$PY" "$HELPER" path "$W")
+  # Units per call: analytics-track counts events.
+  UNIT=1 UNIT_NAME=call
+  if [ "$W" = analytics-track ]; then UNIT=$TRACK_BATCH UNIT_NAME=event; fi
   log "=== $W: $PATH_ vs $(raw_name "$W")"
   "$PY" "$HELPER" verify "$ADDR" "$W" >&2 || fail "$W answers wrong before timing"
-  if [ "$W" = check ]; then
-    [ "$(rcli SCRIPT EXISTS "$GCRA_SHA")" = 1 ] ||
-      fail "the service did not load the GCRA script as $GCRA_SHA: the raw EVALSHA would differ"
-  fi
+  case $W in
+    check)
+      capture_gcra
+      log "  raw EVALSHA as the service sends it: $GCRA_CALL"
+      ;;
+    check-analytics)
+      "$PY" "$HELPER" verify "$ADDR" check-plain >&2 || fail "check-plain answers wrong before timing"
+      ;;
+  esac
   # Warm-up (connections, allocator, Redis's caches); not counted.
-  h2 -n $((CONC * 40)) >/dev/null 2>&1 || true
+  h2 "$W" -n $((CONC * 40)) >/dev/null 2>&1 || true
+  if [ "$W" = check-analytics ]; then h2 check-plain -n $((CONC * 40)) >/dev/null 2>&1 || true; fi
 
-  # 1. the service at full speed.
-  read -r ok0 bad0 < <(rpc_counts "$PATH_")
-  s0=$(cpu_ticks "$SVC_PID")
-  r0=$(cpu_ticks "$REDIS_PID")
-  m0=$(machine_ticks) t0=$(now)
-  lg=$(run_timed "$TMP/$W.h2load" h2 -D "$SECS") || { cat "$TMP/$W.h2load" >&2; fail "h2load failed ($W)"; }
-  m1=$(machine_ticks) t1=$(now)
-  s1=$(cpu_ticks "$SVC_PID")
-  r1=$(cpu_ticks "$REDIS_PID")
-  other=$(other_cores $((m1 - m0)) $((lg + s1 - s0 + r1 - r0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
-  read -r ok1 bad1 < <(rpc_counts "$PATH_")
-  read -r done okh failed errored rate < <(h2_summary "$TMP/$W.h2load")
-  grpc_bad=$((bad1 - bad0))
-  grpc_ok=$((ok1 - ok0))
-  svc_cpu="$(per_call "$lg" "$done") $(per_call $((s1 - s0)) "$done") $(per_call $((r1 - r0)) "$done") $other"
-  busy_elsewhere "$W (service run)" "$other"
-  log "  service: $done done, $okh HTTP 2xx, $failed failed, $errored errored; gRPC OK $grpc_ok, non-OK $grpc_bad; $rate calls/s; other CPU $other cores"
-  if [ "$failed" != 0 ] || [ "$errored" != 0 ] || [ "$grpc_bad" != 0 ] || [ "$done" = 0 ]; then
-    PROBLEMS+=("$W: h2load $failed failed / $errored errored, $grpc_bad gRPC non-OK of $done")
+  if [ "$W" = check-analytics ]; then
+    # 1 and 2. The policy with analytics ("service") and without ("raw"),
+    # alternated plain, analytics, analytics, plain; figures summed per side.
+    declare -A sum=()
+    for leg in 1 2 3 4; do
+      case $leg in 1 | 4) side=plain ;; *) side=analytics ;; esac
+      if [ "$leg" = 2 ]; then
+        sleep $((FLUSH + 1)) # the warm-up's decisions are flushed
+        c0=$(counted "$W")
+      fi
+      service_run "check-$side" "$W.$leg.$side"
+      for k in LG SVC RDS MACH DONE GOK; do sum[$side.$k]=$((${sum[$side.$k]:-0} + ${!k})); done
+      sum[$side.WALL]=$(awk -v a="${sum[$side.WALL]:-0}" -v b="$WALL" 'BEGIN { print a + b }')
+      sum[$side.RATE]=$(awk -v a="${sum[$side.RATE]:-0}" -v b="$RATE" 'BEGIN { print a + b / 2 }')
+      sum[$side.legs]="${sum[$side.legs]:-}${sum[$side.legs]:+, }$RATE"
+      if [ "$leg" = 3 ]; then
+        sleep $((FLUSH + 1)) # the last decisions are flushed
+        c1=$(counted "$W")
+        check_counted "$W" $((c1 - c0)) "${sum[analytics.DONE]}" $((2 * CONC))
+      fi
+    done
+    rate=${sum[analytics.RATE]} raw_rate=${sum[plain.RATE]} calls_rate=$rate
+    svc_cpu=$(cpu_figs "${sum[analytics.LG]}" "${sum[analytics.SVC]}" "${sum[analytics.RDS]}" \
+      "${sum[analytics.MACH]}" "${sum[analytics.WALL]}" "${sum[analytics.DONE]}")
+    raw_cpu=$(cpu_figs "${sum[plain.LG]}" "${sum[plain.SVC]}" "${sum[plain.RDS]}" \
+      "${sum[plain.MACH]}" "${sum[plain.WALL]}" "${sum[plain.DONE]}")
+    busy_elsewhere "$W (analytics runs)" "${svc_cpu##* }"
+    busy_elsewhere "$W (plain runs)" "${raw_cpu##* }"
+    "$PY" "$HELPER" verify "$ADDR" check-plain >&2 || PROBLEMS+=("check-plain: wrong answer after the run")
+    "$PY" "$HELPER" verify "$ADDR" "$W" >&2 || PROBLEMS+=("$W: wrong answer after the run")
+    read -r -a sc <<<"$svc_cpu"
+    read -r -a rc <<<"$raw_cpu"
+    NOTES+=("check-analytics: Check on bench_analytics (analytics = true) $(printf '%.0f' "$rate") calls/s vs bench_plain $(printf '%.0f' "$raw_rate") calls/s: ratio $(awk -v a="$rate" -v b="$raw_rate" 'BEGIN { r = a / b; printf "%.3f (goal: within 5%%, >= 0.950: %s)", r, r >= 0.95 ? "met" : "missed" }')"
+      "  calls/s per run: plain ${sum[plain.legs]%%, *}, analytics ${sum[analytics.legs]}, plain ${sum[plain.legs]##*, }"
+      "  CPU µs/call with analytics: lg ${sc[0]}, svc ${sc[1]}, rds ${sc[2]}; without: lg ${rc[0]}, svc ${rc[1]}, rds ${rc[2]} (service CPU per call $(awk -v a="${sc[1]}" -v b="${rc[1]}" 'BEGIN { printf "%+.1f%%", (a / b - 1) * 100 }'))")
+  else
+    # 1. the service at full speed.
+    if [ "$W" = analytics-track ]; then c0=$(counted "$W"); fi
+    service_run "$W" "$W"
+    if [ "$W" = analytics-track ]; then
+      c1=$(counted "$W")
+      check_counted "$W" $((c1 - c0)) $((DONE * TRACK_BATCH)) $((CONC * TRACK_BATCH))
+    fi
+    calls_rate=$RATE
+    rate=$(awk -v r="$RATE" -v u="$UNIT" 'BEGIN { print r * u }')
+    svc_cpu=$(cpu_figs "$LG" "$SVC" "$RDS" "$MACH" "$WALL" $((DONE * UNIT)))
+    busy_elsewhere "$W (service run)" "${svc_cpu##* }"
+    "$PY" "$HELPER" verify "$ADDR" "$W" >&2 || PROBLEMS+=("$W: wrong answer after the run")
+
+    # 2. raw Redis at the same concurrency: a short run to size -n for about
+    # $SECS seconds, then the timed one.
+    if [ "$W" = analytics-track ]; then
+      # Per event HINCRBY + PFADD, 100 events (200 commands) a round trip:
+      # two runs of -P 200 of n commands each (see the header).
+      pipe=$((2 * TRACK_BATCH))
+      hincr=(HINCRBY bench-raw-h series:__rand_int__ 1)
+      pfadd=(PFADD bench-raw-u __rand_int__)
+      for reply in "$(rcli HINCRBY bench-raw-h series:000000000000 1 2>&1)" \
+        "$(rcli PFADD bench-raw-u 000000000000 2>&1)"; do
+        case $reply in ERR* | WRONGTYPE*) fail "raw $W: $reply" ;; esac
+      done
+      rb=(redis-benchmark -p "$RPORT" -c "$CONC" -P "$pipe" --csv)
+      cal_n=$((CONC * pipe * 20))
+      cal_h=$("${rb[@]}" -n "$cal_n" -r "$TRACK_SERIES" "${hincr[@]}" | awk -F'"' 'NR == 2 { print int($4) }')
+      cal_p=$("${rb[@]}" -n "$cal_n" -r "$TRACK_IDS" "${pfadd[@]}" | awk -F'"' 'NR == 2 { print int($4) }')
+      # n events (a whole number of pipelines) for about $SECS in all.
+      n=$(awk -v a="$cal_h" -v b="$cal_p" -v s="$SECS" -v p="$pipe" \
+        'BEGIN { if (a > 0 && b > 0) printf "%d", int(s / (1 / a + 1 / b) / p) * p; else print 0 }')
+      [ "$n" -gt 0 ] || fail "redis-benchmark calibration failed ($W)"
+      measure "$TMP/$W.rb-hincrby" "${rb[@]}" -n "$n" -r "$TRACK_SERIES" "${hincr[@]}"
+      lg=$LG s=$SVC r=$RDS m=$MACH wall=$WALL
+      measure "$TMP/$W.rb-pfadd" "${rb[@]}" -n "$n" -r "$TRACK_IDS" "${pfadd[@]}"
+      lg=$((lg + LG)) s=$((s + SVC)) r=$((r + RDS)) m=$((m + MACH))
+      wall=$(awk -v a="$wall" -v b="$WALL" 'BEGIN { print a + b }')
+      for f in "$TMP/$W.rb-hincrby" "$TMP/$W.rb-pfadd"; do
+        if grep -qi 'error' "$f"; then PROBLEMS+=("raw $W: $(grep -i -m1 error "$f")"); fi
+      done
+      r_h=$(awk -F'"' 'NR == 2 { print $4 }' "$TMP/$W.rb-hincrby")
+      r_p=$(awk -F'"' 'NR == 2 { print $4 }' "$TMP/$W.rb-pfadd")
+      raw_rate=$(awk -v a="$r_h" -v b="$r_p" 'BEGIN { print 1 / (1 / a + 1 / b) }')
+      raw_cpu=$(cpu_figs "$lg" "$s" "$r" "$m" "$wall" "$n")
+      # Redis did the work: 8 series holding every HINCRBY sent, 100 ids.
+      hsum=$(rcli HVALS bench-raw-h | awk '{ t += $1 } END { print t + 0 }')
+      hlen=$(rcli HLEN bench-raw-h)
+      pfc=$(rcli PFCOUNT bench-raw-u)
+      log "  raw: $n events: HINCRBY $r_h/s, PFADD $r_p/s (-P $pipe) -> $raw_rate events/s; other CPU ${raw_cpu##* } cores"
+      log "  raw: bench-raw-h $hlen series, total $hsum (sent $((1 + cal_n + n))); bench-raw-u ~$pfc ids"
+      if [ "$hlen" != "$TRACK_SERIES" ] || [ "$hsum" != $((1 + cal_n + n)) ] ||
+        [ "$pfc" -lt $((TRACK_IDS * 95 / 100)) ] || [ "$pfc" -gt $((TRACK_IDS * 105 / 100)) ]; then
+        PROBLEMS+=("raw $W: $hlen series totalling $hsum (expected $TRACK_SERIES, $((1 + cal_n + n))), ~$pfc ids (expected ~$TRACK_IDS)")
+      fi
+      busy_elsewhere "$W (raw runs)" "${raw_cpu##* }"
+    else
+      read -ra cmd <<<"$(raw_cmd "$W")"
+      rnd=()
+      case $W in lb-*) rnd=(-r "$OWNERS") ;; esac
+      one=("${cmd[@]//__rand_int__/000000250000}")
+      reply=$(rcli "${one[@]}" 2>&1)
+      case $reply in ERR* | NOSCRIPT* | WRONGTYPE*) fail "raw $W: $reply" ;; esac
+      cal=$(redis-benchmark -p "$RPORT" -c "$CONC" -P 1 -n $((CONC * 400)) "${rnd[@]}" --csv "${cmd[@]}" |
+        awk -F'"' 'NR == 2 { print int($4) }')
+      n=$((cal * SECS))
+      [ "$n" -gt 0 ] || fail "redis-benchmark calibration failed ($W)"
+      measure "$TMP/$W.rb" redis-benchmark -p "$RPORT" -c "$CONC" -P 1 -n "$n" "${rnd[@]}" --csv "${cmd[@]}"
+      if grep -qi 'error' "$TMP/$W.rb"; then PROBLEMS+=("raw $W: $(grep -i -m1 error "$TMP/$W.rb")"); fi
+      raw_rate=$(awk -F'"' 'NR == 2 { print $4 }' "$TMP/$W.rb")
+      raw_p99=$(awk -F'"' 'NR == 2 { print $14 }' "$TMP/$W.rb")
+      raw_cpu=$(cpu_figs "$LG" "$SVC" "$RDS" "$MACH" "$WALL" "$n")
+      busy_elsewhere "$W (raw run)" "${raw_cpu##* }"
+      log "  raw: $n ops, $raw_rate ops/s, p99 $raw_p99 ms; other CPU ${raw_cpu##* } cores"
+    fi
+    if [ "$W" = analytics-track ]; then
+      read -r -a sc <<<"$svc_cpu"
+      read -r -a rc <<<"$raw_cpu"
+      NOTES+=("analytics-track: Track of $TRACK_BATCH events $(printf '%.0f' "$rate") events/s ($calls_rate calls/s x $TRACK_BATCH) vs raw $(printf '%.0f' "$raw_rate") events/s (HINCRBY $(printf '%.0f' "$r_h")/s, PFADD $(printf '%.0f' "$r_p")/s, -P $pipe): ratio $(awk -v a="$rate" -v b="$raw_rate" 'BEGIN { printf "%.3f", a / b }')"
+        "  CPU µs/event service: lg ${sc[0]}, svc ${sc[1]}, rds ${sc[2]}; raw: lg ${rc[0]}, rds ${rc[2]}")
+    fi
   fi
-  "$PY" "$HELPER" verify "$ADDR" "$W" >&2 || PROBLEMS+=("$W: wrong answer after the run")
-
-  # 2. raw Redis at the same concurrency: a short run to size -n for about
-  # $SECS seconds, then the timed one.
-  read -ra cmd <<<"$(raw_cmd "$W")"
-  rnd=()
-  case $W in lb-*) rnd=(-r "$OWNERS") ;; esac
-  one=("${cmd[@]//__rand_int__/000000250000}")
-  reply=$(rcli "${one[@]}" 2>&1)
-  case $reply in ERR* | NOSCRIPT* | WRONGTYPE*) fail "raw $W: $reply" ;; esac
-  cal=$(redis-benchmark -p "$RPORT" -c "$CONC" -P 1 -n $((CONC * 400)) "${rnd[@]}" --csv "${cmd[@]}" |
-    awk -F'"' 'NR == 2 { print int($4) }')
-  n=$((cal * SECS))
-  [ "$n" -gt 0 ] || fail "redis-benchmark calibration failed ($W)"
-  s0=$(cpu_ticks "$SVC_PID")
-  r0=$(cpu_ticks "$REDIS_PID")
-  m0=$(machine_ticks) t0=$(now)
-  lg=$(run_timed "$TMP/$W.rb" redis-benchmark -p "$RPORT" -c "$CONC" -P 1 -n "$n" "${rnd[@]}" --csv "${cmd[@]}") ||
-    { cat "$TMP/$W.rb" >&2; fail "redis-benchmark failed ($W)"; }
-  m1=$(machine_ticks) t1=$(now)
-  s1=$(cpu_ticks "$SVC_PID")
-  r1=$(cpu_ticks "$REDIS_PID")
-  other=$(other_cores $((m1 - m0)) $((lg + s1 - s0 + r1 - r0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
-  if grep -qi 'error' "$TMP/$W.rb"; then PROBLEMS+=("raw $W: $(grep -i -m1 error "$TMP/$W.rb")"); fi
-  raw_rate=$(awk -F'"' 'NR == 2 { print $4 }' "$TMP/$W.rb")
-  raw_p99=$(awk -F'"' 'NR == 2 { print $14 }' "$TMP/$W.rb")
-  raw_cpu="$(per_call "$lg" "$n") $(per_call $((s1 - s0)) "$n") $(per_call $((r1 - r0)) "$n") $other"
-  busy_elsewhere "$W (raw run)" "$other"
-  log "  raw: $n ops, $raw_rate ops/s, p99 $raw_p99 ms; other CPU $other cores"
 
   # 3. the service at half its measured rate (h2load --rps is per client).
-  rps=$(awk -v r="$rate" -v c="$CONNS" 'BEGIN { x = int(r / 2 / c); print (x < 1 ? 1 : x) }')
+  rps=$(awk -v r="$calls_rate" -v c="$CONNS" 'BEGIN { x = int(r / 2 / c); print (x < 1 ? 1 : x) }')
   read -r ok0 bad0 < <(rpc_counts "$PATH_")
-  h2 -D "$SECS" --rps "$rps" --log-file "$TMP/$W.half.log" >"$TMP/$W.half" 2>&1 ||
+  h2 "$W" -D "$SECS" --rps "$rps" --log-file "$TMP/$W.half.log" >"$TMP/$W.half" 2>&1 ||
     { cat "$TMP/$W.half" >&2; fail "h2load --rps failed ($W)"; }
   read -r ok1 bad1 < <(rpc_counts "$PATH_")
   read -r hdone _ hfailed herr hrate < <(h2_summary "$TMP/$W.half")
@@ -343,7 +554,7 @@ for W in $WORKLOADS; do
       printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
   log "  half rate: $hrate calls/s (asked $((rps * CONNS))), p50 $p50 ms, p99 $p99 ms"
 
-  ROWS+=("$W $(raw_name "$W" | tr ' ' _) $rate $raw_rate $svc_cpu $raw_cpu $hrate $p50 $p99")
+  ROWS+=("$W $(raw_name "$W" | tr ' ' '~') $UNIT_NAME $rate $raw_rate $svc_cpu $raw_cpu $hrate $p50 $p99")
 done
 
 # --- the table ---------------------------------------------------------------
@@ -354,22 +565,28 @@ done
   echo "service: $BIN ($("$BIN" --version)); spawn -> health SERVING $READY_MS ms;"
   echo "  RSS idle $IDLE_RSS MiB, after the runs $(rss_mib) MiB"
   echo "concurrency $CONC: h2load -c $CONNS -m $STREAMS (1 thread) vs redis-benchmark -c $CONC -P 1 (1 thread); $SECS s per run"
-  echo "CPU in µs per call: lg = load generator, svc = service, rds = redis-server;"
+  echo "  (analytics-track: $TRACK_BATCH events a call vs -P $((2 * TRACK_BATCH)); check-analytics: the service both sides, 2 x $SECS s each)"
+  echo "unit: rates and CPU per call, or per event (analytics-track: calls x $TRACK_BATCH)"
+  echo "CPU in µs per unit: lg = load generator, svc = service, rds = redis-server;"
   echo "other = cores busy with anything else meanwhile (other processes, unattributed kernel time)"
   echo "half = the service at half its measured rate: calls/s done, p50 and p99 latency"
   echo
-  printf '%-10s %-9s %8s %8s %6s | %-28s | %-28s | %s\n' "" "" service raw "" \
-    "CPU µs/call, service run" "CPU µs/call, raw run" "service at half rate"
-  printf '%-10s %-9s %8s %8s %6s | %6s %6s %6s %5s | %6s %6s %6s %5s | %7s %6s %6s\n' \
-    workload "raw op" "calls/s" "ops/s" ratio lg svc rds other lg svc rds other "calls/s" "p50 ms" "p99 ms"
+  printf '%-15s %-19s %-5s %8s %8s %6s | %-28s | %-28s | %s\n' "" "" "" service raw "" \
+    "CPU µs/unit, service run" "CPU µs/unit, raw run" "service at half rate"
+  printf '%-15s %-19s %-5s %8s %8s %6s | %6s %6s %6s %5s | %6s %6s %6s %5s | %7s %6s %6s\n' \
+    workload "raw op" unit "/s" "/s" ratio lg svc rds other lg svc rds other "calls/s" "p50 ms" "p99 ms"
   for row in "${ROWS[@]}"; do
     # shellcheck disable=SC2086
     set -- $row
-    printf '%-10s %-9s %8.0f %8.0f %6.2f | %6s %6s %6s %5s | %6s %6s %6s %5s | %7.0f %6s %6s\n' \
-      "$1" "${2//_/ }" "$3" "$4" "$(awk -v a="$3" -v b="$4" 'BEGIN { print a / b }')" \
-      "$5" "$6" "$7" "$8" "$9" "${10}" "${11}" "${12}" "${13}" "${14}" "${15}"
+    printf '%-15s %-19s %-5s %8.0f %8.0f %6.2f | %6s %6s %6s %5s | %6s %6s %6s %5s | %7.0f %6s %6s\n' \
+      "$1" "${2//\~/ }" "$3" "$4" "$5" "$(awk -v a="$4" -v b="$5" 'BEGIN { print a / b }')" \
+      "$6" "$7" "$8" "$9" "${10}" "${11}" "${12}" "${13}" "${14}" "${15}" "${16}"
   done
   echo
+  if [ ${#NOTES[@]} -gt 0 ]; then
+    printf '%s\n' "${NOTES[@]}"
+    echo
+  fi
   if tail -n +"$LOG_FROM" "$TMP/service.log" | grep -q .; then
     PROBLEMS+=("the service logged during the runs: $(tail -n +"$LOG_FROM" "$TMP/service.log" | head -3)")
   fi

@@ -7,6 +7,11 @@ gRPC error is a 200 with `grpc-status` != 0 in the trailers).
     grpc_bench.py create-board ADDR       CreateLeaderboard "bench" (SET)
     grpc_bench.py prepare ADDR            Set the key the Get workload reads
     grpc_bench.py verify ADDR WORKLOAD    one real call; exit 1 if it is wrong
+    grpc_bench.py count ADDR WORKLOAD     what analytics counted so far (Query):
+                                          events of the metric "bench"
+                                          (analytics-track), or decisions of
+                                          the policy bench_analytics
+                                          (check-analytics)
     grpc_bench.py path WORKLOAD           the HTTP/2 path of the workload
 
 Runs with the repository's .venv (grpcio and the generated `datalayer`
@@ -17,11 +22,13 @@ from __future__ import annotations
 
 import struct
 import sys
+import time
 from pathlib import Path
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
+from datalayer.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from datalayer.cache.v1 import cache_pb2, cache_pb2_grpc
 from datalayer.leaderboard.v1 import leaderboard_pb2 as lb_pb2
 from datalayer.leaderboard.v1 import leaderboard_pb2_grpc as lb_grpc
@@ -34,6 +41,20 @@ BOARD = "bench"
 OWNERS = 1_000_000
 RANK_OWNER = 250_000
 SUBMIT_OWNER = 750_000
+# analytics-track: a batch of 100 events of the metric "bench", over 4
+# exchanges x 2 sides (8 series), each with its own unique id, from a pool of
+# TRACK_IDS ids spelled as redis-benchmark spells __rand_int__ with -r 100
+# (%012d), so the raw PFADD adds the same 100 members.
+TRACK_METRIC = "bench"
+TRACK_BATCH = 100
+TRACK_IDS = 100
+EXCHANGES = ("binance", "coinbase", "kraken", "bybit")
+SIDES = ("buy", "sell")
+# check-analytics / check-plain: the policies bench.sh configures, identical
+# GCRA limits (a million per second), the first with `analytics = true`.
+POLICY_ANALYTICS = "bench_analytics"
+POLICY_PLAIN = "bench_plain"
+RL_METRIC = "ratelimit.checks"
 
 
 def owner(i: int) -> str:
@@ -47,6 +68,24 @@ def check_request() -> ratelimit_pb2.CheckRequest:
         limit=ratelimit_pb2.Limit(
             gcra=ratelimit_pb2.Gcra(limit=1_000_000, period=duration_pb2.Duration(seconds=1))
         ),
+    )
+
+
+def policy_check_request(policy: str) -> ratelimit_pb2.CheckRequest:
+    return ratelimit_pb2.CheckRequest(key="bench-policy", policy=policy)
+
+
+def track_request() -> analytics_pb2.TrackRequest:
+    # No value (a count of 1 each), no time (the store's clock).
+    return analytics_pb2.TrackRequest(
+        events=[
+            analytics_pb2.Event(
+                metric=TRACK_METRIC,
+                dimensions={"exchange": EXCHANGES[i % 4], "side": SIDES[i // 4 % 2]},
+                unique_id=f"{i % TRACK_IDS:012d}",
+            )
+            for i in range(TRACK_BATCH)
+        ]
     )
 
 
@@ -77,6 +116,16 @@ WORKLOADS = {
     "cache-set": ("/datalayer.cache.v1.CacheService/Set", set_request),
     "lb-submit": ("/datalayer.leaderboard.v1.LeaderboardService/Submit", submit_request),
     "lb-rank": ("/datalayer.leaderboard.v1.LeaderboardService/Rank", rank_request),
+    "analytics-track": ("/datalayer.analytics.v1.AnalyticsService/Track", track_request),
+    "check-analytics": (
+        "/datalayer.ratelimit.v1.RateLimitService/Check",
+        lambda: policy_check_request(POLICY_ANALYTICS),
+    ),
+    # check-analytics' baseline: the same Check on the policy without analytics.
+    "check-plain": (
+        "/datalayer.ratelimit.v1.RateLimitService/Check",
+        lambda: policy_check_request(POLICY_PLAIN),
+    ),
 }
 
 
@@ -92,6 +141,33 @@ def fail(workload: str, what: str, reply) -> None:
     sys.exit(1)
 
 
+def counted(ch: grpc.Channel, workload: str) -> tuple[int, int]:
+    """What analytics hold for the workload over the last hour (1m
+    buckets): (count, unique ids)."""
+    stub = analytics_pb2_grpc.AnalyticsServiceStub(ch)
+    now = time.time()
+    since = timestamp_pb2.Timestamp(seconds=int(now) - 3600)
+    if workload == "analytics-track":
+        metric, filters = TRACK_METRIC, []
+    elif workload == "check-analytics":
+        metric = RL_METRIC
+        filters = [
+            analytics_pb2.DimensionFilter(dimension="policy", values=[POLICY_ANALYTICS]),
+            analytics_pb2.DimensionFilter(dimension="result", values=["allowed"]),
+        ]
+    else:
+        sys.exit(f"no analytics for {workload}")
+    q = stub.Query(
+        analytics_pb2.QueryRequest(metric=metric, resolution="1m", filters=filters, **{"from": since}),
+        timeout=10,
+    )
+    total = sum(p.count for s in q.series for p in s.points)
+    u = stub.Unique(
+        analytics_pb2.UniqueRequest(metric=metric, resolution="1m", **{"from": since}), timeout=10
+    )
+    return total, u.count
+
+
 def verify(addr: str, workload: str) -> None:
     with grpc.insecure_channel(addr) as ch:
         try:
@@ -100,6 +176,37 @@ def verify(addr: str, workload: str) -> None:
                 if not r.allowed or r.reason != ratelimit_pb2.REASON_WITHIN_LIMIT:
                     fail(workload, "not allowed", r)
                 out = f"allowed, remaining {r.remaining} of {r.limit}"
+            elif workload in ("check-analytics", "check-plain"):
+                policy = POLICY_ANALYTICS if workload == "check-analytics" else POLICY_PLAIN
+                before = counted(ch, "check-analytics")[0]
+                r = ratelimit_pb2_grpc.RateLimitServiceStub(ch).Check(
+                    policy_check_request(policy), timeout=5
+                )
+                if not r.allowed or r.reason != ratelimit_pb2.REASON_WITHIN_LIMIT \
+                        or r.limit != 1_000_000:
+                    fail(workload, f"not allowed by {policy} (a million per second)", r)
+                out = f"allowed by {policy}, remaining {r.remaining} of {r.limit}"
+                if workload == "check-analytics":
+                    # The decision reaches ratelimit.checks at the next flush
+                    # (analytics.flush_interval, 1 s).
+                    deadline = time.monotonic() + 5
+                    while (now := counted(ch, workload)[0]) <= before:
+                        if time.monotonic() > deadline:
+                            fail(workload, f"{RL_METRIC} did not count the decision in 5 s", now)
+                        time.sleep(0.2)
+                    out += f"; {RL_METRIC} {{policy={policy}, result=allowed}}: {before} -> {now}"
+            elif workload == "analytics-track":
+                before = counted(ch, workload)[0]
+                r = analytics_pb2_grpc.AnalyticsServiceStub(ch).Track(track_request(), timeout=5)
+                if r.accepted != TRACK_BATCH or r.folded != 0:
+                    fail(workload, f"expected {TRACK_BATCH} accepted, none folded", r)
+                total, uniques = counted(ch, workload)
+                if total - before != TRACK_BATCH:
+                    fail(workload, f"the count grew by {total - before}, not {TRACK_BATCH}", r)
+                # HyperLogLog: 0.81% standard error.
+                if abs(uniques - TRACK_IDS) > TRACK_IDS * 0.05:
+                    fail(workload, f"{uniques} unique ids, expected about {TRACK_IDS}", r)
+                out = f"accepted {r.accepted}, folded {r.folded}; count {before} -> {total}, {uniques} unique ids"
             elif workload == "cache-get":
                 r = cache_pb2_grpc.CacheServiceStub(ch).Get(get_request(), timeout=5)
                 if not r.found or r.entry.value != VALUE:
@@ -156,6 +263,12 @@ def main() -> None:
                 sys.exit(f"prepare: bench-get not stored: {r}")
     elif cmd == "verify":
         verify(args[0], args[1])
+    elif cmd == "count":
+        with grpc.insecure_channel(args[0]) as ch:
+            try:
+                print(counted(ch, args[1])[0])
+            except grpc.RpcError as e:
+                sys.exit(f"count {args[1]}: gRPC {e.code().name}: {e.details()}")
     else:
         sys.exit(__doc__)
 
