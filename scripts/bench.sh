@@ -463,7 +463,7 @@ for W in $WORKLOADS; do
       check_counted "$W" $((c1 - c0)) $((DONE * TRACK_BATCH)) $((CONC * TRACK_BATCH))
     fi
     calls_rate=$RATE
-    rate=$(awk -v r="$RATE" -v u="$UNIT" 'BEGIN { print r * u }')
+    rate=$(awk -v r="$RATE" -v u="$UNIT" 'BEGIN { printf "%.1f", r * u }')
     svc_cpu=$(cpu_figs "$LG" "$SVC" "$RDS" "$MACH" "$WALL" $((DONE * UNIT)))
     busy_elsewhere "$W (service run)" "${svc_cpu##* }"
     "$PY" "$HELPER" verify "$ADDR" "$W" >&2 || PROBLEMS+=("$W: wrong answer after the run")
@@ -498,7 +498,7 @@ for W in $WORKLOADS; do
       done
       r_h=$(awk -F'"' 'NR == 2 { print $4 }' "$TMP/$W.rb-hincrby")
       r_p=$(awk -F'"' 'NR == 2 { print $4 }' "$TMP/$W.rb-pfadd")
-      raw_rate=$(awk -v a="$r_h" -v b="$r_p" 'BEGIN { print 1 / (1 / a + 1 / b) }')
+      raw_rate=$(awk -v a="$r_h" -v b="$r_p" 'BEGIN { printf "%.1f", 1 / (1 / a + 1 / b) }')
       raw_cpu=$(cpu_figs "$lg" "$s" "$r" "$m" "$wall" "$n")
       # Redis did the work: 8 series holding every HINCRBY sent, 100 ids.
       hsum=$(rcli HVALS bench-raw-h | awk '{ t += $1 } END { print t + 0 }')
