@@ -1,5 +1,6 @@
 //! Nothing accepted is lost: the release binary's behaviour under crashes.
-//! 50 consumers (half over `Consume`, half over `Lease`) work a queue
+//! 50 consumers (half over `Consume`, acking with the unary `Ack` or on the
+//! stream itself, half over `Lease`) work a queue
 //! while some of them crash mid-job, Redis (AOF, `appendfsync always`) is
 //! killed with SIGKILL and restarted, and the service is killed with
 //! SIGKILL and restarted. At the end every accepted message is acked or
@@ -125,6 +126,7 @@ async fn stream_consumer(
     acks: Acks,
     stop: Arc<AtomicBool>,
     jobs: Arc<AtomicU64>,
+    ack_on_stream: bool,
 ) {
     while !stop.load(Ordering::Relaxed) {
         let (tx, rx) = mpsc::channel(16);
@@ -145,6 +147,8 @@ async fn stream_consumer(
             continue;
         };
         let mut stream = stream.into_inner();
+        // Acked on the stream, their answers not yet seen.
+        let mut outstanding: BTreeMap<String, pb::Message> = BTreeMap::new();
         loop {
             let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
             if stop.load(Ordering::Relaxed) {
@@ -156,10 +160,40 @@ async fn stream_consumer(
                 }
                 continue;
             };
+            if let Some(acked) = item.acked {
+                if let Some(m) = outstanding.remove(&acked.message_id) {
+                    if acked.ok {
+                        acks.lock()
+                            .unwrap()
+                            .entry(m.message_id.clone())
+                            .or_default()
+                            .insert(m.lease_token.clone());
+                    } else if acked.code != Code::FailedPrecondition as i32 {
+                        // Not applied (Redis down): ack again, unary.
+                        ack(&mut c, &m, &acks).await;
+                    }
+                }
+                continue;
+            }
             let Some(m) = item.message else { continue };
             if crashes(&jobs) {
                 // The consumer dies: its stream and unacked message go.
                 break;
+            }
+            if ack_on_stream {
+                tokio::time::sleep(WORK).await;
+                outstanding.insert(m.message_id.clone(), m.clone());
+                let _ = tx
+                    .send(pb::ConsumeRequest {
+                        kind: Some(pb::consume_request::Kind::Ack(
+                            pb::consume_request::Settle {
+                                message_id: m.message_id.clone(),
+                                lease_token: m.lease_token.clone(),
+                            },
+                        )),
+                    })
+                    .await;
+                continue;
             }
             ack(&mut c, &m, &acks).await;
             let _ = tx
@@ -167,6 +201,11 @@ async fn stream_consumer(
                     kind: Some(pb::consume_request::Kind::Credit(1)),
                 })
                 .await;
+        }
+        // The stream broke with acks unanswered: they may or may not have
+        // been applied, and acks of one lease are idempotent, so ack again.
+        for m in std::mem::take(&mut outstanding).into_values() {
+            ack(&mut c, &m, &acks).await;
         }
     }
 }
@@ -233,7 +272,7 @@ async fn nothing_accepted_is_lost_through_crashes() {
         consumers.push(if i % 2 == 0 {
             tokio::spawn(lease_consumer(c, acks, stop, jobs))
         } else {
-            tokio::spawn(stream_consumer(c, acks, stop, jobs))
+            tokio::spawn(stream_consumer(c, acks, stop, jobs, i % 4 == 1))
         });
     }
 

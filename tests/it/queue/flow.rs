@@ -106,6 +106,88 @@ async fn consume_respects_credits(backend: Backend) {
     }
 }
 
+/// Acks on the stream: each is answered on the stream and gives its credit
+/// back, so 20 messages flow through 5 credits with no credit message; a
+/// stale lease token answers FAILED_PRECONDITION, a malformed id
+/// INVALID_ARGUMENT, and the stream goes on.
+async fn consume_acks_on_the_stream(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for i in 0..20 {
+        enqueue(&app, "sa", spec(&format!("m{i}"))).await;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(pb::ConsumeRequest {
+        kind: Some(pb::consume_request::Kind::Start(
+            pb::consume_request::Start {
+                queue: "sa".into(),
+                credits: 5,
+                lease_duration: None,
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut stream = client(&app)
+        .consume(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let settle = |id: &str, token: &str| pb::ConsumeRequest {
+        kind: Some(pb::consume_request::Kind::Ack(
+            pb::consume_request::Settle {
+                message_id: id.into(),
+                lease_token: token.into(),
+            },
+        )),
+    };
+    let (mut delivered, mut acked) = (Vec::new(), Vec::new());
+    let mut bad_sent = false;
+    // Each ack sent gives a credit back, whatever its outcome.
+    let mut acks_sent = 0;
+    while acked.len() < 22 {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream goes on")
+            .expect("open")
+            .expect("no error");
+        if let Some(m) = item.message {
+            assert!(
+                delivered.len() < 5 + acks_sent,
+                "a message past the credits"
+            );
+            tx.send(settle(&m.message_id, &m.lease_token))
+                .await
+                .unwrap();
+            acks_sent += 1;
+            if !bad_sent {
+                bad_sent = true;
+                acks_sent += 2;
+                tx.send(settle(&m.message_id, "0123456789abcdef0123456789abcdef"))
+                    .await
+                    .unwrap();
+                tx.send(settle("not an id", "x")).await.unwrap();
+            }
+            delivered.push(m);
+        } else if let Some(a) = item.acked {
+            acked.push(a);
+        }
+    }
+    assert_eq!(delivered.len(), 20);
+    let ok = acked.iter().filter(|a| a.ok).count();
+    assert_eq!(ok, 20, "{acked:?}");
+    let codes: Vec<i32> = acked.iter().filter(|a| !a.ok).map(|a| a.code).collect();
+    assert!(
+        codes.contains(&(tonic::Code::FailedPrecondition as i32)),
+        "{acked:?}"
+    );
+    assert!(
+        codes.contains(&(tonic::Code::InvalidArgument as i32)),
+        "{acked:?}"
+    );
+    let s = stats(&app, "sa").await;
+    assert_eq!((s.waiting, s.leased), (0, 0));
+}
+
 /// A paused queue delivers nothing (and takes enqueues); resumed, it does.
 async fn pause_and_resume(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -190,6 +272,7 @@ async fn expired_messages_are_dropped(backend: Backend) {
 crate::conformance!(
     groups_stay_in_order_across_retries,
     consume_respects_credits,
+    consume_acks_on_the_stream,
     pause_and_resume,
     cancel_waiting_not_leased,
     long_polls_wake_on_enqueue,

@@ -1,14 +1,21 @@
 //! `Consume`: a bidirectional stream. The consumer opens it with `Start`
-//! (queue, credits) and grants more credits as it finishes work; the
-//! server sends a message only against a credit, so a consumer is never
-//! sent more than it can take. Messages sent are leased as by `Lease`: the
-//! consumer acks each with `Ack` (a message whose consumer vanishes is
-//! redelivered when its lease runs out).
+//! (queue, credits), grants more credits as it finishes work, and may ack
+//! on the stream itself (`ack`, which also gives a credit back). The server
+//! sends a message only against a credit, so a consumer is never sent more
+//! than it can take. Messages sent are leased as by `Lease`: a message whose
+//! consumer vanishes is redelivered when its lease runs out.
+//!
+//! One task drives a stream: it reads the consumer's side, runs one lease
+//! at a time while credits are held, and applies acks as they arrive,
+//! concurrently with the lease (so an ack never waits for a long-poll), each
+//! answered on the stream as soon as it is applied. Acks that arrive
+//! together are pipelined to Redis in one round trip by the store's lanes.
 
-use std::collections::VecDeque;
-
-use futures::Stream;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::{FutureExt, Stream, future::BoxFuture};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Handler, message};
 use crate::error::Error;
@@ -16,13 +23,18 @@ use crate::grpc::Ctx;
 use crate::grpc::convert::duration_in;
 use crate::keys::Tenant;
 use crate::proto::datalayer::queue::v1 as pb;
+use crate::services::queue::Delivery;
 use crate::validate::{self, FieldViolation};
 
 /// Most credits a consumer may hold at once.
 const MAX_CREDITS: u64 = 10_000;
-/// How long one lease attempt of a stream waits before it looks at the
-/// consumer's side again.
+/// How long one lease attempt of a stream waits before it looks again.
 const WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Most acks of one stream in flight at once; the stream's side is read
+/// again when one finishes.
+const MAX_ACKS_IN_FLIGHT: usize = 1000;
+
+type Answer = Result<pb::ConsumeResponse, Error>;
 
 struct Consumer {
     handler: Handler,
@@ -30,10 +42,7 @@ struct Consumer {
     tenant: Tenant,
     queue: String,
     lease_ms: Option<u64>,
-    inbound: tonic::Streaming<pb::ConsumeRequest>,
     credits: u64,
-    inbound_done: bool,
-    pending: VecDeque<pb::Message>,
 }
 
 fn credit(n: u32, held: u64) -> Result<u64, Error> {
@@ -48,80 +57,149 @@ fn credit(n: u32, held: u64) -> Result<u64, Error> {
     Ok(total)
 }
 
+/// What the consumer's side said.
+enum Said {
+    Credit(u32),
+    Ack(pb::consume_request::Settle),
+    Done,
+}
+
+fn said(got: Result<Option<pb::ConsumeRequest>, tonic::Status>) -> Result<Said, Error> {
+    use pb::consume_request::Kind;
+    match got {
+        Ok(Some(pb::ConsumeRequest {
+            kind: Some(Kind::Credit(n)),
+        })) => Ok(Said::Credit(n)),
+        Ok(Some(pb::ConsumeRequest {
+            kind: Some(Kind::Ack(settle)),
+        })) => Ok(Said::Ack(settle)),
+        Ok(Some(_)) => Err(Error::invalid(
+            "kind",
+            "after Start, a consumer sends only credit and ack messages",
+        )),
+        Ok(None) | Err(_) => Ok(Said::Done),
+    }
+}
+
 impl Consumer {
-    /// A message from the consumer: more credits, or the end of its side.
-    fn take(
-        &mut self,
-        got: Result<Option<pb::ConsumeRequest>, tonic::Status>,
-    ) -> Result<(), Error> {
-        match got {
-            Ok(Some(pb::ConsumeRequest {
-                kind: Some(pb::consume_request::Kind::Credit(n)),
-            })) => {
-                self.credits = credit(n, self.credits)?;
-                Ok(())
-            }
-            Ok(Some(_)) => Err(Error::invalid(
-                "kind",
-                "after Start, a consumer sends only credit messages",
-            )),
-            Ok(None) | Err(_) => {
-                self.inbound_done = true;
-                Ok(())
+    /// An ack, answered as the unary Ack would be.
+    fn ack(&self, settle: pb::consume_request::Settle) -> BoxFuture<'static, pb::ConsumeResponse> {
+        let handler = self.handler.clone();
+        let ctx = self.ctx.renewed(self.ctx.store_timeout() * 2);
+        let request = pb::AckRequest {
+            queue: self.queue.clone(),
+            message_id: settle.message_id.clone(),
+            lease_token: settle.lease_token,
+        };
+        async move {
+            let acked = match handler.ack(ctx, request).await {
+                Ok(_) => pb::consume_response::Acked {
+                    message_id: settle.message_id,
+                    ok: true,
+                    code: 0,
+                    error: String::new(),
+                },
+                Err(e) => pb::consume_response::Acked {
+                    message_id: settle.message_id,
+                    ok: false,
+                    code: crate::grpc::status::code_of(&e) as i32,
+                    error: crate::grpc::status::bounded(&e.to_string(), 256),
+                },
+            };
+            pb::ConsumeResponse {
+                message: None,
+                acked: Some(acked),
             }
         }
+        .boxed()
     }
 
-    async fn next(&mut self) -> Option<Result<pb::ConsumeResponse, Error>> {
+    /// A lease of up to `want` messages, waiting up to one slice. It owns
+    /// what it needs and is never dropped half-way: a lease script already
+    /// sent has leased its messages, and they must reach the consumer.
+    fn lease(&self, want: usize) -> BoxFuture<'static, Result<Vec<Delivery>, Error>> {
+        let give_up = Instant::now() + WAIT_SLICE;
+        let ctx = self.ctx.renewed(WAIT_SLICE + self.ctx.store_timeout() * 2);
+        let (handler, tenant, queue, lease_ms) = (
+            self.handler.clone(),
+            self.tenant.clone(),
+            self.queue.clone(),
+            self.lease_ms,
+        );
+        async move {
+            handler
+                .lease_waiting(&ctx, &tenant, &queue, want, lease_ms, give_up)
+                .await
+        }
+        .boxed()
+    }
+
+    /// Drives the stream until the consumer is done (its side closed, no
+    /// lease or ack left) or the answers have nowhere to go.
+    async fn run(
+        mut self,
+        mut inbound: tonic::Streaming<pb::ConsumeRequest>,
+        tx: mpsc::Sender<Answer>,
+    ) {
+        let mut inbound_done = false;
+        let mut leasing: Option<BoxFuture<'static, Result<Vec<Delivery>, Error>>> = None;
+        let mut acking = FuturesUnordered::new();
         loop {
-            if let Some(m) = self.pending.pop_front() {
-                return Some(Ok(pb::ConsumeResponse { message: Some(m) }));
+            if leasing.is_none() && self.credits > 0 && !inbound_done {
+                let want = (self.credits as usize).min(self.handler.settings.max_lease_batch);
+                leasing = Some(self.lease(want));
             }
-            if self.credits == 0 {
-                if self.inbound_done {
-                    return None;
-                }
-                let got = self.inbound.message().await;
-                if let Err(e) = self.take(got) {
-                    return Some(Err(e));
-                }
-                continue;
+            if inbound_done && leasing.is_none() && acking.is_empty() {
+                return;
             }
-            let want = (self.credits as usize).min(self.handler.settings.max_lease_batch);
-            let give_up = Instant::now() + WAIT_SLICE;
-            let ctx = self.ctx.renewed(WAIT_SLICE + self.ctx.store_timeout() * 2);
-            // The lease owns what it needs and is never dropped half-way: a
-            // lease script already sent has leased its messages, and they
-            // must reach the consumer. Credits that arrive meanwhile are
-            // counted while it runs.
-            let (handler, tenant, queue, lease_ms) = (
-                self.handler.clone(),
-                self.tenant.clone(),
-                self.queue.clone(),
-                self.lease_ms,
-            );
-            let lease = async move {
-                handler
-                    .lease_waiting(&ctx, &tenant, &queue, want, lease_ms, give_up)
-                    .await
-            };
-            tokio::pin!(lease);
-            let leased = loop {
-                tokio::select! {
-                    leased = &mut lease => break leased,
-                    got = self.inbound.message(), if !self.inbound_done => {
-                        if let Err(e) = self.take(got) {
-                            return Some(Err(e));
+            tokio::select! {
+                got = inbound.message(), if !inbound_done && acking.len() < MAX_ACKS_IN_FLIGHT => {
+                    match said(got) {
+                        Ok(Said::Credit(n)) => match credit(n, self.credits) {
+                            Ok(total) => self.credits = total,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        },
+                        Ok(Said::Ack(settle)) => {
+                            // The consumer is done with it: its credit is back.
+                            self.credits = (self.credits + 1).min(MAX_CREDITS);
+                            acking.push(self.ack(settle));
+                        }
+                        Ok(Said::Done) => inbound_done = true,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
                         }
                     }
                 }
-            };
-            match leased {
-                Ok(deliveries) => {
-                    self.credits -= deliveries.len() as u64;
-                    self.pending.extend(deliveries.into_iter().map(message));
+                Some(answer) = acking.next(), if !acking.is_empty() => {
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
                 }
-                Err(e) => return Some(Err(e)),
+                leased = async { leasing.as_mut().expect("checked").await }, if leasing.is_some() => {
+                    leasing = None;
+                    match leased {
+                        Ok(deliveries) => {
+                            self.credits -= (deliveries.len() as u64).min(self.credits);
+                            for d in deliveries {
+                                let answer = pb::ConsumeResponse {
+                                    message: Some(message(d)),
+                                    acked: None,
+                                };
+                                if tx.send(Ok(answer)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
@@ -132,8 +210,7 @@ impl Handler {
         &self,
         ctx: Ctx,
         mut inbound: tonic::Streaming<pb::ConsumeRequest>,
-    ) -> Result<impl Stream<Item = Result<pb::ConsumeResponse, Error>> + Send + 'static, Error>
-    {
+    ) -> Result<impl Stream<Item = Answer> + Send + 'static, Error> {
         let first = inbound.message().await.map_err(|e| {
             Error::invalid(
                 "start",
@@ -169,13 +246,10 @@ impl Handler {
             ctx,
             queue: start.queue,
             lease_ms,
-            inbound,
             credits,
-            inbound_done: false,
-            pending: VecDeque::new(),
         };
-        Ok(futures::stream::unfold(consumer, |mut c| async move {
-            c.next().await.map(|item| (item, c))
-        }))
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(consumer.run(inbound, tx));
+        Ok(ReceiverStream::new(rx))
     }
 }
