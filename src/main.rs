@@ -159,6 +159,13 @@ fn serve(config: Option<&std::path::Path>) -> ExitCode {
             Some(limit) => tracing::debug!(open_files = limit, "open-file limit"),
             None => {}
         }
+        tracing::info!(
+            version = cli::VERSION,
+            config_file = ?config,
+            namespace = %settings.keys.namespace,
+            policies = ?settings.ratelimit.policies.keys().collect::<Vec<_>>(),
+            "configuration loaded (defaults < file < DATALAYER__ environment)"
+        );
         match &settings.redis.url {
             None => tracing::warn!(
                 "no redis.url: using the in-process memory store; state is per process \
