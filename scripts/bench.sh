@@ -55,6 +55,22 @@
 #   drift cancels out), figures summed per policy; the ratio is
 #   analytics / plain (the goal: within 5%). The decisions ratelimit.checks
 #   counted during the analytics runs are compared with the calls answered.
+# check-flood: RateLimitService/Check of one hot key, "flood-hot", on the
+#   configured policy bench_flood (fixed window, 1000 per 1h), with
+#   `ratelimit.denial_cache = true` (set for the whole run: the other Check
+#   workloads pay its lookup, a miss, per call). Before timing, h2load takes
+#   the key to its limit (1000 admitted checks); from then on every check is
+#   over it (the flood case: one hot key, 95%+ of checks denied), and after
+#   the first denial, which Redis answers, the denial cache answers them in
+#   process until the window ends. Raw is EVALSHA of the same fixed-window
+#   script, with the SHA and ARGV captured from MONITOR as for check, on
+#   another key that the same call first takes to the same limit (1000
+#   calls): every timed call is one over-limit EVALSHA, which Redis answers
+#   without writing. Reported besides: the denial cache's hits and misses
+#   (datalayer_ratelimit_denial_cache_lookups_total) and the EVALSHAs Redis
+#   ran (INFO commandstats) during the service run, and the ratio against
+#   the issue's target (>= 3x raw). The answer is checked before (Redis's)
+#   and after (the cache's): denied, REASON_OVER_LIMIT, retry_after set.
 #
 # Nothing here fails on a time: it measures and prints.
 #
@@ -68,7 +84,7 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-10}
 STREAMS=${BENCH_STREAMS:-5}
 CONC=$((CONNS * STREAMS))
-WORKLOADS=${BENCH_WORKLOADS:-check cache-get cache-set lb-submit lb-rank analytics-track check-analytics}
+WORKLOADS=${BENCH_WORKLOADS:-check check-flood cache-get cache-set lb-submit lb-rank analytics-track check-analytics}
 OWNERS=1000000
 # analytics-track: events per Track, the pool of unique ids, the series (4
 # exchanges x 2 sides); as in grpc_bench.py (TRACK_BATCH, TRACK_IDS).
@@ -77,6 +93,10 @@ TRACK_IDS=100
 TRACK_SERIES=8
 # check-analytics: analytics.flush_interval, in seconds.
 FLUSH=1
+# check-flood: bench_flood's limit per window; as in grpc_bench.py
+# (FLOOD_LIMIT).
+FLOOD_LIMIT=1000
+FLOOD_WINDOW=1h
 if [ -z "${DATALAYER_BIN:-}" ]; then
   if [ -x /work/bin/datalayer-release ]; then
     DATALAYER_BIN=/work/bin/datalayer-release
@@ -199,8 +219,17 @@ done
 GPORT=$(free_port)
 MPORT=$(free_port)
 ADDR=127.0.0.1:$GPORT
-# check-analytics' policies: the same GCRA limit, one with analytics.
+# check-analytics' policies: the same GCRA limit, one with analytics;
+# check-flood's, a fixed window, and the denial cache.
 cat >"$TMP/bench.toml" <<EOF
+[ratelimit]
+denial_cache = true
+
+[ratelimit.policies.bench_flood]
+algorithm = "fixed_window"
+limit = $FLOOD_LIMIT
+window = "$FLOOD_WINDOW"
+
 [ratelimit.policies.bench_plain]
 limit = 1000000
 period = "1s"
@@ -275,32 +304,90 @@ VALUE=$(printf 'x%.0s' $(seq 100))
 rcli SET bench-raw-get "$VALUE" >/dev/null
 "$PY" "$HELPER" bodies "$TMP/bodies"
 
-# check's raw EVALSHA is the very command the service sends for the Check
-# (the script's SHA and its ARGV), captured with MONITOR during one call
-# before the check workload, on another key: the same code whatever the
-# script is made of and whichever sources the binary was built from.
+# check's and check-flood's raw EVALSHA is the very command the service
+# sends for the Check (the script's SHA and its ARGV), captured with MONITOR
+# during one call (the one checked before the workload) and pointed at
+# another key: the same code whatever the script is made of and whichever
+# sources the binary was built from.
 GCRA_CALL=
-capture_gcra() {
+FLOOD_CALL=
+# capture_call WORKLOAD TAG RAWTAG: sets CAPTURED (the EVALSHA, its key's
+# hash tag {TAG} made {RAWTAG}) and CAPTURED_KEY (the service's key).
+capture_call() {
   local mon
-  rcli MONITOR >"$TMP/monitor" 2>&1 &
+  CAPTURED= CAPTURED_KEY=
+  rcli MONITOR >"$TMP/monitor.$1" 2>&1 &
   mon=$!
   sleep 0.2
-  "$PY" "$HELPER" verify "$ADDR" check >/dev/null || fail "check answers wrong"
+  "$PY" "$HELPER" verify "$ADDR" "$1" >&2 || fail "$1 answers wrong"
   sleep 0.2
   kill "$mon" 2>/dev/null || true
   wait "$mon" 2>/dev/null || true
   # "EVALSHA" "<sha>" "1" "<key>" "<limit>" "<period us>" "<cost>" ...
-  GCRA_CALL=$(awk -F'"' '$2 == "EVALSHA" && $8 ~ /:inline:gcra$/ {
-      printf "EVALSHA %s %s dl:default:rl:{bench-raw}:inline:gcra", $4, $6
+  read -r CAPTURED_KEY CAPTURED < <(awk -F'"' -v tag="{$2}" -v raw="{$3}" '
+    $2 == "EVALSHA" && (at = index($8, tag)) {
+      key = substr($8, 1, at - 1) raw substr($8, at + length(tag))
+      printf "%s EVALSHA %s %s %s", $8, $4, $6, key
       for (i = 10; i <= NF; i += 2) printf " %s", $i
       print ""; exit
-    }' "$TMP/monitor" | sed 's/[[:space:]]*$//')
-  [ -n "$GCRA_CALL" ] || fail "no EVALSHA of the GCRA script seen during a Check (MONITOR: $TMP/monitor)"
+    }' "$TMP/monitor.$1" | sed 's/[[:space:]]*$//') || true
+  [ -n "${CAPTURED:-}" ] || fail "no EVALSHA of {$2} seen during a Check (MONITOR: $TMP/monitor.$1)"
+}
+capture_gcra() {
+  capture_call check bench-check bench-raw
+  case $CAPTURED_KEY in *:inline:gcra) ;; *) fail "check's key is $CAPTURED_KEY, not an inline GCRA" ;; esac
+  GCRA_CALL=$CAPTURED
+}
+
+# check-flood: the window's state {w, c} of a key, "w c".
+window_state() { echo "$(rcli HGET "$1" w) $(rcli HGET "$1" c)"; }
+
+# check-flood: takes flood-hot to its limit (FLOOD_LIMIT checks, all
+# admitted), captures the first over-limit check (answered by Redis, checked
+# with a real client) and takes the raw key to the same limit with the same
+# call; both keys then hold the same window, full.
+prepare_flood() {
+  local sent ok
+  h2 check-flood -n "$FLOOD_LIMIT" >"$TMP/check-flood.fill" 2>&1 ||
+    { cat "$TMP/check-flood.fill" >&2; fail "h2load could not fill check-flood"; }
+  read -r sent ok _ < <(h2_summary "$TMP/check-flood.fill")
+  [ "$sent" = "$FLOOD_LIMIT" ] && [ "$ok" = "$FLOOD_LIMIT" ] ||
+    fail "check-flood fill: $sent done, $ok HTTP 2xx of $FLOOD_LIMIT"
+  capture_call check-flood flood-hot flood-raw
+  case $CAPTURED_KEY in *:fixed_window) ;; *) fail "check-flood's key is $CAPTURED_KEY, not a fixed window" ;; esac
+  FLOOD_CALL=$CAPTURED
+  FLOOD_KEY=$CAPTURED_KEY
+  read -ra cmd <<<"$FLOOD_CALL"
+  FLOOD_RAW_KEY=${cmd[3]}
+  redis-benchmark -p "$RPORT" -c "$CONC" -P 1 -n "$FLOOD_LIMIT" --csv "${cmd[@]}" >"$TMP/check-flood.rawfill" 2>&1 ||
+    { cat "$TMP/check-flood.rawfill" >&2; fail "redis-benchmark could not fill the raw key"; }
+  local svc raw
+  svc=$(window_state "$FLOOD_KEY")
+  raw=$(window_state "$FLOOD_RAW_KEY")
+  log "  window {w c}: service $FLOOD_KEY $svc, raw $FLOOD_RAW_KEY $raw"
+  [ "$svc" = "$raw" ] && [ "${svc#* }" = "$FLOOD_LIMIT" ] ||
+    fail "check-flood: the two keys are not at the same full window ($svc vs $raw)"
+}
+
+# check-flood, during its service run: the denial cache's lookups "hit
+# miss", bench_flood's decisions "allowed rejected" (service metrics), and
+# the EVALSHAs Redis ran.
+flood_counts() {
+  curl -fsS "http://127.0.0.1:$MPORT/metrics" | awk '
+    /^datalayer_ratelimit_denial_cache_lookups_total\{/ {
+      if (index($0, "result=\"hit\"")) hit += $NF; else if (index($0, "result=\"miss\"")) miss += $NF
+    }
+    /^datalayer_ratelimit_decisions_total\{/ && index($0, "policy=\"bench_flood\"") {
+      if (index($0, "result=\"allowed\"")) ok += $NF; else if (index($0, "result=\"rejected\"")) no += $NF
+    }
+    END { printf "%d %d %d %d", hit, miss, ok, no }'
+  rcli INFO commandstats | awk -F'[=,]' '/^cmdstat_evalsha:/ { n = $2 } END { printf " %d\n", n }'
 }
 
 raw_cmd() {
   case $1 in
     check) echo "$GCRA_CALL" ;;
+    check-flood) echo "$FLOOD_CALL" ;;
     cache-get) echo GET bench-raw-get ;;
     cache-set) echo SET bench-raw-set "$VALUE" PX 60000 ;;
     lb-submit) echo ZADD rawboard __rand_int__ member:__rand_int__ ;;
@@ -309,7 +396,7 @@ raw_cmd() {
 }
 raw_name() {
   case $1 in
-    check) echo EVALSHA ;; cache-get) echo GET ;; cache-set) echo "SET PX" ;;
+    check) echo EVALSHA ;; check-flood) echo "EVALSHA over limit" ;; cache-get) echo GET ;; cache-set) echo "SET PX" ;;
     lb-submit) echo ZADD ;; lb-rank) echo ZREVRANK ;;
     analytics-track) echo "HINCRBY+PFADD -P$((2 * TRACK_BATCH))" ;;
     check-analytics) echo "Check bench_plain" ;;
@@ -405,7 +492,14 @@ for W in $WORKLOADS; do
   UNIT=1 UNIT_NAME=call
   if [ "$W" = analytics-track ]; then UNIT=$TRACK_BATCH UNIT_NAME=event; fi
   log "=== $W: $PATH_ vs $(raw_name "$W")"
-  "$PY" "$HELPER" verify "$ADDR" "$W" >&2 || fail "$W answers wrong before timing"
+  case $W in
+    check-flood)
+      # Its check before timing is the captured call, the first denial.
+      prepare_flood
+      log "  raw EVALSHA as the service sends it: $FLOOD_CALL"
+      ;;
+    *) "$PY" "$HELPER" verify "$ADDR" "$W" >&2 || fail "$W answers wrong before timing" ;;
+  esac
   case $W in
     check)
       capture_gcra
@@ -457,7 +551,17 @@ for W in $WORKLOADS; do
   else
     # 1. the service at full speed.
     if [ "$W" = analytics-track ]; then c0=$(counted "$W"); fi
+    if [ "$W" = check-flood ]; then read -r fh0 fm0 fa0 fr0 fe0 < <(flood_counts); fi
     service_run "$W" "$W"
+    if [ "$W" = check-flood ]; then
+      read -r fh1 fm1 fa1 fr1 fe1 < <(flood_counts)
+      fh=$((fh1 - fh0)) fm=$((fm1 - fm0)) fa=$((fa1 - fa0)) fr=$((fr1 - fr0)) fe=$((fe1 - fe0))
+      hit_rate=$(awk -v h="$fh" -v m="$fm" 'BEGIN { if (h + m > 0) printf "%.4f%%", h / (h + m) * 100; else print "-" }')
+      log "  denial cache: $fh hits, $fm misses ($hit_rate); bench_flood: $fa allowed, $fr rejected; Redis ran $fe EVALSHA"
+      if [ "$fa" != 0 ] || [ "$fm" != 0 ]; then
+        PROBLEMS+=("$W: $fa checks allowed, $fm denial cache misses during the service run (the window ended?)")
+      fi
+    fi
     if [ "$W" = analytics-track ]; then
       c1=$(counted "$W")
       check_counted "$W" $((c1 - c0)) $((DONE * TRACK_BATCH)) $((CONC * TRACK_BATCH))
@@ -518,6 +622,13 @@ for W in $WORKLOADS; do
       one=("${cmd[@]//__rand_int__/000000250000}")
       reply=$(rcli "${one[@]}" 2>&1)
       case $reply in ERR* | NOSCRIPT* | WRONGTYPE*) fail "raw $W: $reply" ;; esac
+      if [ "$W" = check-flood ]; then
+        # {allowed, remaining, reset_after_us, retry_after_us}: over the limit.
+        read -r allowed _ _ retry <<<"$(echo $reply)"
+        [ "$allowed" = 0 ] && [ "${retry:--1}" -gt 0 ] ||
+          fail "raw $W: the key is not over its limit: $(echo $reply)"
+        log "  raw: one call answers {allowed, remaining, reset_after_us, retry_after_us} = {$(echo $reply | tr ' ' ',')}"
+      fi
       cal=$(redis-benchmark -p "$RPORT" -c "$CONC" -P 1 -n $((CONC * 400)) "${rnd[@]}" --csv "${cmd[@]}" |
         awk -F'"' 'NR == 2 { print int($4) }')
       n=$((cal * SECS))
@@ -529,12 +640,25 @@ for W in $WORKLOADS; do
       raw_cpu=$(cpu_figs "$LG" "$SVC" "$RDS" "$MACH" "$WALL" "$n")
       busy_elsewhere "$W (raw run)" "${raw_cpu##* }"
       log "  raw: $n ops, $raw_rate ops/s, p99 $raw_p99 ms; other CPU ${raw_cpu##* } cores"
+      if [ "$W" = check-flood ]; then
+        svc_w=$(window_state "$FLOOD_KEY") raw_w=$(window_state "$FLOOD_RAW_KEY")
+        log "  window {w c} after: service $svc_w, raw $raw_w"
+        [ "$svc_w" = "$raw_w" ] && [ "${raw_w#* }" = "$FLOOD_LIMIT" ] ||
+          PROBLEMS+=("$W: the windows moved during the runs (service $svc_w, raw $raw_w)")
+      fi
     fi
     if [ "$W" = analytics-track ]; then
       read -r -a sc <<<"$svc_cpu"
       read -r -a rc <<<"$raw_cpu"
       NOTES+=("analytics-track: Track of $TRACK_BATCH events $(printf '%.0f' "$rate") events/s ($calls_rate calls/s x $TRACK_BATCH) vs raw $(printf '%.0f' "$raw_rate") events/s (HINCRBY $(printf '%.0f' "$r_h")/s, PFADD $(printf '%.0f' "$r_p")/s, -P $pipe): ratio $(awk -v a="$rate" -v b="$raw_rate" 'BEGIN { printf "%.3f", a / b }')"
         "  CPU µs/event service: lg ${sc[0]}, svc ${sc[1]}, rds ${sc[2]}; raw: lg ${rc[0]}, rds ${rc[2]}")
+    fi
+    if [ "$W" = check-flood ]; then
+      read -r -a sc <<<"$svc_cpu"
+      read -r -a rc <<<"$raw_cpu"
+      NOTES+=("check-flood: Check of one hot key over bench_flood's limit ($FLOOD_LIMIT per $FLOOD_WINDOW, fixed window, denial cache on) $(printf '%.0f' "$rate") calls/s vs raw EVALSHA over the limit $(printf '%.0f' "$raw_rate") ops/s: ratio $(awk -v a="$rate" -v b="$raw_rate" 'BEGIN { r = a / b; printf "%.2f (target >= 3x raw: %s)", r, r >= 3 ? "met" : "missed" }')"
+        "  denial cache during the service run: $fh hits, $fm misses (hit rate $hit_rate); bench_flood decisions: $fa allowed, $fr rejected; EVALSHAs Redis ran: $fe"
+        "  CPU µs/call service: lg ${sc[0]}, svc ${sc[1]}, rds ${sc[2]}; raw: lg ${rc[0]}, rds ${rc[2]}")
     fi
   fi
 

@@ -55,6 +55,12 @@ SIDES = ("buy", "sell")
 POLICY_ANALYTICS = "bench_analytics"
 POLICY_PLAIN = "bench_plain"
 RL_METRIC = "ratelimit.checks"
+# check-flood: the policy bench.sh configures (fixed window, 1000 per hour,
+# with `ratelimit.denial_cache = true`), checked on one hot key that
+# bench.sh first takes to its limit: every later check is over it.
+POLICY_FLOOD = "bench_flood"
+FLOOD_KEY = "flood-hot"
+FLOOD_LIMIT = 1000
 
 
 def owner(i: int) -> str:
@@ -71,8 +77,8 @@ def check_request() -> ratelimit_pb2.CheckRequest:
     )
 
 
-def policy_check_request(policy: str) -> ratelimit_pb2.CheckRequest:
-    return ratelimit_pb2.CheckRequest(key="bench-policy", policy=policy)
+def policy_check_request(policy: str, key: str = "bench-policy") -> ratelimit_pb2.CheckRequest:
+    return ratelimit_pb2.CheckRequest(key=key, policy=policy)
 
 
 def track_request() -> analytics_pb2.TrackRequest:
@@ -126,6 +132,10 @@ WORKLOADS = {
         "/datalayer.ratelimit.v1.RateLimitService/Check",
         lambda: policy_check_request(POLICY_PLAIN),
     ),
+    "check-flood": (
+        "/datalayer.ratelimit.v1.RateLimitService/Check",
+        lambda: policy_check_request(POLICY_FLOOD, FLOOD_KEY),
+    ),
 }
 
 
@@ -176,6 +186,21 @@ def verify(addr: str, workload: str) -> None:
                 if not r.allowed or r.reason != ratelimit_pb2.REASON_WITHIN_LIMIT:
                     fail(workload, "not allowed", r)
                 out = f"allowed, remaining {r.remaining} of {r.limit}"
+            elif workload == "check-flood":
+                # Over the limit: denied, with a time to retry (the end of
+                # the window), by Redis or by the denial cache alike.
+                r = ratelimit_pb2_grpc.RateLimitServiceStub(ch).Check(
+                    policy_check_request(POLICY_FLOOD, FLOOD_KEY), timeout=5
+                )
+                retry = r.retry_after.ToTimedelta().total_seconds()
+                if r.allowed or r.reason != ratelimit_pb2.REASON_OVER_LIMIT \
+                        or not r.HasField("retry_after") or retry <= 0 \
+                        or r.limit != FLOOD_LIMIT or r.remaining != 0:
+                    fail(workload, f"expected {FLOOD_KEY} over {POLICY_FLOOD}'s limit of "
+                         f"{FLOOD_LIMIT}: denied, REASON_OVER_LIMIT, retry_after set", r)
+                out = (f"denied by {POLICY_FLOOD}, {ratelimit_pb2.Reason.Name(r.reason)}, "
+                       f"remaining {r.remaining} of {r.limit}, retry_after {retry:.3f} s, "
+                       f"reset_after {r.reset_after.ToTimedelta().total_seconds():.3f} s")
             elif workload in ("check-analytics", "check-plain"):
                 policy = POLICY_ANALYTICS if workload == "check-analytics" else POLICY_PLAIN
                 before = counted(ch, "check-analytics")[0]
