@@ -127,6 +127,7 @@ def test_describe_rate_limit_service(channel, version):
     assert methods == {
         "Check": ("datalayer.ratelimit.v1.CheckRequest", "datalayer.ratelimit.v1.CheckResponse", False, False),
         "CheckBatch": ("datalayer.ratelimit.v1.CheckBatchRequest", "datalayer.ratelimit.v1.CheckBatchResponse", False, False),
+        "Report": ("datalayer.ratelimit.v1.ReportRequest", "datalayer.ratelimit.v1.ReportResponse", False, False),
         "Reset": ("datalayer.ratelimit.v1.ResetRequest", "datalayer.ratelimit.v1.ResetResponse", False, False),
     }
 
@@ -166,6 +167,8 @@ def test_describe_check_request_and_limit(channel):
         "REASON_OVER_LIMIT",
         "REASON_COST_EXCEEDS_LIMIT",
         "REASON_FAIL_OPEN",
+        "REASON_BATCH_REJECTED",
+        "REASON_SHADOW_OVER_LIMIT",
     }
 
 
