@@ -25,6 +25,12 @@ crate::section! {
         /// to callers that accept gzip (compressing small answers costs CPU
         /// and makes them larger).
         pub compress_min_bytes: usize = 1024, range(0, 256 * 1024 * 1024);
+        /// Gzip the messages of streaming calls (`Consume`, `Subscribe`,
+        /// `Watch`…) for callers that accept it. Off by default: a stream
+        /// is compressed whole or not at all, and most of its messages are
+        /// small, so each would cost a deflate here and an inflate in the
+        /// client.
+        pub compress_streams: bool = false;
         /// Async runtime threads; 0 means one per CPU core.
         pub worker_threads: usize = 0, range(0, 1024);
         /// A connection must send the HTTP/2 preface within this time, or

@@ -8,7 +8,10 @@
 //!   (`grpc-timeout`, else `server.default_timeout`), as DEADLINE_EXCEEDED,
 //!   so a body that never ends cannot hold a call open;
 //! * a unary request must carry one message, and undecodable requests
-//!   are the caller's mistake ([`super::requests`]).
+//!   are the caller's mistake ([`super::requests`]);
+//! * a streaming call is answered plain unless `server.compress_streams`
+//!   (tonic compresses a whole stream or none of it, so the size rule of
+//!   unary answers cannot apply per message).
 
 use std::{
     collections::HashSet,
@@ -178,6 +181,10 @@ impl Service<Request<hyper::body::Incoming>> for Layered {
                 return Box::pin(async move { Ok(response.map(|b| Tracked::new(b, guard, None))) });
             }
         };
+        if !unary && !self.limits.compress_streams {
+            // Tonic picks the answer's encoding from this header.
+            request.headers_mut().remove("grpc-accept-encoding");
+        }
         let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
         // A little past the call's own deadline, so a handler that is
         // still answering gets to answer first.

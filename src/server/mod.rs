@@ -38,6 +38,8 @@ pub(crate) struct Limits {
     pub deadlines: Deadlines,
     /// Paths of unary methods: their requests must carry one message.
     pub unary: Arc<std::collections::HashSet<String>>,
+    /// `server.compress_streams`: else streams are sent plain.
+    pub compress_streams: bool,
     pub auth: Arc<crate::auth::Auth>,
     pub tls: Option<Arc<tls::Tls>>,
 }
@@ -88,6 +90,7 @@ pub async fn serve(
         idle_timeout: settings.idle_timeout,
         deadlines,
         unary: Arc::new(unary),
+        compress_streams: settings.compress_streams,
         auth: security.auth,
         tls: security.tls,
     });

@@ -2,16 +2,23 @@
 against the real binary: handlers that fail are retried and dead-lettered
 per max_attempts, the concurrency (the stream's credits) is never
 exceeded, no message is lost, and stopping, errors, lost leases and a
-restarted service are handled."""
+restarted service are handled; acks go on the stream (no unary Ack). On a
+scripted stream: a refused ack raises, and the acks a break left unanswered
+are sent again with the unary Ack."""
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
@@ -19,12 +26,14 @@ from datalayer import (
     AsyncClient,
     AsyncDelivery,
     Client,
+    DeadlineExceeded,
     Delivery,
     FailedPrecondition,
     InvalidArgument,
     WorkerStats,
 )
-from datalayer._workers import _reason, error_reason
+from datalayer._workers import AsyncConsumer, Consumer, _reason, error_reason
+from datalayer.errors import from_rpc_error
 from datalayer.queue.v1 import queue_pb2 as qp
 
 from . import conftest
@@ -429,3 +438,265 @@ def test_ack_of_a_lost_lease_raises_from_a_delivery(client: Client) -> None:
         d.ack()
     assert d.settled
     again.ack()
+
+
+# ------------------------------------------------------- acks on the stream
+
+
+class _Counting(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Counts the unary calls of a client, by method name."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        self.calls[str(details.method).rsplit("/", 1)[-1]] += 1
+        return continuation(details, request)
+
+
+class _AsyncCounting(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        self.calls[str(details.method).rsplit("/", 1)[-1]] += 1
+        return await continuation(details, request)
+
+
+def test_acks_go_on_the_stream(stack: Stack, client: Client) -> None:
+    """No unary Ack: not from a worker, not from a loop that acks in the
+    thread that iterates; a lost lease is FailedPrecondition from the
+    stream's answer."""
+    counting = _Counting()
+    with Client(stack.addr, interceptors=[counting]) as c:
+        q = unique("py.work.streamacks")
+        ids = fill(client, q, N)
+        with c.queue.work(q, lambda d: None, concurrency=8) as worker:
+            wait_for(lambda: stats(client, q).acked_total == N, timeout=20)
+            wait_for(lambda: worker.stats.acked == N)
+        assert (worker.stats.received, worker.stats.settle_failed) == (N, 0)
+        assert len(ids) == N
+
+        loop_q = unique("py.consume.streamacks")
+        fill(client, loop_q, 5)
+        with c.queue.consume(loop_q, concurrency=2) as messages:
+            for _ in range(5):
+                next(messages).ack()  # answered while nobody iterates
+            assert messages.unsettled == 0
+        s = stats(client, loop_q)
+        assert (s.acked_total, s.leased, s.waiting) == (5, 0, 0)
+
+        lost_q = unique("py.consume.streamacks.lost")
+        client.queue.enqueue(qp.EnqueueRequest(queue=lost_q, message=qp.MessageSpec(payload=b"x")))
+        with c.queue.consume(lost_q, concurrency=2, lease="200ms") as messages:
+            d = next(messages)
+            again = next(messages)  # the lease ran out: delivered again
+            assert (again.message_id, again.attempt) == (d.message_id, 2)
+            again.ack()
+            with pytest.raises(FailedPrecondition, match="lease lost"):
+                d.ack()
+            assert messages.unsettled == 0
+    assert counting.calls["Ack"] == 0, counting.calls
+    assert stats(client, lost_q).acked_total == 1
+
+
+async def test_async_acks_go_on_the_stream(stack: Stack, client: Client) -> None:
+    counting = _AsyncCounting()
+    c = AsyncClient(stack.addr, interceptors=[counting])
+    try:
+        q = unique("py.awork.streamacks")
+        fill(client, q, N)
+
+        async def handle(d: AsyncDelivery) -> None:
+            await asyncio.sleep(0.001)
+
+        worker = c.queue.work(q, handle, concurrency=6)
+        deadline = time.monotonic() + 20
+        while worker.stats.acked < N:
+            assert time.monotonic() < deadline, worker.stats
+            await asyncio.sleep(0.05)
+        await worker.stop()
+        assert (worker.stats.acked, worker.stats.settle_failed, worker.stats.max_in_flight) <= (N, 0, 6)
+        assert worker.stats.acked == N
+
+        loop_q = unique("py.aconsume.streamacks")
+        fill(client, loop_q, 3)
+        async with c.queue.consume(loop_q, concurrency=1) as messages:
+            for _ in range(3):
+                await (await messages.__anext__()).ack()
+            assert messages.unsettled == 0
+    finally:
+        await c.close()
+    assert counting.calls["Ack"] == 0, counting.calls
+    assert stats(client, loop_q).acked_total == 3
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self._code, self._message = code, message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> None:
+        return None
+
+
+def _scripted(i: int, acks: list[str]) -> list[object]:
+    """What stream number ``i`` answers to the acks seen so far: m1 OK, m2
+    refused (lease lost), m3 never (the stream breaks once all three came)."""
+    if i != 1:
+        return []
+    out: list[object] = []
+    last = acks[-1]
+    if last == "m1":
+        out.append(qp.ConsumeResponse(acked=qp.ConsumeResponse.Acked(message_id="m1", ok=True)))
+    if last == "m2":
+        refused = qp.ConsumeResponse.Acked(message_id="m2", ok=False, code=9, error="lease lost: m2")
+        out.append(qp.ConsumeResponse(acked=refused))
+    if len(set(acks)) == 3:
+        out.append(_RpcError(grpc.StatusCode.UNAVAILABLE, "the service went away"))
+    return out
+
+
+def _message(i: int) -> qp.ConsumeResponse:
+    return qp.ConsumeResponse(
+        message=qp.Message(message_id=f"m{i}", lease_token=f"1-m{i}", attempt=1, max_attempts=3, payload=b"x")
+    )
+
+
+class _FakeSyncCall:
+    def __init__(self, i: int, requests: Iterator[qp.ConsumeRequest], seen: list[qp.ConsumeRequest]) -> None:
+        self.out: queue.Queue[object] = queue.Queue()
+        for m in [1, 2, 3] if i == 1 else [4]:
+            self.out.put(_message(m))
+        threading.Thread(target=self._serve, args=(i, requests, seen), daemon=True).start()
+
+    def _serve(self, i: int, requests: Iterator[qp.ConsumeRequest], seen: list[qp.ConsumeRequest]) -> None:
+        acks: list[str] = []
+        for r in requests:
+            seen.append(r)
+            if r.HasField("ack"):
+                acks.append(r.ack.message_id)
+                for item in _scripted(i, acks):
+                    self.out.put(item)
+
+    def __iter__(self) -> _FakeSyncCall:
+        return self
+
+    def __next__(self) -> object:
+        item = self.out.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self.out.put(_RpcError(grpc.StatusCode.CANCELLED, "cancelled"))
+
+
+class _FakeQueue:
+    """What the consumers use of ``client.queue``: a scripted Consume stream
+    and a unary Ack that records what it acks."""
+
+    def __init__(self, aio: bool = False) -> None:
+        self._invoke = SimpleNamespace(metadata=(), timeout=5.0, _error=from_rpc_error)
+        self.streams: list[list[qp.ConsumeRequest]] = []
+        self.unary: list[str] = []
+        self.stub = SimpleNamespace(Consume=self._consume_aio if aio else self._consume)
+
+    def _consume(self, requests: Iterator[qp.ConsumeRequest], metadata: object = ()) -> _FakeSyncCall:
+        self.streams.append([])
+        return _FakeSyncCall(len(self.streams), requests, self.streams[-1])
+
+    def _consume_aio(self, requests: AsyncIterator[qp.ConsumeRequest], metadata: object = ()) -> _FakeAsyncCall:
+        self.streams.append([])
+        return _FakeAsyncCall(len(self.streams), requests, self.streams[-1])
+
+    def _record(self, request: qp.AckRequest) -> qp.AckResponse:
+        assert request.lease_token == f"1-{request.message_id}"
+        self.unary.append(request.message_id)
+        return qp.AckResponse()
+
+    def ack(self, request: qp.AckRequest, *, timeout: float | None = None, metadata: object = ()) -> qp.AckResponse:
+        return self._record(request)
+
+
+class _FakeAsyncQueue(_FakeQueue):
+    async def ack(  # type: ignore[override]
+        self, request: qp.AckRequest, *, timeout: float | None = None, metadata: object = ()
+    ) -> qp.AckResponse:
+        return self._record(request)
+
+
+class _FakeAsyncCall:
+    def __init__(self, i: int, requests: AsyncIterator[qp.ConsumeRequest], seen: list[qp.ConsumeRequest]) -> None:
+        self.out: asyncio.Queue[object] = asyncio.Queue()
+        self._cancelled = False
+        for m in [1, 2, 3] if i == 1 else [4]:
+            self.out.put_nowait(_message(m))
+        self._server = asyncio.get_running_loop().create_task(self._serve(i, requests, seen))
+
+    async def _serve(self, i: int, requests: AsyncIterator[qp.ConsumeRequest], seen: list[qp.ConsumeRequest]) -> None:
+        acks: list[str] = []
+        async for r in requests:
+            seen.append(r)
+            if r.HasField("ack"):
+                acks.append(r.ack.message_id)
+                for item in _scripted(i, acks):
+                    self.out.put_nowait(item)
+
+    async def read(self) -> object:
+        item = await self.out.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        self.out.put_nowait(asyncio.CancelledError())
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+def _check_scripted(fake: _FakeQueue) -> None:
+    assert fake.unary == ["m3"], "only the ack the break left unanswered was sent again, unary"
+    first, second = fake.streams[0], fake.streams[1]
+    assert first[0].start.credits == 3 and second[0].start.credits == 3, "every credit back after the break"
+    assert [r.WhichOneof("kind") for r in first[1:]] == ["ack", "ack", "ack"], "no credit messages"
+
+
+def test_a_stream_break_re_acks_unanswered_acks_unary() -> None:
+    fake = _FakeQueue()
+    with Consumer(fake, "q", concurrency=3) as messages:  # type: ignore[arg-type]
+        m1, m2, m3 = next(messages), next(messages), next(messages)
+        m1.ack()
+        with pytest.raises(FailedPrecondition, match="lease lost: m2"):
+            m2.ack()
+        m3.ack()  # the stream breaks instead of answering: acked again, unary
+        assert messages.unsettled == 0
+        m4 = next(messages)  # the stream is opened again
+        assert m4.message_id == "m4"
+        with pytest.raises(DeadlineExceeded):
+            m4.ack(timeout=0.2)  # on the new stream, which never answers it
+        _check_scripted(fake)
+    # Given up on, its credit is released when the stream ends.
+    wait_for(lambda: messages.unsettled == 0)
+
+
+async def test_async_a_stream_break_re_acks_unanswered_acks_unary() -> None:
+    fake = _FakeAsyncQueue(aio=True)
+    async with AsyncConsumer(fake, "q", concurrency=3) as messages:  # type: ignore[arg-type]
+        m1, m2, m3 = [await messages.__anext__() for _ in range(3)]
+        await m1.ack()
+        with pytest.raises(FailedPrecondition, match="lease lost: m2"):
+            await m2.ack()
+        await m3.ack()
+        assert messages.unsettled == 0
+        m4 = await messages.__anext__()
+        assert m4.message_id == "m4"
+        _check_scripted(fake)

@@ -69,7 +69,7 @@
  */
 import { Code, ConnectError, createClient as createConnectClient } from "@connectrpc/connect";
 import type { CallOptions, Client, Interceptor, Transport } from "@connectrpc/connect";
-import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { Http2SessionManager } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import type { SecureClientSessionOptions } from "node:http2";
 import { BadRequestSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
@@ -80,6 +80,7 @@ import { withRateLimiters, type RateLimiters } from "./ratelimit.js";
 import { withCacheHelpers, type CacheHelpers } from "./cache.js";
 import { withSessionHelpers, type SessionHelpers } from "./sessions.js";
 import { withAnalyticsHelpers, type AnalyticsHelpers } from "./analytics.js";
+import { createTransport } from "./transport.js";
 
 export * from "./gen/services.js";
 export {
@@ -382,7 +383,9 @@ export function createClient(options: ClientOptions): DatalayerClient {
     });
   }
   interceptors.push(...(options.interceptors ?? []));
-  const transport = createGrpcTransport({ baseUrl, sessionManager, interceptors });
+  // Connect's gRPC transport for streams; unary calls on a shorter path over
+  // the same HTTP/2 session (./transport.ts), with the same errors.
+  const transport = createTransport({ baseUrl, sessionManager, interceptors });
   const clients = Object.fromEntries(
     Object.entries(services).map(([name, service]) => [
       name,

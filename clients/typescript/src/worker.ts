@@ -23,6 +23,21 @@
  * service answered it, gives one back. So a slow handler is never sent more
  * than it can take, and nothing is prefetched past `concurrency`.
  *
+ * Acks go on the stream itself (`ack` requests, each answered on the stream
+ * as `acked`, and giving its credit back at the service): no unary call per
+ * message. An ack the service refused rejects as the unary `Ack` would
+ * (FAILED_PRECONDITION "lease lost": the message is another consumer's now).
+ * When the stream breaks with acks unanswered, those are sent again with the
+ * unary `Ack` (acks of one lease are idempotent). An ack made while there
+ * is no stream (the helper stopped, or the stream is being reopened) is a
+ * unary `Ack`. Nacks and `extend` are unary calls.
+ *
+ * The stream asks for its messages uncompressed (with `createClient`'s
+ * transport): a deflate and an inflate per small message cost more CPU, on
+ * both sides, than the rest of a job's trip. (The service sends streams
+ * plain anyway unless `server.compress_streams` is set; older services
+ * gzipped every message of a stream that accepted gzip.)
+ *
  * Delivery is at least once: a message whose handler neither acked nor
  * nacked it before its lease ran out (or whose ack failed) is delivered
  * again, as attempt `n + 1`; past its `max_attempts` it goes to the dead
@@ -41,11 +56,17 @@
  * (or one received but not yet handed out) is nacked at once, so it is
  * delivered again without waiting for its lease; its attempt counts.
  */
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createContextValues, type Client } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
-import type { ConsumeRequestSchema, Message, QueueService } from "./gen/datalayer/queue/v1/queue_pb.js";
+import type {
+  ConsumeRequestSchema,
+  ConsumeResponse_Acked,
+  Message,
+  QueueService,
+} from "./gen/datalayer/queue/v1/queue_pb.js";
 import { parseDurationMs, type DurationLike } from "./locks.js";
+import { UNCOMPRESSED_ANSWERS } from "./transport.js";
 
 /** The typed Connect client of QueueService, as Connect makes it. */
 export type QueueServiceClient = Client<typeof QueueService>;
@@ -179,6 +200,20 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 /** Errors of a stream that break it without saying anything of the request. */
 const TRANSIENT = new Set([Code.Unavailable, Code.Canceled, Code.Aborted, Code.DeadlineExceeded]);
 
+/** An ack sent on a stream, waiting for its `acked` answer. */
+interface PendingAck {
+  delivery: Delivery;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+/** One open Consume stream: its request side and its acks not yet answered. */
+interface OpenStream {
+  requests: Requests;
+  /** By message id. One at a time per id: a second ack of the same id goes unary. */
+  acks: Map<string, PendingAck>;
+}
+
 /**
  * One queue's Consume stream (reopened after a transient break), keeping
  * `held + credits granted ≤ concurrency`. Internal: made by the helpers.
@@ -187,7 +222,7 @@ const TRANSIENT = new Set([Code.Unavailable, Code.Canceled, Code.Aborted, Code.D
 export class Feed {
   /** Delivered and not yet settled. */
   private held = 0;
-  private current: Requests | undefined;
+  private current: OpenStream | undefined;
   private readonly stopper = new AbortController();
   private readonly givenBack: Promise<void>[] = [];
   readonly counts = { acked: 0, nacked: 0, deadLettered: 0 };
@@ -219,10 +254,55 @@ export class Feed {
     this.stopper.abort();
   }
 
-  /** A delivery was acked or nacked (or that failed): one more credit. */
-  release() {
+  /**
+   * A delivery was acked or nacked (or that failed): one more credit. An
+   * ack answered on the current stream gave its credit back at the service
+   * already (`creditBack` false); any other settlement sends one.
+   */
+  release(creditBack = true) {
     this.held--;
-    if (!this.stopped) this.current?.push({ kind: { case: "credit", value: 1 } });
+    if (creditBack && !this.stopped) this.current?.requests.push({ kind: { case: "credit", value: 1 } });
+  }
+
+  /**
+   * Acks `delivery`: on the open stream (answered there as `acked`), else,
+   * or when the stream breaks before answering, with the unary `Ack`.
+   * Releases its credit either way, once answered; rejects as `Ack` would.
+   */
+  ack(delivery: Delivery): Promise<void> {
+    const stream = this.current;
+    const id = delivery.id;
+    if (stream === undefined || this.stopped || stream.acks.has(id)) return this.unaryAck(delivery);
+    return new Promise<void>((resolve, reject) => {
+      stream.acks.set(id, { delivery, resolve, reject });
+      stream.requests.push({ kind: { case: "ack", value: { messageId: id, leaseToken: delivery.message.leaseToken } } });
+    });
+  }
+
+  private async unaryAck(delivery: Delivery): Promise<void> {
+    try {
+      await this.client.ack({ queue: this.queue, messageId: delivery.id, leaseToken: delivery.message.leaseToken });
+    } finally {
+      this.release();
+    }
+  }
+
+  /** The answer to an ack sent on `stream`. */
+  private answered(stream: OpenStream, acked: ConsumeResponse_Acked) {
+    const pending = stream.acks.get(acked.messageId);
+    if (!pending) return; // not one of ours (or answered twice): nothing waits for it
+    stream.acks.delete(acked.messageId);
+    this.release(false);
+    if (acked.ok) pending.resolve();
+    else pending.reject(new ConnectError(acked.error || `ack of message ${acked.messageId} failed`, (acked.code || Code.Unknown) as Code));
+  }
+
+  /** The stream broke (or ended) with these acks unanswered: each is sent
+   * again with the unary `Ack`, which also settles its credit. */
+  private reack(stream: OpenStream) {
+    const pending = [...stream.acks.values()];
+    stream.acks.clear();
+    for (const p of pending) this.unaryAck(p.delivery).then(p.resolve, p.reject);
   }
 
   report(error: unknown, delivery?: Delivery) {
@@ -247,10 +327,11 @@ export class Feed {
     let backoff: number = RECONNECT_BACKOFF_MS[0];
     while (!this.stopped) {
       const requests = new Requests();
+      const open: OpenStream = { requests, acks: new Map() };
       const call = new AbortController();
       const cancel = () => call.abort();
       this.stopper.signal.addEventListener("abort", cancel, { once: true });
-      this.current = requests;
+      this.current = open;
       requests.push({
         kind: {
           case: "start",
@@ -262,8 +343,13 @@ export class Feed {
         },
       });
       try {
-        for await (const answer of this.rawConsume(requests, { signal: call.signal })) {
+        const options = { signal: call.signal, contextValues: createContextValues().set(UNCOMPRESSED_ANSWERS, true) };
+        for await (const answer of this.rawConsume(requests, options)) {
           backoff = RECONNECT_BACKOFF_MS[0];
+          if (answer.acked) {
+            this.answered(open, answer.acked);
+            continue;
+          }
           if (!answer.message) continue;
           this.held++;
           const delivery = new Delivery(this, answer.message);
@@ -285,6 +371,7 @@ export class Feed {
         requests.close();
         this.stopper.signal.removeEventListener("abort", cancel);
         call.abort();
+        this.reack(open);
       }
       await sleep(backoff * (0.5 + Math.random() / 2), this.stopper.signal);
       backoff = Math.min(backoff * 2, RECONNECT_BACKOFF_MS[1]);
@@ -338,9 +425,13 @@ export class Delivery {
     return this.#settled;
   }
 
-  async #settle<T>(what: string, call: () => Promise<T>): Promise<T> {
+  #claim(what: string) {
     if (this.#settled) throw new Error(`message ${this.id} of ${this.queue} was already acked or nacked (${what})`);
     this.#settled = true;
+  }
+
+  async #settle<T>(what: string, call: () => Promise<T>): Promise<T> {
+    this.#claim(what);
     try {
       return await call();
     } finally {
@@ -348,12 +439,15 @@ export class Delivery {
     }
   }
 
-  /** Completes the message. FAILED_PRECONDITION "lease lost" if its lease ran out first. */
-  ack(): Promise<void> {
-    return this.#settle("ack", async () => {
-      await this.#feed.client.ack({ queue: this.queue, messageId: this.id, leaseToken: this.message.leaseToken });
-      this.#feed.counts.acked++;
-    });
+  /**
+   * Completes the message, on the helper's Consume stream while one is
+   * open (else with the unary `Ack`). FAILED_PRECONDITION "lease lost" if
+   * its lease ran out first.
+   */
+  async ack(): Promise<void> {
+    this.#claim("ack");
+    await this.#feed.ack(this);
+    this.#feed.counts.acked++;
   }
 
   /**

@@ -1,19 +1,30 @@
 // The hand-written helpers that need no binary: verifySignature (push
 // deliveries' `datalayer-signature`, signed here as
-// src/services/queue/push/sign.rs signs it), parseSigningKeys and the
-// worker's nack reasons. The service's own signatures are verified end to
-// end in push.suite.ts.
+// src/services/queue/push/sign.rs signs it), parseSigningKeys, the
+// worker's nack reasons, and the worker's acks on a scripted Consume stream
+// (answered, refused, or left unanswered by a break: sent again unary).
+// The service's own signatures are verified end to end in push.suite.ts.
 import assert from "node:assert/strict";
 import { createHash, createHmac } from "node:crypto";
 import { describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
 import {
+  Code,
+  ConnectError,
   SignatureError,
   bodyHash,
   nackReason,
   parseSigningKeys,
+  queueWorkers,
   verifySignature,
+  type QueueServiceClient,
   type SignatureErrorReason,
 } from "@datalayer/client";
+import {
+  ConsumeResponseSchema,
+  type ConsumeRequest,
+  type ConsumeResponse,
+} from "@datalayer/client/gen/datalayer/queue/v1/queue_pb";
 
 const CURRENT = "current-key-0123456789";
 const NEXT = "next-key-0123456789ab";
@@ -213,5 +224,98 @@ describe("nackReason", () => {
     const odd = nackReason(`a${"é".repeat(600)}`);
     assert.equal(Buffer.byteLength(odd), 1023);
     assert.ok(!odd.includes("\uFFFD"));
+  });
+});
+
+/** A queue of values, read as they come. */
+function channel<T>() {
+  const items: T[] = [];
+  let wake: (() => void) | undefined;
+  return {
+    push(item: T) {
+      items.push(item);
+      wake?.();
+    },
+    async next(): Promise<T> {
+      while (items.length === 0) await new Promise<void>((resolve) => (wake = resolve));
+      return items.shift() as T;
+    },
+  };
+}
+
+describe("worker acks on the Consume stream (a scripted stream, no binary)", () => {
+  test("acks go on the stream, no credit messages; a refused ack rejects; a break re-acks the unanswered ones unary", async () => {
+    type Init = Pick<ConsumeRequest, "kind">;
+    const streams: Init["kind"][][] = []; // each stream's requests, as read
+    const unary: string[] = [];
+    const message = (id: string) =>
+      create(ConsumeResponseSchema, { message: { messageId: id, leaseToken: `1-${id}`, attempt: 1, maxAttempts: 3, payload: new Uint8Array([1]) } });
+    const fake = {
+      consume(requests: AsyncIterable<Init>, options?: { signal?: AbortSignal }): AsyncIterable<ConsumeResponse> {
+        const seen: Init["kind"][] = [];
+        streams.push(seen);
+        const first = streams.length === 1;
+        const out = channel<ConsumeResponse | Error>();
+        options?.signal?.addEventListener("abort", () => out.push(new ConnectError("canceled", Code.Canceled)));
+        void (async () => {
+          const acks = new Set<string>();
+          for await (const r of requests) {
+            seen.push(r.kind);
+            if (!first || r.kind.case !== "ack") continue;
+            const id = r.kind.value.messageId ?? "";
+            acks.add(id);
+            if (id === "m1") out.push(create(ConsumeResponseSchema, { acked: { messageId: id, ok: true } }));
+            if (id === "m2") {
+              out.push(
+                create(ConsumeResponseSchema, { acked: { messageId: id, ok: false, code: Code.FailedPrecondition, error: "lease lost" } }),
+              );
+            }
+            // m3 is never answered: the stream breaks once all three came.
+            if (acks.size === 3) out.push(new ConnectError("the service went away", Code.Unavailable));
+          }
+        })();
+        return (async function* () {
+          if (first) for (const id of ["m1", "m2", "m3"]) yield message(id);
+          for (;;) {
+            const next = await out.next();
+            if (next instanceof Error) throw next;
+            yield next;
+          }
+        })();
+      },
+      async ack(req: { messageId: string; leaseToken: string }) {
+        assert.equal(req.leaseToken, `1-${req.messageId}`);
+        unary.push(req.messageId);
+        return {};
+      },
+    };
+    const errors: [ConnectError, string | undefined][] = [];
+    const stop = new AbortController();
+    const handled: string[] = [];
+    const done = queueWorkers(fake as unknown as QueueServiceClient).work(
+      "q",
+      (d) => {
+        handled.push(d.id);
+      },
+      { concurrency: 3, signal: stop.signal, onError: (e, d) => errors.push([e, d?.id]) },
+    );
+    // The break, then the stream reopened with all three credits back.
+    for (let i = 0; i < 100 && streams.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 100 && streams[1]?.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    stop.abort();
+    const summary = await done;
+    assert.deepEqual(handled.sort(), ["m1", "m2", "m3"]);
+    assert.deepEqual(summary, { acked: 2, nacked: 0, deadLettered: 0, failed: 1 });
+    assert.deepEqual(unary, ["m3"], "only the ack the break left unanswered was sent again, unary");
+    const [s1, s2] = streams;
+    assert.deepEqual(s1[0], { case: "start", value: { queue: "q", credits: 3, leaseDuration: undefined } });
+    assert.deepEqual(s1.slice(1).map((k) => k.case), ["ack", "ack", "ack"], "no credit messages: each ack gives its credit back");
+    assert.deepEqual(s2?.[0], { case: "start", value: { queue: "q", credits: 3, leaseDuration: undefined } });
+    const codes = errors.map(([e, id]) => [e.code, id]);
+    assert.deepEqual(codes, [
+      [Code.FailedPrecondition, "m2"],
+      [Code.Unavailable, undefined],
+    ]);
+    assert.match(errors[0][0].message, /lease lost/);
   });
 });

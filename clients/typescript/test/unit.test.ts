@@ -2,22 +2,27 @@
 // the retry rule (UNAVAILABLE only with RetryInfo, waiting at least its
 // delay, or when the request never left the client; never an UNAVAILABLE
 // without RetryInfo, whose outcome is unknown, nor DEADLINE_EXCEEDED),
-// backoff bounds. A plain node:http2 server plays the gRPC server.
+// backoff bounds; unary calls answered as Connect's own gRPC transport
+// answers them. A plain node:http2 server plays the gRPC server.
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { after, before, test } from "node:test";
+import * as zlib from "node:zlib";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { anyPack } from "@bufbuild/protobuf/wkt";
+import { createClient as createConnectClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   CheckResponseSchema,
   Code,
   ConnectError,
   RetryInfoSchema,
   backoffMs,
+  RateLimitService,
   createClient,
   neverSent,
   retryAfterMs,
@@ -291,4 +296,140 @@ test("the retry rule: only UNAVAILABLE with RetryInfo, or never sent", () => {
   const answered = new ConnectError("refused", Code.Unavailable, new Headers({ "x-from": "server" }), undefined, refused);
   assert.equal(neverSent(answered), false, "an error with response metadata came from the server");
   assert.equal(retryAfterMs(new ConnectError("down", Code.Unavailable, undefined, [retryInfo])), 250);
+});
+
+// The unary path of createClient (src/transport.ts) against Connect's own
+// gRPC transport, on the same scripted answers: the same results, codes,
+// messages, details and metadata, and the same request headers.
+test("unary calls answer as Connect's gRPC transport does, answer by answer", async () => {
+  const answer = toBinary(CheckResponseSchema, create(CheckResponseSchema, { allowed: true, remaining: 5n }));
+  const heads: http2.IncomingHttpHeaders[] = [];
+  const grpc = { ":status": 200, "content-type": "application/grpc" };
+  const retry = anyPack(RetryInfoSchema, create(RetryInfoSchema, { retryDelay: create(DurationSchema, { seconds: 1n }) }));
+  const details = base64(toBinary(StatusSchema, create(StatusSchema, { code: Code.ResourceExhausted, message: "slow down ✋", details: [retry] })));
+  const scripted = http2.createServer();
+  scripted.on("stream", (stream, headers) => {
+    heads.push(headers);
+    stream.on("error", () => {}); // the resets the scenarios make, on this side
+    stream.on("data", () => {});
+    stream.on("end", () => {
+      const withTrailers = (trailers: http2.OutgoingHttpHeaders, ...bodies: Buffer[]) => {
+        stream.respond({ ...grpc, "x-head": "h" }, { waitForTrailers: true });
+        stream.on("wantTrailers", () => stream.sendTrailers(trailers));
+        for (const b of bodies.slice(0, -1)) stream.write(b);
+        stream.end(bodies.at(-1));
+      };
+      switch (headers["x-scenario"]) {
+        case "ok":
+          return withTrailers({ "grpc-status": "0", "x-trail": "t" }, frame(answer));
+        case "gzip": {
+          const zipped = zlib.gzipSync(answer);
+          const head = Buffer.alloc(5);
+          head[0] = 1;
+          head.writeUInt32BE(zipped.length, 1);
+          stream.respond({ ...grpc, "grpc-encoding": "gzip" }, { waitForTrailers: true });
+          stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+          return stream.end(Buffer.concat([head, zipped]));
+        }
+        case "trailers-only":
+          return stream.respond(
+            { ...grpc, "grpc-status": String(Code.ResourceExhausted), "grpc-message": encodeURIComponent("slow down ✋"), "grpc-status-details-bin": details, "x-meta": "m" },
+            { endStream: true },
+          );
+        case "error-in-trailers":
+          return withTrailers({ "grpc-status": String(Code.NotFound), "grpc-message": "no such key", "x-trail": "t" }, Buffer.alloc(0));
+        case "http-503":
+          return stream.respond({ ":status": 503, "content-type": "text/plain" }, { endStream: true });
+        case "content-type":
+          return stream.respond({ ":status": 200, "content-type": "text/html" }, { endStream: true });
+        case "two-messages":
+          return withTrailers({ "grpc-status": "0" }, frame(answer), frame(answer));
+        case "no-message":
+          return withTrailers({ "grpc-status": "0" }, Buffer.alloc(0));
+        case "no-status":
+          return withTrailers({ "x-other": "1" }, frame(answer));
+        case "refused":
+          return stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        case "silent":
+          return; // never answers: the deadline or the signal ends it
+      }
+    });
+  });
+  scripted.listen(0, "127.0.0.1");
+  await once(scripted, "listening");
+  const url = `http://127.0.0.1:${(scripted.address() as AddressInfo).port}`;
+  const ours = createClient({ baseUrl: url, retries: 0, timeoutMs: 0 });
+  const theirSession = new Http2SessionManager(url);
+  const theirs = createConnectClient(RateLimitService, createGrpcTransport({ baseUrl: url, sessionManager: theirSession }));
+  type Outcome = { ok: unknown } | { code: Code; message: string; details: unknown[]; metadata: [string, string][] };
+  const outcome = async (call: () => Promise<{ remaining: bigint }>): Promise<Outcome> => {
+    try {
+      return { ok: (await call()).remaining };
+    } catch (e) {
+      const err = ConnectError.from(e);
+      const metadata = [...err.metadata.entries()].filter(([k]) => k.startsWith("x-") || k.startsWith("grpc-status"));
+      return { code: err.code, message: err.rawMessage, details: err.findDetails(RetryInfoSchema), metadata: metadata.sort() };
+    }
+  };
+  const expected: Record<string, Code> = {
+    "trailers-only": Code.ResourceExhausted,
+    "error-in-trailers": Code.NotFound,
+    "http-503": Code.Unavailable,
+    "content-type": Code.Unknown,
+    "two-messages": Code.Unimplemented,
+    "no-message": Code.Unimplemented,
+    "no-status": Code.Internal,
+    refused: Code.Internal, // Node reports the reset as a stream error first, in both
+  };
+  try {
+    for (const scenario of ["ok", "gzip", "trailers-only", "error-in-trailers", "http-503", "content-type", "two-messages", "no-message", "no-status", "refused"]) {
+      const headers = { "x-scenario": scenario };
+      const a = await outcome(() => ours.ratelimit.check({ key: "k" }, { headers }));
+      const b = await outcome(() => theirs.check({ key: "k" }, { headers }));
+      assert.deepEqual(a, b, scenario);
+      if (scenario === "ok" || scenario === "gzip") assert.deepEqual(a, { ok: 5n }, scenario);
+      else assert.equal((a as { code: Code }).code, expected[scenario], `${scenario}: ${JSON.stringify(a, (_, v) => (typeof v === "bigint" ? String(v) : v))}`);
+    }
+    const trailersOnly = await outcome(() => ours.ratelimit.check({ key: "k" }, { headers: { "x-scenario": "trailers-only" } }));
+    assert.deepEqual(trailersOnly, {
+      code: Code.ResourceExhausted,
+      message: "slow down ✋",
+      details: [create(RetryInfoSchema, { retryDelay: create(DurationSchema, { seconds: 1n }) })],
+      metadata: [
+        ["grpc-status", String(Code.ResourceExhausted)],
+        ["grpc-status-details-bin", details],
+        ["x-meta", "m"],
+      ],
+    });
+    const [h1, h2] = heads.slice(-3, -1); // the two "refused" requests
+    for (const k of ["content-type", "te", "grpc-accept-encoding", ":method", ":path", ":scheme"]) {
+      assert.equal(h1[k], h2[k], k);
+    }
+    assert.match(String(h1["user-agent"]), /^connect-es\/2/);
+
+    // The deadline and the caller's signal end a call the same way.
+    const silent = { "x-scenario": "silent" };
+    const late = [
+      await outcome(() => ours.ratelimit.check({ key: "k" }, { headers: silent, timeoutMs: 150 })),
+      await outcome(() => theirs.check({ key: "k" }, { headers: silent, timeoutMs: 150 })),
+    ];
+    assert.deepEqual(late[0], late[1]);
+    assert.equal((late[0] as { code: Code }).code, Code.DeadlineExceeded);
+    assert.equal(heads.at(-1)?.["grpc-timeout"], heads.at(-2)?.["grpc-timeout"]);
+    const cancelled = [];
+    for (const call of [
+      (signal: AbortSignal) => ours.ratelimit.check({ key: "k" }, { headers: silent, signal }),
+      (signal: AbortSignal) => theirs.check({ key: "k" }, { headers: silent, signal }),
+    ]) {
+      const abort = new AbortController();
+      setTimeout(() => abort.abort(), 100);
+      cancelled.push(await outcome(() => call(abort.signal)));
+    }
+    assert.deepEqual(cancelled[0], cancelled[1]);
+    assert.equal((cancelled[0] as { code: Code }).code, Code.Canceled);
+  } finally {
+    ours.close();
+    theirSession.abort();
+    scripted.close();
+  }
 });

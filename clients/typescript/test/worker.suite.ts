@@ -282,6 +282,64 @@ export function workerSuite(stack: () => Stack, store = "redis") {
       assert.throws(() => dl.queue.consume(q, { leaseDuration: "soon" }), RangeError);
     });
 
+    test("work() acks on the stream: no unary Ack; a lost lease is FAILED_PRECONDITION from the stream's answer", async (t) => {
+      if (skip(t)) return;
+      // Unary calls of this client, by method (the Consume stream counts once, when opened).
+      const calls = new Map<string, number>();
+      const dl = stack().client({
+        interceptors: [(next) => (req) => (calls.set(req.method.name, (calls.get(req.method.name) ?? 0) + 1), next(req))],
+      });
+      const other = client(); // another consumer, and the test's own calls
+      const q = unique("ts.work.streamacks");
+      const n = 200;
+      for (let i = 0; i < n; i += 50) {
+        await other.queue.enqueueBatch({
+          queue: q,
+          messages: Array.from({ length: 50 }, (_, k) => ({ payload: enc(`a${i + k}`) })),
+        });
+      }
+      const handled = new Set<string>();
+      let stop = new AbortController();
+      const done = dl.queue.work(q, (msg) => void handled.add(dec(msg.payload)), { concurrency: 10, signal: stop.signal });
+      await waitFor(async () => (await other.queue.stats({ queue: q })).ackedTotal === BigInt(n), 20_000);
+      stop.abort();
+      assert.deepEqual(await done, { acked: n, nacked: 0, deadLettered: 0, failed: 0 });
+      assert.equal(handled.size, n);
+      assert.deepEqual(Object.fromEntries(calls), { Consume: 1 }, "acked on the stream, credits given back by the acks");
+      const s = await other.queue.stats({ queue: q });
+      assert.deepEqual([s.waiting, s.leased, s.dead], [0n, 0n, 0n]);
+
+      // A handler that outlives its lease: the message is leased (and acked)
+      // by another consumer meanwhile; the worker's ack on the stream is
+      // answered not ok, FAILED_PRECONDITION, reported as a failed ack.
+      // (Another queue: the service may still be finishing the stopped
+      // stream's lease slice on `q`, which would take a message enqueued now.)
+      const q2 = `${q}.lost`;
+      const sent = await other.queue.enqueue({ queue: q2, message: { payload: enc("slow") } });
+      const errors: [ConnectError, Delivery | undefined][] = [];
+      stop = new AbortController();
+      let stolen: number | undefined;
+      const lost = dl.queue.work(
+        q2,
+        async () => {
+          await sleep(500); // past its 300 ms lease
+          const { messages } = await other.queue.lease({ queue: q2, wait: millis(2000) });
+          stolen = messages[0]?.attempt;
+          await other.queue.ack({ queue: q2, messageId: messages[0].messageId, leaseToken: messages[0].leaseToken });
+        },
+        { concurrency: 1, leaseDuration: 300, signal: stop.signal, onError: (e, d) => errors.push([e, d]) },
+      );
+      await waitFor(async () => errors.length > 0, 10_000);
+      stop.abort();
+      assert.deepEqual(await lost, { acked: 0, nacked: 0, deadLettered: 0, failed: 1 });
+      assert.equal(stolen, 2);
+      assert.equal(errors.length, 1);
+      assert.equal(errors[0][0].code, Code.FailedPrecondition, errors[0][0].message);
+      assert.equal(errors[0][1]?.id, sent.messageId);
+      assert.equal(calls.get("Ack"), undefined, "the lost ack went on the stream too");
+      assert.equal(calls.get("Consume"), 2);
+    });
+
     if (store === "redis") {
       test("work() reopens the stream when the service restarts, and goes on", async () => {
         const redis = new Redis(await freePort());

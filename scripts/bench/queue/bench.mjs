@@ -17,23 +17,29 @@
 //            both: latency at the same offered load.
 // The half and same phases run N/2 jobs, or fewer: QBENCH_HALF_SECONDS
 // (default 10) of offered load.
-// "Complete" is datalayer's Ack answered, or BullMQ's Worker 'completed'
+// "Complete" is datalayer's ack answered, or BullMQ's Worker 'completed'
 // event (emitted once moveToCompleted has answered). The consumer does
 // nothing with a job but complete it.
 //
 // datalayer's consumer (QBENCH_DL_CONSUMER) holds at most C jobs at once,
 // as a BullMQ Worker of concurrency C does:
-//   consume  (the default) one Consume stream started with C credits:
-//            each delivered message is acked with the unary Ack, and when
-//            the Ack answers the stream gets one credit back. Binaries
-//            built before commit
-//            dcb2a26 ("Consume never drops a lease in flight") lose the
-//            messages of a lease that a credit interrupts: they stay leased
-//            until their lease (30 s) runs out, and the stream's credits
-//            leak; this script reports that as redeliveries and Stats
-//            mismatches;
+//   consume  (the default) the client's worker helper,
+//            `dl.queue.consume(queue, { concurrency: C })`: one Consume
+//            stream with C credits, each delivery acked with `msg.ack()`,
+//            which acks on the stream itself (answered there as `acked`,
+//            its credit given back by the ack: no unary call per job).
+//            "Complete" is the `acked` answer;
+//   consume-unary  the raw Consume stream with C credits, each delivery
+//            acked with the unary Ack, then one `credit` sent back when it
+//            answers (how the helper worked before acks on the stream);
 //   lease    C loops, each Lease (one message, long-polling up to 2 s)
 //            then Ack.
+// Batching (QBENCH_BATCH > 1) applies to the producers of both systems
+// alike: datalayer's EnqueueBatch and BullMQ's addBulk, BATCH jobs per
+// call, at full load only. Neither consumer batches: BullMQ's Worker moves
+// each job to completed with its own Redis call (fetching the next job in
+// the same call); datalayer's stream acks one message per request, and the
+// service pipelines the acks that arrive together.
 // Every phase checks its outcome: each job completed once, and the queue's
 // Stats (datalayer) or job counts (BullMQ) as expected; the service's
 // non-OK calls (from its metrics) are reported.
@@ -54,10 +60,16 @@ const C = Number(env("QBENCH_CONCURRENCY", 50));
 const P = Number(env("QBENCH_PRODUCERS", C));
 const BATCH = Number(env("QBENCH_BATCH", 1));
 const WARMUP = Number(env("QBENCH_WARMUP", 2000));
-// datalayer's consumer: "consume" (one Consume stream with C credits) or
-// "lease" (C loops of Lease + Ack).
+// datalayer's consumer: "consume" (the worker helper: one Consume stream
+// with C credits, acks on the stream), "consume-unary" (the raw stream,
+// unary Ack + credit) or "lease" (C loops of Lease + Ack).
 const DL_CONSUMER = env("QBENCH_DL_CONSUMER", "consume");
-if (!["lease", "consume"].includes(DL_CONSUMER)) throw new Error(`QBENCH_DL_CONSUMER: lease or consume, not ${DL_CONSUMER}`);
+const DL_CONSUMERS = {
+  consume: "the worker helper: one Consume stream with C credits, acks on the stream",
+  "consume-unary": "one Consume stream with C credits, unary Ack + credit",
+  lease: "C loops of Lease + Ack",
+};
+if (!(DL_CONSUMER in DL_CONSUMERS)) throw new Error(`QBENCH_DL_CONSUMER: ${Object.keys(DL_CONSUMERS).join(", ")}, not ${DL_CONSUMER}`);
 const HALF_SECONDS = Number(env("QBENCH_HALF_SECONDS", 10));
 const PHASE_TIMEOUT_MS = Number(env("QBENCH_PHASE_TIMEOUT_MS", 60000));
 const ADDR = env("QBENCH_ADDR");
@@ -195,7 +207,39 @@ function datalayer() {
       },
     };
   };
-  // One Consume stream with C credits; each Ack answered gives one back.
+  // The worker helper: one Consume stream with C credits, each delivery
+  // acked on the stream (its credit given back by the ack).
+  const consumeHelper = async (queue, onDone) => {
+    const abort = new AbortController();
+    const acking = new Set();
+    const loop = (async () => {
+      try {
+        for await (const msg of worker.queue.consume(queue, { concurrency: C, signal: abort.signal })) {
+          if (msg.attempt !== 1) redelivered++;
+          const i = indexOf(msg.payload);
+          // The job itself: nothing.
+          const p = msg.ack().then(
+            () => onDone(i),
+            (e) => errs(`ack of message ${msg.id}`, e),
+          );
+          acking.add(p);
+          void p.finally(() => acking.delete(p));
+        }
+        if (!abort.signal.aborted) problem("datalayer consume(): the loop ended before it was stopped");
+      } catch (e) {
+        if (!abort.signal.aborted) errs("consume()", e);
+      }
+    })();
+    return {
+      async stop() {
+        abort.abort();
+        await loop;
+        await Promise.all(acking);
+        checkRedelivered();
+      },
+    };
+  };
+  // The raw Consume stream with C credits; each unary Ack answered gives one back.
   const consumeStream = async (queue, onDone) => {
     const requests = outbox();
     const abort = new AbortController();
@@ -239,7 +283,8 @@ function datalayer() {
       }
     },
     async consumer(queue, onDone) {
-      return DL_CONSUMER === "consume" ? consumeStream(queue, onDone) : leaseLoops(queue, onDone);
+      if (DL_CONSUMER === "consume") return consumeHelper(queue, onDone);
+      return DL_CONSUMER === "consume-unary" ? consumeStream(queue, onDone) : leaseLoops(queue, onDone);
     },
     async verify(queue, n) {
       const s = await producer.queue.stats({ queue });
@@ -473,7 +518,7 @@ const w1 = Math.max(9, ...cols.map((c) => c[0].length));
 const w2 = Math.max(6, ...cols.map((c) => c[1].length));
 const line = (a, b, c) => `${a.padEnd(w0)}  ${b.padStart(w1)}  ${c.padStart(w2)}`;
 const out = [];
-out.push(`jobs ${N} (half and same load: ${dl.half.n} / ${bq.half.n} and ${dl.same.n} jobs), concurrency ${C}, producers ${P}, ${BATCH} job(s) per enqueue call, datalayer consumer: ${DL_CONSUMER === "consume" ? "one Consume stream with C credits" : "C loops of Lease + Ack"}`);
+out.push(`jobs ${N} (half and same load: ${dl.half.n} / ${bq.half.n} and ${dl.same.n} jobs), concurrency ${C}, producers ${P}, ${BATCH} job(s) per enqueue call at full load (EnqueueBatch / addBulk), datalayer consumer: ${DL_CONSUMERS[DL_CONSUMER]}`);
 out.push(line("", "datalayer", "BullMQ"));
 rows.forEach(([label], k) => out.push(line(label, cols[k][0], cols[k][1])));
 out.push(`ratio datalayer/BullMQ jobs/s: ${(dl.full.rate / bq.full.rate).toFixed(2)}x (goal >= 2x)`);

@@ -20,9 +20,10 @@
 # QBENCH_BATCH (jobs per enqueue call at full load: EnqueueBatch / addBulk
 # when > 1; default 1), QBENCH_WARMUP (default 2000), QBENCH_HALF_SECONDS
 # (longest offered load of the half and same-load phases, default 10),
-# QBENCH_DL_CONSUMER (consume, the default: one Consume stream with C
-# credits; lease: C loops of Lease + Ack), BULLMQ_VERSION (default: the
-# latest).
+# QBENCH_DL_CONSUMER (consume, the default: the client's worker helper, one
+# Consume stream with C credits, acks on the stream; consume-unary: the raw
+# stream, a unary Ack + a credit per job; lease: C loops of Lease + Ack),
+# BULLMQ_VERSION (default: the latest).
 #
 # Needs: redis-server, redis-cli, node 20+ and npm on PATH, network access
 # to the npm registry, and clients/typescript/node_modules (scripts/setup.sh).

@@ -180,7 +180,8 @@ impl Handler {
                 }
             });
         }
-        self.waiters.notify(&ctx.tenant, queue);
+        let new = out.iter().filter(|r| !r.deduplicated).count();
+        self.waiters.notify(&ctx.tenant, queue, new as u64);
         Ok(out)
     }
 
@@ -229,7 +230,11 @@ impl Handler {
     ) -> Result<Vec<Delivery>, Error> {
         loop {
             let notify = self.waiters.subscribe(tenant, queue);
+            // Registered before the look, so a message enqueued after the
+            // look but before the wait still wakes this waiter.
             let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let seeds = super::token_seeds(max)
                 .map_err(|e| Error::Internal(format!("no randomness for lease tokens: {e}")))?;
             let random = getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64;

@@ -81,16 +81,17 @@ impl Store for MemoryQueues {
         }))
     }
 
-    async fn ack(
+    async fn ack_many(
         &self,
         tenant: &Tenant,
         queue: &str,
-        id: &str,
-        token: &str,
+        acks: &[(String, String)],
         limits: Limits,
-    ) -> Result<LeaseCheck<()>, StoreError> {
+    ) -> Result<Vec<LeaseCheck<()>>, StoreError> {
         Ok(self.with(tenant, queue, |q, now| {
-            q.ack(id, token, now, limits.done_retention_ms)
+            acks.iter()
+                .map(|(id, token)| q.ack(id, token, now, limits.done_retention_ms))
+                .collect()
         }))
     }
 
@@ -107,6 +108,20 @@ impl Store for MemoryQueues {
     ) -> Result<LeaseCheck<bool>, StoreError> {
         Ok(self.with(tenant, queue, |q, now| {
             q.nack(id, token, retry_after_ms, dead, reason, random, now)
+        }))
+    }
+
+    async fn give_back(
+        &self,
+        tenant: &Tenant,
+        queue: &str,
+        given: &[(String, String)],
+    ) -> Result<u64, StoreError> {
+        Ok(self.with(tenant, queue, |q, _| {
+            given
+                .iter()
+                .filter(|(id, token)| q.give_back(id, token))
+                .count() as u64
         }))
     }
 

@@ -177,7 +177,7 @@ impl Ticker {
                     .await?;
                 if won {
                     fired += 1;
-                    self.waiters.notify(tenant, &queue);
+                    self.waiters.notify(tenant, &queue, 1);
                     metrics::counter!(crate::metrics::QUEUE_SCHEDULE_FIRES).increment(1);
                 }
             }

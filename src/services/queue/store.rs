@@ -53,6 +53,14 @@ pub trait Store: Send + Sync {
         seeds: &[String],
         random: f64,
     ) -> Result<Leased, StoreError>;
+    /// Acks (id, lease token) pairs, in one step; answers in their order.
+    async fn ack_many(
+        &self,
+        tenant: &Tenant,
+        queue: &str,
+        acks: &[(String, String)],
+        limits: Limits,
+    ) -> Result<Vec<LeaseCheck<()>>, StoreError>;
     async fn ack(
         &self,
         tenant: &Tenant,
@@ -60,7 +68,11 @@ pub trait Store: Send + Sync {
         id: &str,
         token: &str,
         limits: Limits,
-    ) -> Result<LeaseCheck<()>, StoreError>;
+    ) -> Result<LeaseCheck<()>, StoreError> {
+        let acks = [(id.to_owned(), token.to_owned())];
+        let mut answers = self.ack_many(tenant, queue, &acks, limits).await?;
+        Ok(answers.pop().unwrap_or(LeaseCheck::Lost))
+    }
     /// Retry after `retry_after_ms` (else the backoff) or send to the dead
     /// letters; answers whether it is dead now.
     #[allow(clippy::too_many_arguments)]
@@ -75,6 +87,15 @@ pub trait Store: Send + Sync {
         reason: &str,
         random: f64,
     ) -> Result<LeaseCheck<bool>, StoreError>;
+    /// Deliveries (id, lease token) that never reached their consumer:
+    /// ready again at once, their attempt not counted. Answers how many
+    /// were still under those leases.
+    async fn give_back(
+        &self,
+        tenant: &Tenant,
+        queue: &str,
+        given: &[(String, String)],
+    ) -> Result<u64, StoreError>;
     /// The new expiry, ms since the epoch.
     async fn extend(
         &self,

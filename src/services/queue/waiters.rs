@@ -1,6 +1,6 @@
 //! Wake-ups for long-polls. A waiting `Lease` or `Consume` sleeps on its
-//! queue's `Notify`: an enqueue (or retry, redrive, schedule tick) through
-//! this replica wakes it at once; one through another replica is found by
+//! queue's `Notify`: an enqueue (or redrive, give-back, schedule tick)
+//! through this replica wakes one waiter per message at once; one through another replica is found by
 //! the next look, every `queue.poll_interval`. A wait holds no Redis
 //! connection: it is a timer and a `Notify`.
 
@@ -41,13 +41,25 @@ impl Waiters {
         notify
     }
 
-    /// Wakes the queue's waiters (if any).
-    pub fn notify(&self, tenant: &Tenant, queue: &str) {
+    /// Wakes as many of the queue's waiters as messages became ready, not
+    /// all of them: each waiter takes at least one, and with many
+    /// long-polls on a queue, waking all would send every one to Redis to
+    /// find nothing. `ready` past [`WAKE_ALL_PAST`] (a resumed queue:
+    /// `u64::MAX`) wakes every waiter.
+    pub fn notify(&self, tenant: &Tenant, queue: &str, ready: u64) {
         let notify = lock(&self.queues)
             .get(&(tenant.clone(), queue.to_owned()))
             .and_then(Weak::upgrade);
-        if let Some(notify) = notify {
+        let Some(notify) = notify else { return };
+        if ready > WAKE_ALL_PAST {
             notify.notify_waiters();
+        } else {
+            for _ in 0..ready {
+                notify.notify_one();
+            }
         }
     }
 }
+
+/// Most waiters woken one by one; past it, all at once.
+pub const WAKE_ALL_PAST: u64 = 64;

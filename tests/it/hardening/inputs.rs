@@ -174,3 +174,37 @@ async fn small_answers_are_not_compressed() {
         "compressed when configured so"
     );
 }
+
+/// A stream is compressed whole or not at all, so it is sent plain unless
+/// `server.compress_streams` says otherwise, even to a caller that accepts
+/// gzip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_sent_plain_unless_configured() {
+    use datalayer::proto::datalayer::flags::v1::{
+        WatchRequest, flag_service_client::FlagServiceClient,
+    };
+    use tonic::codec::CompressionEncoding;
+    async fn encoding(app: &crate::harness::TestApp) -> Option<String> {
+        let mut client = FlagServiceClient::new(app.channel.clone())
+            .accept_compressed(CompressionEncoding::Gzip);
+        let watch = client
+            .watch(WatchRequest {
+                flag_set: crate::invariants::fresh("plain"),
+            })
+            .await
+            .expect("a stream");
+        watch
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+    let app = spawn_app(Backend::Memory).await;
+    assert_eq!(encoding(&app).await, None, "a stream is plain by default");
+    let app = spawn_app_with(Backend::Memory, |s| s.server.compress_streams = true).await;
+    assert_eq!(
+        encoding(&app).await.as_deref(),
+        Some("gzip"),
+        "gzipped when configured so"
+    );
+}

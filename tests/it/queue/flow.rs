@@ -188,6 +188,55 @@ async fn consume_acks_on_the_stream(backend: Backend) {
     assert_eq!((s.waiting, s.leased), (0, 0));
 }
 
+/// A stream that leaves while its lease waits does not keep what that
+/// lease finds: the message is ready again at once, its attempt not
+/// counted (else it would wait out its 30 s lease).
+async fn a_gone_consumer_gives_its_lease_back(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::ConsumeRequest {
+        kind: Some(pb::consume_request::Kind::Start(
+            pb::consume_request::Start {
+                queue: "gb".into(),
+                credits: 5,
+                lease_duration: None,
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let stream = client(&app)
+        .consume(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // The stream's lease is waiting now; the consumer leaves.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    enqueue(&app, "gb", spec("m")).await;
+    let mut request = tonic::Request::new(pb::LeaseRequest {
+        queue: "gb".into(),
+        max_messages: 1,
+        wait: Some(pb_duration(Duration::from_secs(3))),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let got = client(&app)
+        .lease(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(
+        payloads(&got),
+        ["m"],
+        "the message is not held by the gone stream"
+    );
+    assert_eq!(got[0].attempt, 1, "the undelivered lease took no attempt");
+}
+
 /// A paused queue delivers nothing (and takes enqueues); resumed, it does.
 async fn pause_and_resume(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -273,8 +322,63 @@ crate::conformance!(
     groups_stay_in_order_across_retries,
     consume_respects_credits,
     consume_acks_on_the_stream,
+    a_gone_consumer_gives_its_lease_back,
     pause_and_resume,
     cancel_waiting_not_leased,
     long_polls_wake_on_enqueue,
     expired_messages_are_dropped,
 );
+
+fn evalsha_calls(app: &mut crate::harness::TestApp) -> i64 {
+    let info = app.own_redis().cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One enqueue wakes one of the long-polls waiting on its queue, not all of
+/// them: each woken waiter runs a lease script, so waking 20 for one
+/// message would cost 20 scripts that find nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_enqueue_wakes_one_waiter_not_all() {
+    let mut app = crate::harness::spawn_app_with(Backend::OwnRedis, |s| {
+        // Waiters look again only when woken.
+        s.queue.poll_interval = Duration::from_secs(10);
+    })
+    .await;
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let mut c = client(&app);
+        waiters.spawn(async move {
+            let mut request = tonic::Request::new(pb::LeaseRequest {
+                queue: "herd".into(),
+                max_messages: 1,
+                wait: Some(pb_duration(Duration::from_secs(8))),
+                ..Default::default()
+            });
+            request.set_timeout(Duration::from_secs(10));
+            c.lease(request).await.unwrap().into_inner().messages
+        });
+    }
+    // Each waiter has had its first look and sleeps.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = evalsha_calls(&mut app);
+    enqueue(&app, "herd", spec("one")).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), waiters.join_next())
+        .await
+        .expect("a waiter is woken")
+        .expect("a waiter")
+        .unwrap();
+    assert_eq!(payloads(&got), ["one"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scripts = evalsha_calls(&mut app) - before;
+    // The enqueue and the woken waiter's lease; a spare look at most.
+    assert!(
+        scripts <= 3,
+        "{scripts} scripts ran for one enqueue with 20 waiters"
+    );
+    assert_eq!(waiters.len(), 19, "the others still wait");
+    waiters.abort_all();
+}

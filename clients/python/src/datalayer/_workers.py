@@ -21,7 +21,18 @@ Reached as ``client.queue.consume(...)`` and ``client.queue.work(...)``::
 
 ``concurrency`` is the stream's credit: the service sends a message only
 while fewer than ``concurrency`` messages this consumer got are unsettled
-(neither acked nor nacked), and each settlement grants one more. A message
+(neither acked nor nacked), and each settlement grants one more.
+
+Acks go on the stream itself (an ``ack`` request, answered on the stream as
+``acked``, which also gives the credit back): no unary call per message.
+An ack the service refused raises as the unary ``Ack`` would
+(``FailedPrecondition`` "lease lost"). When the stream breaks with acks
+unanswered, those are sent again with the unary ``Ack`` (acks of one lease
+are idempotent); an ack made while no stream is open (after ``close()``,
+or while it is being opened again) is a unary ``Ack``. Nacks and
+``extend`` are unary calls. A reader (a thread, or a task with asyncio)
+reads each stream's answers, so an ack is answered whether or not the
+consumer is being iterated. A message
 is leased to this consumer for ``lease`` (default: the message's own lease,
 ``queue.default_lease``); nothing here extends it (see
 :meth:`Delivery.extend`): a handler that runs longer loses the message,
@@ -61,6 +72,7 @@ import grpc.aio
 from datalayer._invoke import AsyncInvoker, Metadata, SyncInvoker
 from datalayer._locks import DurationLike, _duration_pb, parse_duration
 from datalayer.errors import (
+    _BY_CODE,
     Aborted,
     Cancelled,
     DatalayerError,
@@ -149,6 +161,49 @@ def _expires_at(m: queue_pb2.Message) -> datetime | None:
     return m.lease_expires_at.ToDatetime(tzinfo=timezone.utc) if m.HasField("lease_expires_at") else None
 
 
+_STATUS_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _ack_error(acked: queue_pb2.ConsumeResponse.Acked) -> DatalayerError:
+    """The error the unary ``Ack`` would have raised, from a refused ack's answer."""
+    code = _STATUS_CODES.get(acked.code, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, DatalayerError)(acked.error or f"ack of message {acked.message_id} failed", code=code)
+
+
+def _ack_on_stream(d: _DeliveryBase) -> queue_pb2.ConsumeRequest:
+    return queue_pb2.ConsumeRequest(
+        ack=queue_pb2.ConsumeRequest.Settle(message_id=d.message_id, lease_token=d.lease_token)
+    )
+
+
+def _unanswered(message_id: str, budget: float | None) -> DeadlineExceeded:
+    return DeadlineExceeded(f"the ack of message {message_id} on the Consume stream was not answered within {budget}s")
+
+
+#: What a stream ack came to: answered OK (None), refused (the error), or
+#: not answered before the stream ended (_BROKEN: ack it again, unary).
+_BROKEN = object()
+_WAITING = object()
+
+
+class _PendingAck:
+    """An ack sent on a stream, waiting for its ``acked`` answer."""
+
+    def __init__(self) -> None:
+        self.outcome: object = _WAITING
+        #: Its waiter gave up (timeout, cancellation): the answer, or the
+        #: stream's end, still releases its credit.
+        self.abandoned = False
+        self.done = threading.Event()
+
+
+class _End:
+    """The end of a stream's answers: why (None: the service ended it)."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
 @dataclass(frozen=True)
 class WorkerStats:
     """What a worker did so far.
@@ -161,7 +216,8 @@ class WorkerStats:
         dead: nacked messages the service moved to the dead-letter list.
         settle_failed: acks or nacks the service refused or that failed
             (e.g. "lease lost": the handler outlived the lease).
-        in_flight: handlers running now.
+        in_flight: handlers running now (from their start to their return;
+            settling the message is not counted).
         max_in_flight: the most handlers that ran at once.
     """
 
@@ -304,11 +360,17 @@ class Delivery(_DeliveryBase):
     """
 
     def __init__(
-        self, rpcs: _SyncQueueRPCs, queue: str, message: queue_pb2.Message, on_settled: Callable[[], None]
+        self,
+        rpcs: _SyncQueueRPCs,
+        queue: str,
+        message: queue_pb2.Message,
+        on_settled: Callable[[], None],
+        stream_ack: Callable[[Delivery, float | None], bool] | None = None,
     ) -> None:
         super().__init__(queue, message)
         self._rpcs = rpcs
         self._on_settled = on_settled
+        self._stream_ack = stream_ack
         self._mu = threading.Lock()
 
     def _settle(self, what: str) -> None:
@@ -316,9 +378,14 @@ class Delivery(_DeliveryBase):
             self._claim(what)
 
     def ack(self, *, timeout: float | None = None) -> None:
-        """Completes the message. Raises ``FailedPrecondition`` ("lease
-        lost") if the lease ran out (the message is someone else's now)."""
+        """Completes the message, on its consumer's stream while that is
+        open (else with the unary ``Ack``). Raises ``FailedPrecondition``
+        ("lease lost") if the lease ran out (the message is someone else's
+        now), ``DeadlineExceeded`` if the answer did not come within
+        ``timeout`` (default: the client's)."""
         self._settle("acked")
+        if self._stream_ack is not None and self._stream_ack(self, timeout):
+            return
         try:
             self._rpcs.ack(self._ack_request(), timeout=timeout)
         finally:
@@ -373,6 +440,22 @@ def _outbound(requests: _queue.Queue[queue_pb2.ConsumeRequest | None]) -> Iterat
         yield r
 
 
+class _SyncStream:
+    """One open Consume stream: its requests, its answers (read by its
+    reader thread) and its acks not answered yet, by message id."""
+
+    def __init__(
+        self,
+        requests: _queue.Queue[queue_pb2.ConsumeRequest | None],
+        call: grpc._CallIterator[queue_pb2.ConsumeResponse],
+    ) -> None:
+        self.requests = requests
+        self.call = call
+        self.answers: _queue.Queue[queue_pb2.Message | _End] = _queue.Queue()
+        self.acks: dict[str, _PendingAck] = {}
+        self.ended = False
+
+
 class Consumer(Iterator[Delivery]):
     """The messages of a queue as an iterator of :class:`Delivery`, from a
     ``Consume`` stream holding at most ``concurrency`` unsettled messages
@@ -399,15 +482,14 @@ class Consumer(Iterator[Delivery]):
         self._mu = threading.Lock()
         self._closed = threading.Event()
         self._unsettled = 0
-        self._requests: _queue.Queue[queue_pb2.ConsumeRequest | None] | None = None
-        self._call: grpc._CallIterator[queue_pb2.ConsumeResponse] | None = None
+        self._stream: _SyncStream | None = None
         self._opened_at = 0.0
         self._attempt = 0
         self._open()
 
     @property
     def unsettled(self) -> int:
-        """Messages delivered and not settled yet."""
+        """Messages received and not settled yet."""
         return self._unsettled
 
     @property
@@ -420,24 +502,84 @@ class Consumer(Iterator[Delivery]):
                 return
             requests: _queue.Queue[queue_pb2.ConsumeRequest | None] = _queue.Queue()
             requests.put(_start(self.queue, self.concurrency - self._unsettled, self._lease))
-            self._requests = requests
-            self._call = self._rpcs.stub.Consume(_outbound(requests), metadata=self._metadata)
+            stream = _SyncStream(requests, self._rpcs.stub.Consume(_outbound(requests), metadata=self._metadata))
+            self._stream = stream
             self._opened_at = time.monotonic()
+        reader = threading.Thread(target=self._read, args=(stream,), name=f"datalayer-consume-{self.queue}", daemon=True)
+        reader.start()
+
+    def _read(self, stream: _SyncStream) -> None:
+        """The reader of one stream: messages to ``answers``, answers to
+        the acks that wait for them; then the end, and the acks left
+        unanswered are handed back to be sent again, unary."""
+        end = _End(None)
+        try:
+            for answer in stream.call:
+                if answer.HasField("acked"):
+                    self._answered(stream, answer.acked)
+                else:
+                    with self._mu:
+                        self._unsettled += 1
+                    stream.answers.put(answer.message)
+        except BaseException as e:  # grpc.RpcError, mostly
+            end = _End(e)
+        finally:
+            with self._mu:
+                stream.ended = True
+                pending = list(stream.acks.values())
+                stream.acks.clear()
+                for p in pending:
+                    if p.abandoned:
+                        self._unsettled -= 1
+                    else:
+                        p.outcome = _BROKEN
+                        p.done.set()
+            stream.answers.put(end)
+
+    def _answered(self, stream: _SyncStream, acked: queue_pb2.ConsumeResponse.Acked) -> None:
+        with self._mu:
+            p = stream.acks.pop(acked.message_id, None)
+            if p is None:
+                return  # nothing waits for it
+            self._unsettled -= 1  # its credit is back at the service
+            p.outcome = None if acked.ok else _ack_error(acked)
+            p.done.set()
+
+    def _stream_ack(self, d: Delivery, timeout: float | None) -> bool:
+        """Acks ``d`` on the open stream: True once answered OK (raises
+        what a refused ack answered); False when there is no stream, or it
+        ended before answering: ack with the unary ``Ack`` then."""
+        with self._mu:
+            stream = self._stream
+            if stream is None or stream.ended or self._closed.is_set() or d.message_id in stream.acks:
+                return False
+            p = _PendingAck()
+            stream.acks[d.message_id] = p
+            stream.requests.put(_ack_on_stream(d))
+        budget = timeout if timeout is not None else self._rpcs._invoke.timeout
+        p.done.wait(budget)
+        with self._mu:
+            if p.outcome is _WAITING:
+                p.abandoned = True
+                raise _unanswered(d.message_id, budget)
+        if p.outcome is _BROKEN:
+            return False
+        if isinstance(p.outcome, DatalayerError):
+            raise p.outcome
+        return True
 
     def _drop_stream(self) -> None:
         with self._mu:
-            requests, call = self._requests, self._call
-            self._requests = self._call = None
-        if requests is not None:
-            requests.put(None)
-        if call is not None:
-            call.cancel()
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.requests.put(None)
+            stream.call.cancel()
 
     def _settled(self) -> None:
         with self._mu:
             self._unsettled -= 1
-            if self._requests is not None:
-                self._requests.put(queue_pb2.ConsumeRequest(credit=1))
+            if self._stream is not None and not self._stream.ended:
+                self._stream.requests.put(queue_pb2.ConsumeRequest(credit=1))
 
     def __iter__(self) -> Consumer:
         return self
@@ -445,27 +587,31 @@ class Consumer(Iterator[Delivery]):
     def __next__(self) -> Delivery:
         while True:
             with self._mu:
-                call = self._call
-            if call is None or self._closed.is_set():
+                stream = self._stream
+            if stream is None or self._closed.is_set():
                 raise StopIteration
             err: DatalayerError | None = None
-            try:
-                answer = next(call)
-            except StopIteration:
-                pass  # the service ended the stream (it is shutting down): open another
-            except grpc.RpcError as e:
-                if self._closed.is_set():
-                    raise StopIteration from None
-                err = self._rpcs._invoke._error(e)
+            answer = stream.answers.get()
+            if not isinstance(answer, _End):
+                self._attempt = 0
+                return Delivery(self._rpcs, self.queue, answer, self._settled, self._stream_ack)
+            stream.answers.put(answer)  # for a next() that waits on it too
+            if self._closed.is_set():
+                raise StopIteration
+            with self._mu:
+                if self._stream is not stream:
+                    continue  # another next() saw this end first
+            if isinstance(answer.error, grpc.RpcError):
+                err = self._rpcs._invoke._error(answer.error)
                 if not isinstance(err, _TRANSIENT):
                     self._drop_stream()
                     self._closed.set()
-                    raise err from e
-            else:
-                with self._mu:
-                    self._unsettled += 1
-                self._attempt = 0
-                return Delivery(self._rpcs, self.queue, answer.message, self._settled)
+                    raise err from answer.error
+            elif answer.error is not None:
+                self._drop_stream()
+                self._closed.set()
+                raise answer.error
+            # else: the service ended the stream (it is shutting down): open another
             self._drop_stream()
             if time.monotonic() - self._opened_at >= _HEALTHY_S:
                 self._attempt = 0
@@ -529,6 +675,8 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=self._consumer.concurrency, thread_name_prefix=f"datalayer-{queue}")
         self._counters = _Counters()
         self._mu = threading.Condition()
+        #: Messages received and not yet handled and settled.
+        self._active = 0
         self._error: BaseException | None = None
         self._finished = threading.Event()
         self._local = threading.local()
@@ -568,10 +716,8 @@ class Worker:
         try:
             for d in self._consumer:
                 with self._mu:
-                    c = self._counters
-                    c.received += 1
-                    c.in_flight += 1
-                    c.max_in_flight = max(c.max_in_flight, c.in_flight)
+                    self._counters.received += 1
+                    self._active += 1
                 self._pool.submit(self._run, d)
         except BaseException as e:
             self._error = e
@@ -579,16 +725,24 @@ class Worker:
         finally:
             self._consumer.close()
             with self._mu:
-                self._mu.wait_for(lambda: self._counters.in_flight == 0)
+                self._mu.wait_for(lambda: self._active == 0)
             self._pool.shutdown(wait=False)
             self._finished.set()
 
     def _run(self, d: Delivery) -> None:
         self._local.in_handler = True
+        with self._mu:
+            c = self._counters
+            c.in_flight += 1
+            c.max_in_flight = max(c.max_in_flight, c.in_flight)
+        running = True
         try:
             try:
                 self._handler(d)
             except BaseException as e:
+                with self._mu:
+                    self._counters.in_flight -= 1
+                running = False
                 if not isinstance(e, Exception):  # SystemExit, KeyboardInterrupt: stop
                     self._error = e
                     self._consumer.close()
@@ -603,12 +757,17 @@ class Worker:
                 if not d.settled:
                     self._nack(d, error_reason(e))
             else:
+                with self._mu:
+                    self._counters.in_flight -= 1
+                running = False
                 if not d.settled:
                     self._ack(d)
         finally:
             self._local.in_handler = False
             with self._mu:
-                self._counters.in_flight -= 1
+                if running:
+                    self._counters.in_flight -= 1
+                self._active -= 1
                 self._mu.notify_all()
 
     def _ack(self, d: Delivery) -> None:
@@ -765,15 +924,23 @@ class AsyncDelivery(_DeliveryBase):
     ``await msg.nack(reason)``, ``await msg.extend(lease)``, ``async with msg:``."""
 
     def __init__(
-        self, rpcs: _AsyncQueueRPCs, queue: str, message: queue_pb2.Message, on_settled: Callable[[], None]
+        self,
+        rpcs: _AsyncQueueRPCs,
+        queue: str,
+        message: queue_pb2.Message,
+        on_settled: Callable[[], None],
+        stream_ack: Callable[[AsyncDelivery, float | None], Awaitable[bool]] | None = None,
     ) -> None:
         super().__init__(queue, message)
         self._rpcs = rpcs
         self._on_settled = on_settled
+        self._stream_ack = stream_ack
 
     async def ack(self, *, timeout: float | None = None) -> None:
-        """As :meth:`Delivery.ack`."""
+        """As :meth:`Delivery.ack` (on the stream while it is open)."""
         self._claim("acked")
+        if self._stream_ack is not None and await self._stream_ack(self, timeout):
+            return
         try:
             await self._rpcs.ack(self._ack_request(), timeout=timeout)
         finally:
@@ -826,6 +993,22 @@ async def _aoutbound(
         yield r
 
 
+class _AsyncStream:
+    """As :class:`_SyncStream`, read by a task."""
+
+    def __init__(
+        self,
+        requests: asyncio.Queue[queue_pb2.ConsumeRequest | None],
+        call: grpc.aio.StreamStreamCall[queue_pb2.ConsumeRequest, queue_pb2.ConsumeResponse],
+    ) -> None:
+        self.requests = requests
+        self.call = call
+        self.answers: asyncio.Queue[queue_pb2.Message | _End] = asyncio.Queue()
+        self.acks: dict[str, tuple[_PendingAck, asyncio.Future[None]]] = {}
+        self.ended = False
+        self.reader: asyncio.Task[None] | None = None
+
+
 class AsyncConsumer(AsyncIterator[AsyncDelivery]):
     """The asyncio twin of :class:`Consumer`: ``async for msg in consumer``,
     ``async with consumer``, :meth:`close` (from the event loop's thread).
@@ -847,8 +1030,7 @@ class AsyncConsumer(AsyncIterator[AsyncDelivery]):
         self._metadata = rpcs._invoke.metadata + tuple(metadata)
         self._closed = asyncio.Event()
         self._unsettled = 0
-        self._requests: asyncio.Queue[queue_pb2.ConsumeRequest | None] | None = None
-        self._call: grpc.aio.StreamStreamCall[queue_pb2.ConsumeRequest, queue_pb2.ConsumeResponse] | None = None
+        self._stream: _AsyncStream | None = None
         self._opened_at = 0.0
         self._attempt = 0
         self._open()
@@ -866,54 +1048,121 @@ class AsyncConsumer(AsyncIterator[AsyncDelivery]):
             return
         requests: asyncio.Queue[queue_pb2.ConsumeRequest | None] = asyncio.Queue()
         requests.put_nowait(_start(self.queue, self.concurrency - self._unsettled, self._lease))
-        self._requests = requests
-        self._call = self._rpcs.stub.Consume(_aoutbound(requests), metadata=self._metadata)
+        stream = _AsyncStream(requests, self._rpcs.stub.Consume(_aoutbound(requests), metadata=self._metadata))
+        self._stream = stream
         self._opened_at = time.monotonic()
+        stream.reader = asyncio.get_running_loop().create_task(self._read(stream), name=f"datalayer-consume-{self.queue}")
+
+    async def _read(self, stream: _AsyncStream) -> None:
+        """As :meth:`Consumer._read`."""
+        end = _End(None)
+        try:
+            while True:
+                answer = await stream.call.read()
+                if answer is grpc.aio.EOF:
+                    break
+                assert isinstance(answer, queue_pb2.ConsumeResponse)
+                if answer.HasField("acked"):
+                    self._answered(stream, answer.acked)
+                else:
+                    self._unsettled += 1
+                    stream.answers.put_nowait(answer.message)
+        except asyncio.CancelledError as e:
+            # close() cancels the call, which grpc.aio reports so; a
+            # cancellation of this task itself (the loop closing) goes on.
+            end = _End(e)
+            if not stream.call.cancelled():
+                raise
+        except BaseException as e:  # grpc.RpcError, mostly
+            end = _End(e)
+        finally:
+            stream.ended = True
+            pending = list(stream.acks.values())
+            stream.acks.clear()
+            for p, fut in pending:
+                if p.abandoned:
+                    self._unsettled -= 1
+                elif not fut.done():
+                    p.outcome = _BROKEN
+                    fut.set_result(None)
+            stream.answers.put_nowait(end)
+
+    def _answered(self, stream: _AsyncStream, acked: queue_pb2.ConsumeResponse.Acked) -> None:
+        entry = stream.acks.pop(acked.message_id, None)
+        if entry is None:
+            return  # nothing waits for it
+        p, fut = entry
+        self._unsettled -= 1  # its credit is back at the service
+        p.outcome = None if acked.ok else _ack_error(acked)
+        if not fut.done():
+            fut.set_result(None)
+
+    async def _stream_ack(self, d: AsyncDelivery, timeout: float | None) -> bool:
+        """As :meth:`Consumer._stream_ack`."""
+        stream = self._stream
+        if stream is None or stream.ended or self._closed.is_set() or d.message_id in stream.acks:
+            return False
+        p = _PendingAck()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stream.acks[d.message_id] = (p, fut)
+        stream.requests.put_nowait(_ack_on_stream(d))
+        budget = timeout if timeout is not None else self._rpcs._invoke.timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), budget)
+        except asyncio.TimeoutError:
+            if p.outcome is _WAITING:
+                p.abandoned = True
+                raise _unanswered(d.message_id, budget) from None
+        except asyncio.CancelledError:
+            if p.outcome is _WAITING:
+                p.abandoned = True
+            raise
+        if p.outcome is _BROKEN:
+            return False
+        if isinstance(p.outcome, DatalayerError):
+            raise p.outcome
+        return True
 
     def _drop_stream(self) -> None:
-        requests, call = self._requests, self._call
-        self._requests = self._call = None
-        if requests is not None:
-            requests.put_nowait(None)
-        if call is not None:
-            call.cancel()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.requests.put_nowait(None)
+            stream.call.cancel()
 
     def _settled(self) -> None:
         self._unsettled -= 1
-        if self._requests is not None:
-            self._requests.put_nowait(queue_pb2.ConsumeRequest(credit=1))
+        if self._stream is not None and not self._stream.ended:
+            self._stream.requests.put_nowait(queue_pb2.ConsumeRequest(credit=1))
 
     def __aiter__(self) -> AsyncConsumer:
         return self
 
     async def __anext__(self) -> AsyncDelivery:
         while True:
-            call = self._call
-            if call is None or self._closed.is_set():
+            stream = self._stream
+            if stream is None or self._closed.is_set():
                 raise StopAsyncIteration
             err: DatalayerError | None = None
-            try:
-                answer = await call.read()
-            except asyncio.CancelledError:
-                # close() cancels the call, which grpc.aio reports so; a
-                # cancellation of the awaiting task itself goes on.
-                if self._closed.is_set():
-                    raise StopAsyncIteration from None
-                raise
-            except grpc.RpcError as e:
-                if self._closed.is_set():
-                    raise StopAsyncIteration from None
-                err = self._rpcs._invoke._error(e)
+            answer = await stream.answers.get()
+            if not isinstance(answer, _End):
+                self._attempt = 0
+                return AsyncDelivery(self._rpcs, self.queue, answer, self._settled, self._stream_ack)
+            stream.answers.put_nowait(answer)  # for a next() that waits on it too
+            if self._closed.is_set():
+                raise StopAsyncIteration
+            if self._stream is not stream:
+                continue  # another next() saw this end first
+            if isinstance(answer.error, grpc.RpcError):
+                err = self._rpcs._invoke._error(answer.error)
                 if not isinstance(err, _TRANSIENT):
                     self._drop_stream()
                     self._closed.set()
-                    raise err from e
-            else:
-                if isinstance(answer, queue_pb2.ConsumeResponse):
-                    self._unsettled += 1
-                    self._attempt = 0
-                    return AsyncDelivery(self._rpcs, self.queue, answer.message, self._settled)
-                # grpc.aio.EOF: the service ended the stream; open another.
+                    raise err from answer.error
+            elif answer.error is not None and not isinstance(answer.error, asyncio.CancelledError):
+                self._drop_stream()
+                self._closed.set()
+                raise answer.error
+            # else: the service ended the stream (grpc.aio.EOF): open another.
             self._drop_stream()
             if time.monotonic() - self._opened_at >= _HEALTHY_S:
                 self._attempt = 0
@@ -1002,10 +1251,7 @@ class AsyncWorker:
     async def _read(self) -> None:
         try:
             async for d in self._consumer:
-                c = self._counters
-                c.received += 1
-                c.in_flight += 1
-                c.max_in_flight = max(c.max_in_flight, c.in_flight)
+                self._counters.received += 1
                 task = asyncio.get_running_loop().create_task(self._run(d))
                 self._handlers.add(task)
                 task.add_done_callback(self._handlers.discard)
@@ -1023,13 +1269,26 @@ class AsyncWorker:
             self._finished.set()
 
     async def _run(self, d: AsyncDelivery) -> None:
+        c = self._counters
+        c.in_flight += 1
+        c.max_in_flight = max(c.max_in_flight, c.in_flight)
+        running = True
+
+        def returned() -> None:  # the handler is done: settling is not counted
+            nonlocal running
+            if running:
+                c.in_flight -= 1
+                running = False
+
         try:
             await self._handler(d)
         except asyncio.CancelledError:
+            returned()
             if not d.settled:
                 await self._nack(d, "handler cancelled: the worker stopped")
             raise
         except Exception as e:
+            returned()
             _log.warning(
                 "handler of queue %s failed on message %s (attempt %d of %d)",
                 self.queue,
@@ -1041,10 +1300,11 @@ class AsyncWorker:
             if not d.settled:
                 await self._nack(d, error_reason(e))
         else:
+            returned()
             if not d.settled:
                 await self._ack(d)
         finally:
-            self._counters.in_flight -= 1
+            returned()
 
     async def _ack(self, d: AsyncDelivery) -> None:
         try:

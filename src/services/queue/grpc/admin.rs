@@ -134,7 +134,7 @@ impl Handler {
                 self.settings.max_page_size,
             ))
             .await?;
-        self.waiters.notify(&ctx.tenant, &req.queue);
+        self.waiters.notify(&ctx.tenant, &req.queue, redriven);
         Ok(pb::RedriveDeadResponse { redriven })
     }
 
@@ -165,7 +165,7 @@ impl Handler {
         ctx.store(self.store.set_paused(&ctx.tenant, queue, paused))
             .await?;
         if !paused {
-            self.waiters.notify(&ctx.tenant, queue);
+            self.waiters.notify(&ctx.tenant, queue, u64::MAX);
         }
         Ok(())
     }

@@ -9,7 +9,7 @@
 //! at a time while credits are held, and applies acks as they arrive,
 //! concurrently with the lease (so an ack never waits for a long-poll), each
 //! answered on the stream as soon as it is applied. Acks that arrive
-//! together are pipelined to Redis in one round trip by the store's lanes.
+//! together are applied together: one script call for all of them.
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{FutureExt, Stream, future::BoxFuture};
@@ -17,22 +17,25 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Handler, message};
+use super::{Handler, count, lease_lost, lease_ref, message};
 use crate::error::Error;
 use crate::grpc::Ctx;
 use crate::grpc::convert::duration_in;
 use crate::keys::Tenant;
 use crate::proto::datalayer::queue::v1 as pb;
-use crate::services::queue::Delivery;
+use crate::services::queue::{Delivery, LeaseCheck};
 use crate::validate::{self, FieldViolation};
+use pb::consume_request::Settle;
 
 /// Most credits a consumer may hold at once.
 const MAX_CREDITS: u64 = 10_000;
 /// How long one lease attempt of a stream waits before it looks again.
 const WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
-/// Most acks of one stream in flight at once; the stream's side is read
-/// again when one finishes.
-const MAX_ACKS_IN_FLIGHT: usize = 1000;
+/// Most acks applied in one store call.
+const MAX_ACK_BATCH: usize = 128;
+/// Most ack batches of one stream in flight at once; the stream's side is
+/// read again when one finishes.
+const MAX_ACK_BATCHES_IN_FLIGHT: usize = 64;
 
 type Answer = Result<pb::ConsumeResponse, Error>;
 
@@ -43,6 +46,8 @@ struct Consumer {
     queue: String,
     lease_ms: Option<u64>,
     credits: u64,
+    /// The consumer's stream is gone: nothing more can reach it.
+    gone: bool,
 }
 
 fn credit(n: u32, held: u64) -> Result<u64, Error> {
@@ -60,8 +65,11 @@ fn credit(n: u32, held: u64) -> Result<u64, Error> {
 /// What the consumer's side said.
 enum Said {
     Credit(u32),
-    Ack(pb::consume_request::Settle),
+    Ack(Settle),
+    /// Its side is closed: it sends nothing more, but still reads.
     Done,
+    /// Its stream is gone (cancelled, reset, broken).
+    Gone,
 }
 
 fn said(got: Result<Option<pb::ConsumeRequest>, tonic::Status>) -> Result<Said, Error> {
@@ -77,39 +85,104 @@ fn said(got: Result<Option<pb::ConsumeRequest>, tonic::Status>) -> Result<Said, 
             "kind",
             "after Start, a consumer sends only credit and ack messages",
         )),
-        Ok(None) | Err(_) => Ok(Said::Done),
+        Ok(None) => Ok(Said::Done),
+        Err(_) => Ok(Said::Gone),
+    }
+}
+
+/// The stream's answer to one ack: done, or why not.
+fn acked(message_id: String, failure: Option<&Error>) -> pb::ConsumeResponse {
+    let acked = match failure {
+        None => pb::consume_response::Acked {
+            message_id,
+            ok: true,
+            code: 0,
+            error: String::new(),
+        },
+        Some(e) => pb::consume_response::Acked {
+            message_id,
+            ok: false,
+            code: crate::grpc::status::code_of(e) as i32,
+            error: crate::grpc::status::bounded(&e.to_string(), 256),
+        },
+    };
+    pb::ConsumeResponse {
+        message: None,
+        acked: Some(acked),
     }
 }
 
 impl Consumer {
-    /// An ack, answered as the unary Ack would be.
-    fn ack(&self, settle: pb::consume_request::Settle) -> BoxFuture<'static, pb::ConsumeResponse> {
+    /// Takes in what the consumer said; answers whether its side is done.
+    fn heard(&mut self, said: Said, settles: &mut Vec<Settle>) -> Result<bool, Error> {
+        match said {
+            Said::Credit(n) => self.credits = credit(n, self.credits)?,
+            Said::Ack(settle) => {
+                // The consumer is done with it: its credit is back.
+                self.credits = (self.credits + 1).min(MAX_CREDITS);
+                settles.push(settle);
+            }
+            Said::Done => return Ok(true),
+            Said::Gone => {
+                self.gone = true;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Acks that arrived together, applied in one store call and each
+    /// answered as the unary Ack would be.
+    fn acks(&self, settles: Vec<Settle>) -> BoxFuture<'static, Vec<pb::ConsumeResponse>> {
         let handler = self.handler.clone();
         let ctx = self.ctx.renewed(self.ctx.store_timeout() * 2);
-        let request = pb::AckRequest {
-            queue: self.queue.clone(),
-            message_id: settle.message_id.clone(),
-            lease_token: settle.lease_token,
-        };
+        let (tenant, queue) = (self.tenant.clone(), self.queue.clone());
         async move {
-            let acked = match handler.ack(ctx, request).await {
-                Ok(_) => pb::consume_response::Acked {
-                    message_id: settle.message_id,
-                    ok: true,
-                    code: 0,
-                    error: String::new(),
-                },
-                Err(e) => pb::consume_response::Acked {
-                    message_id: settle.message_id,
-                    ok: false,
-                    code: crate::grpc::status::code_of(&e) as i32,
-                    error: crate::grpc::status::bounded(&e.to_string(), 256),
-                },
+            // Each ack's lease reference is checked on its own; the valid
+            // ones go to the store in one call.
+            let checked: Vec<Result<(), Error>> = settles
+                .iter()
+                .map(|s| {
+                    lease_ref(&s.message_id, &s.lease_token)
+                        .map(|_| ())
+                        .map_err(Error::from)
+                })
+                .collect();
+            let valid: Vec<(String, String)> = settles
+                .iter()
+                .zip(&checked)
+                .filter(|(_, checked)| checked.is_ok())
+                .map(|(s, _)| (s.message_id.clone(), s.lease_token.clone()))
+                .collect();
+            let mut stored = if valid.is_empty() {
+                Ok(Vec::new().into_iter())
+            } else {
+                ctx.store(
+                    handler
+                        .store
+                        .ack_many(&tenant, &queue, &valid, handler.limits()),
+                )
+                .await
+                .map(Vec::into_iter)
             };
-            pb::ConsumeResponse {
-                message: None,
-                acked: Some(acked),
+            let mut answers = Vec::with_capacity(settles.len());
+            for (s, checked) in settles.into_iter().zip(checked) {
+                answers.push(match (checked, &mut stored) {
+                    (Err(e), _) => acked(s.message_id, Some(&e)),
+                    (Ok(()), Err(e)) => acked(s.message_id, Some(e)),
+                    (Ok(()), Ok(stored)) => {
+                        if let Some(LeaseCheck::Done(())) = stored.next() {
+                            count("acked", 1);
+                            acked(s.message_id, None)
+                        } else {
+                            count("lease_lost", 1);
+                            let lost = lease_lost(&queue, &s.message_id);
+                            acked(s.message_id, Some(&lost))
+                        }
+                    }
+                });
             }
+            answers
         }
         .boxed()
     }
@@ -134,6 +207,35 @@ impl Consumer {
         .boxed()
     }
 
+    /// Sends what a lease found. What cannot reach the consumer any more
+    /// (its stream is gone) is given back at once rather than left leased
+    /// until the lease runs out. A consumer that only closed its side still
+    /// gets what was leased for it. Answers whether the stream is gone.
+    async fn send(&mut self, deliveries: Vec<Delivery>, tx: &mpsc::Sender<Answer>) -> bool {
+        let mut undelivered = Vec::new();
+        for d in deliveries {
+            if self.gone {
+                undelivered.push((d.id, d.token));
+                continue;
+            }
+            let lease = (d.id.clone(), d.token.clone());
+            let answer = pb::ConsumeResponse {
+                message: Some(message(d)),
+                acked: None,
+            };
+            if tx.send(Ok(answer)).await.is_err() {
+                self.gone = true;
+                undelivered.push(lease);
+            }
+        }
+        if !undelivered.is_empty() {
+            self.handler
+                .give_back(&self.ctx, &self.tenant, &self.queue, &undelivered)
+                .await;
+        }
+        self.gone
+    }
+
     /// Drives the stream until the consumer is done (its side closed, no
     /// lease or ack left) or the answers have nowhere to go.
     async fn run(
@@ -153,30 +255,32 @@ impl Consumer {
                 return;
             }
             tokio::select! {
-                got = inbound.message(), if !inbound_done && acking.len() < MAX_ACKS_IN_FLIGHT => {
-                    match said(got) {
-                        Ok(Said::Credit(n)) => match credit(n, self.credits) {
-                            Ok(total) => self.credits = total,
+                got = inbound.message(), if !inbound_done && acking.len() < MAX_ACK_BATCHES_IN_FLIGHT => {
+                    // What else has arrived is taken in too, so the acks
+                    // that came together go to the store together.
+                    let mut settles = Vec::new();
+                    let mut next = Some(got);
+                    while let Some(got) = next.take() {
+                        match said(got).and_then(|said| self.heard(said, &mut settles)) {
+                            Ok(done) => inbound_done = done,
                             Err(e) => {
                                 let _ = tx.send(Err(e)).await;
                                 return;
                             }
-                        },
-                        Ok(Said::Ack(settle)) => {
-                            // The consumer is done with it: its credit is back.
-                            self.credits = (self.credits + 1).min(MAX_CREDITS);
-                            acking.push(self.ack(settle));
                         }
-                        Ok(Said::Done) => inbound_done = true,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
+                        if !inbound_done && settles.len() < MAX_ACK_BATCH {
+                            next = inbound.message().now_or_never();
                         }
                     }
+                    if !settles.is_empty() {
+                        acking.push(self.acks(settles));
+                    }
                 }
-                Some(answer) = acking.next(), if !acking.is_empty() => {
-                    if tx.send(Ok(answer)).await.is_err() {
-                        return;
+                Some(answers) = acking.next(), if !acking.is_empty() => {
+                    for answer in answers {
+                        if tx.send(Ok(answer)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 leased = async { leasing.as_mut().expect("checked").await }, if leasing.is_some() => {
@@ -184,14 +288,8 @@ impl Consumer {
                     match leased {
                         Ok(deliveries) => {
                             self.credits -= (deliveries.len() as u64).min(self.credits);
-                            for d in deliveries {
-                                let answer = pb::ConsumeResponse {
-                                    message: Some(message(d)),
-                                    acked: None,
-                                };
-                                if tx.send(Ok(answer)).await.is_err() {
-                                    return;
-                                }
+                            if self.send(deliveries, &tx).await {
+                                return;
                             }
                         }
                         Err(e) => {
@@ -247,9 +345,37 @@ impl Handler {
             queue: start.queue,
             lease_ms,
             credits,
+            gone: false,
         };
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(consumer.run(inbound, tx));
         Ok(ReceiverStream::new(rx))
+    }
+}
+
+impl Handler {
+    /// Deliveries leased for a consumer that is gone, made ready again
+    /// (see `Store::give_back`); on failure they return when their lease
+    /// runs out, as after a crash.
+    pub(super) async fn give_back(
+        &self,
+        ctx: &Ctx,
+        tenant: &Tenant,
+        queue: &str,
+        given: &[(String, String)],
+    ) {
+        let ctx = ctx.renewed(ctx.store_timeout() * 2);
+        match ctx.store(self.store.give_back(tenant, queue, given)).await {
+            Ok(n) => {
+                count("given_back", n);
+                self.waiters.notify(tenant, queue, n);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                queue,
+                messages = given.len(),
+                "undelivered messages not given back; they return when their lease runs out"
+            ),
+        }
     }
 }

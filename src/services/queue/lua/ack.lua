@@ -1,19 +1,33 @@
--- KEYS[1]: the queue's prefix. ARGV: id, lease token, done retention ms.
--- Returns 1 acked, 2 acked before under this lease, 0 lease lost (the
--- message was delivered again, died, or is gone).
+-- KEYS[1]: the queue's prefix. ARGV: done retention ms, then pairs of id
+-- and lease token (the acks that arrived together: one script for all).
+-- Returns, per pair, 1 acked, 2 acked before under this lease, 0 lease
+-- lost (the message was delivered again, died, or is gone).
 local now = now_ms()
-local id = ARGV[1]
-local m = k('m:' .. id)
-local f = redis.call('HMGET', m, 'st', 'tk')
-if not f[1] or f[2] ~= ARGV[2] then return 0 end
-if f[1] == 'c' then return 2 end
-if f[1] ~= 'l' then return 0 end
-redis.call('ZREM', k('leased'), id)
-release_group(id, now)
-redis.call('HDEL', m, 'p', 'h')
-redis.call('HSET', m, 'st', 'c')
-redis.call('PEXPIRE', m, ARGV[3])
-count('n', -1)
-count('acked', 1)
-rate('a', now)
-return 1
+local out = {}
+local acked = 0
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  local m = k('m:' .. id)
+  local f = redis.call('HMGET', m, 'st', 'tk')
+  local status = 0
+  if f[1] and f[2] == ARGV[i + 1] then
+    if f[1] == 'c' then
+      status = 2
+    elseif f[1] == 'l' then
+      redis.call('ZREM', k('leased'), id)
+      release_group(id, now)
+      redis.call('HDEL', m, 'p', 'h')
+      redis.call('HSET', m, 'st', 'c')
+      redis.call('PEXPIRE', m, ARGV[1])
+      acked = acked + 1
+      status = 1
+    end
+  end
+  out[#out + 1] = status
+end
+if acked > 0 then
+  count('n', -acked)
+  count('acked', acked)
+  rate('a', now, acked)
+end
+return out

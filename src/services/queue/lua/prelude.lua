@@ -28,9 +28,9 @@ local function count(field, n)
   redis.call('HINCRBY', k('stats'), field, n)
 end
 
-local function rate(kind, now)
+local function rate(kind, now, n)
   local key = k('r:' .. math.floor(now / 60000))
-  redis.call('HINCRBY', key, kind, 1)
+  redis.call('HINCRBY', key, kind, n or 1)
   redis.call('PEXPIRE', key, 180000)
 end
 

@@ -1,5 +1,6 @@
 //! Settling a leased message: ack, nack, lease extension, and cancel, as
-//! `lua/ack.lua`, `nack.lua`, `extend.lua` and `cancel.lua` do.
+//! `lua/ack.lua`, `nack.lua`, `give_back.lua`, `extend.lua` and
+//! `cancel.lua` do.
 
 use super::state::{QueueState, St, parse_id};
 use crate::services::queue::LeaseCheck;
@@ -55,6 +56,23 @@ impl QueueState {
             return LeaseCheck::Done(true);
         }
         LeaseCheck::Done(self.retry_or_dead(n, now, after, reason, random))
+    }
+
+    /// A delivery that never reached its consumer: ready again at its old
+    /// place, the attempt its lease counted taken back.
+    pub fn give_back(&mut self, id: &str, token: &str) -> bool {
+        let Some(n) = self.leased_by(id, token) else {
+            return false;
+        };
+        let Some(m) = self.msgs.get_mut(&n) else {
+            return false;
+        };
+        self.leased.remove(&(m.lease_until, n));
+        m.attempts = m.attempts.saturating_sub(1);
+        m.token.clear();
+        m.st = St::Ready;
+        self.ready.insert((m.score, n));
+        true
     }
 
     pub fn extend(&mut self, id: &str, token: &str, lease_ms: u64, now: u64) -> LeaseCheck<u64> {

@@ -3,7 +3,7 @@
 //! every script touches one slot, on a cluster too. The per-tenant index
 //! of queues with schedules is `dl:<tenant>:qx:{schedules}`.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, FromRedisValue, Value};
@@ -15,60 +15,13 @@ use super::{
 };
 use crate::keys::{self, Tenant};
 use crate::store::StoreError;
-use crate::store::redis::{NamedScript, Redis, ScriptCall};
+use crate::store::redis::{Redis, ScriptCall};
 
 mod replies;
+mod scripts;
 
 use replies::{int, internal, items, text};
-
-const PRELUDE: &str = include_str!("../lua/prelude.lua");
-
-struct Scripts {
-    enqueue: NamedScript,
-    lease: NamedScript,
-    ack: NamedScript,
-    nack: NamedScript,
-    extend: NamedScript,
-    cancel: NamedScript,
-    list_dead: NamedScript,
-    redrive: NamedScript,
-    purge: NamedScript,
-    stats: NamedScript,
-    schedule_put: NamedScript,
-    schedule_delete: NamedScript,
-    schedule_list: NamedScript,
-    fire: NamedScript,
-}
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let w = |name, body| NamedScript::new(name, &[PRELUDE, body]);
-    let r = |name, body| NamedScript::read_only(name, &[PRELUDE, body]);
-    Scripts {
-        enqueue: w("queue.enqueue", include_str!("../lua/enqueue.lua")),
-        lease: w("queue.lease", include_str!("../lua/lease.lua")),
-        ack: w("queue.ack", include_str!("../lua/ack.lua")),
-        nack: w("queue.nack", include_str!("../lua/nack.lua")),
-        extend: w("queue.extend", include_str!("../lua/extend.lua")),
-        cancel: w("queue.cancel", include_str!("../lua/cancel.lua")),
-        list_dead: r("queue.list_dead", include_str!("../lua/list_dead.lua")),
-        redrive: w("queue.redrive", include_str!("../lua/redrive.lua")),
-        purge: w("queue.purge", include_str!("../lua/purge.lua")),
-        stats: r("queue.stats", include_str!("../lua/stats.lua")),
-        schedule_put: w(
-            "queue.schedule_put",
-            include_str!("../lua/schedule_put.lua"),
-        ),
-        schedule_delete: w(
-            "queue.schedule_delete",
-            include_str!("../lua/schedule_delete.lua"),
-        ),
-        schedule_list: r(
-            "queue.schedule_list",
-            include_str!("../lua/schedule_list.lua"),
-        ),
-        fire: w("queue.fire", include_str!("../lua/fire.lua")),
-    }
-});
+use scripts::SCRIPTS;
 
 fn prefix(tenant: &Tenant, queue: &str) -> String {
     let mut key = keys::key(tenant, QUEUE_SPACE, queue, &[]);
@@ -182,19 +135,23 @@ impl Store for RedisQueues {
         replies::leased(self.run(call).await?)
     }
 
-    async fn ack(
+    async fn ack_many(
         &self,
         tenant: &Tenant,
         queue: &str,
-        id: &str,
-        token: &str,
+        acks: &[(String, String)],
         limits: Limits,
-    ) -> Result<LeaseCheck<()>, StoreError> {
+    ) -> Result<Vec<LeaseCheck<()>>, StoreError> {
         let p = prefix(tenant, queue);
         let mut call = SCRIPTS.ack.call(&[&p], &[]);
-        call.cmd.arg(id).arg(token).arg(limits.done_retention_ms);
-        let status = int(&self.run(call).await?, "ack")?;
-        Ok(lease_check(status, ()))
+        call.cmd.arg(limits.done_retention_ms);
+        for (id, token) in acks {
+            call.cmd.arg(id).arg(token);
+        }
+        items(self.run(call).await?, "ack")?
+            .iter()
+            .map(|status| Ok(lease_check(int(status, "ack")?, ())))
+            .collect()
     }
 
     async fn nack(
@@ -219,6 +176,20 @@ impl Store for RedisQueues {
             .arg(random);
         let status = int(&self.run(call).await?, "nack")?;
         Ok(lease_check(status, status == 2))
+    }
+
+    async fn give_back(
+        &self,
+        tenant: &Tenant,
+        queue: &str,
+        given: &[(String, String)],
+    ) -> Result<u64, StoreError> {
+        let p = prefix(tenant, queue);
+        let mut call = SCRIPTS.give_back.call(&[&p], &[]);
+        for (id, token) in given {
+            call.cmd.arg(id).arg(token);
+        }
+        Ok(int(&self.run(call).await?, "give_back")?.max(0) as u64)
     }
 
     async fn extend(
