@@ -71,6 +71,16 @@
 #   ran (INFO commandstats) during the service run, and the ratio against
 #   the issue's target (>= 3x raw). The answer is checked before (Redis's)
 #   and after (the cache's): denied, REASON_OVER_LIMIT, retry_after set.
+# envoy: Envoy's envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
+#   (the body encoded with PyPI's xds-protos) of domain "bench", one
+#   descriptor bench=x, configured in Envoy's YAML shape as a fixed window
+#   of a million per second (every call OK). Raw is EVALSHA of the same
+#   fixed-window script, captured from MONITOR as for check.
+#
+# Server threads: the service runs with its default runtime (one worker
+# thread per core) unless DATALAYER__SERVER__WORKER_THREADS is set, which
+# the binary reads as server.worker_threads (here, on 2 cores shared with
+# Redis and the load generator, 1 thread measured faster: docs/benchmark.md).
 #
 # Nothing here fails on a time: it measures and prints.
 #
@@ -84,7 +94,7 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-10}
 STREAMS=${BENCH_STREAMS:-5}
 CONC=$((CONNS * STREAMS))
-WORKLOADS=${BENCH_WORKLOADS:-check check-flood cache-get cache-set lb-submit lb-rank analytics-track check-analytics}
+WORKLOADS=${BENCH_WORKLOADS:-check check-flood envoy cache-get cache-set lb-submit lb-rank analytics-track check-analytics}
 OWNERS=1000000
 # analytics-track: events per Track, the pool of unique ids, the series (4
 # exchanges x 2 sides); as in grpc_bench.py (TRACK_BATCH, TRACK_IDS).
@@ -239,8 +249,21 @@ limit = 1000000
 period = "1s"
 analytics = true
 
+[ratelimit.envoy]
+config_files = ["$TMP/envoy.yaml"]
+
 [analytics]
 flush_interval = "${FLUSH}s"
+EOF
+# envoy's domain (grpc_bench.py: ENVOY_DOMAIN, ENVOY_LIMIT).
+cat >"$TMP/envoy.yaml" <<EOF
+domain: bench
+descriptors:
+  - key: bench
+    value: x
+    rate_limit:
+      unit: second
+      requests_per_unit: 1000000
 EOF
 spawned=$(now)
 env -u DATALAYER_CONFIG \
@@ -311,6 +334,7 @@ rcli SET bench-raw-get "$VALUE" >/dev/null
 # sources the binary was built from.
 GCRA_CALL=
 FLOOD_CALL=
+ENVOY_CALL=
 # capture_call WORKLOAD TAG RAWTAG: sets CAPTURED (the EVALSHA, its key's
 # hash tag {TAG} made {RAWTAG}) and CAPTURED_KEY (the service's key).
 capture_call() {
@@ -388,6 +412,7 @@ raw_cmd() {
   case $1 in
     check) echo "$GCRA_CALL" ;;
     check-flood) echo "$FLOOD_CALL" ;;
+    envoy) echo "$ENVOY_CALL" ;;
     cache-get) echo GET bench-raw-get ;;
     cache-set) echo SET bench-raw-set "$VALUE" PX 60000 ;;
     lb-submit) echo ZADD rawboard __rand_int__ member:__rand_int__ ;;
@@ -396,7 +421,7 @@ raw_cmd() {
 }
 raw_name() {
   case $1 in
-    check) echo EVALSHA ;; check-flood) echo "EVALSHA over limit" ;; cache-get) echo GET ;; cache-set) echo "SET PX" ;;
+    check) echo EVALSHA ;; check-flood) echo "EVALSHA over limit" ;; envoy) echo "EVALSHA (window)" ;; cache-get) echo GET ;; cache-set) echo "SET PX" ;;
     lb-submit) echo ZADD ;; lb-rank) echo ZREVRANK ;;
     analytics-track) echo "HINCRBY+PFADD -P$((2 * TRACK_BATCH))" ;;
     check-analytics) echo "Check bench_plain" ;;
@@ -412,6 +437,11 @@ rpc_counts() {
       if (index($0, "code=\"OK\"")) ok += $NF; else bad += $NF
     }
     END { printf "%d %d\n", ok, bad }'
+}
+
+# EVALSHA calls Redis has run so far.
+evalsha_calls() {
+  rcli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0
 }
 
 # h2load sending the pre-encoded body $1 (a workload of grpc_bench.py) to $PATH_.
@@ -455,13 +485,15 @@ cpu_figs() {
 # measure()'s figures, and DONE OKH FAILED ERRORED RATE (h2load's) and GOK
 # GBAD (OK and non-OK gRPC codes the service counted meanwhile).
 service_run() {
-  local ok0 bad0 ok1 bad1
+  local ok0 bad0 ok1 bad1 e0 e1
   read -r ok0 bad0 < <(rpc_counts "$PATH_")
+  e0=$(evalsha_calls)
   measure "$TMP/$2.h2load" h2 "$1" -D "$SECS"
+  e1=$(evalsha_calls)
   read -r ok1 bad1 < <(rpc_counts "$PATH_")
   read -r DONE OKH FAILED ERRORED RATE < <(h2_summary "$TMP/$2.h2load")
   GOK=$((ok1 - ok0)) GBAD=$((bad1 - bad0))
-  log "  $2: $DONE done, $OKH HTTP 2xx, $FAILED failed, $ERRORED errored; gRPC OK $GOK, non-OK $GBAD; $RATE calls/s; other CPU $(other_cores "$MACH" $((LG + SVC + RDS)) "$WALL") cores"
+  log "  $2: $DONE done, $OKH HTTP 2xx, $FAILED failed, $ERRORED errored; gRPC OK $GOK, non-OK $GBAD; $RATE calls/s; other CPU $(other_cores "$MACH" $((LG + SVC + RDS)) "$WALL") cores; Redis ran $((e1 - e0)) EVALSHA"
   if [ "$FAILED" != 0 ] || [ "$ERRORED" != 0 ] || [ "$GBAD" != 0 ] || [ "$DONE" = 0 ]; then
     PROBLEMS+=("$2: h2load $FAILED failed / $ERRORED errored, $GBAD gRPC non-OK of $DONE")
   fi
@@ -504,6 +536,12 @@ for W in $WORKLOADS; do
     check)
       capture_gcra
       log "  raw EVALSHA as the service sends it: $GCRA_CALL"
+      ;;
+    envoy)
+      capture_call envoy "bench|5:bench=1:x" "bench|raw"
+      case $CAPTURED_KEY in *:fixed_window) ;; *) fail "envoy's key is $CAPTURED_KEY, not a fixed window" ;; esac
+      ENVOY_CALL=$CAPTURED
+      log "  raw EVALSHA as the service sends it: $ENVOY_CALL"
       ;;
     check-analytics)
       "$PY" "$HELPER" verify "$ADDR" check-plain >&2 || fail "check-plain answers wrong before timing"

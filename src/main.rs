@@ -127,8 +127,13 @@ fn serve(config: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if settings.server.worker_threads > 0 {
+    // One thread: a current-thread runtime, which hands no task between
+    // threads (no work stealing, no cross-thread wake-ups).
+    let mut runtime = match settings.server.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if settings.server.worker_threads > 1 {
         runtime.worker_threads(settings.server.worker_threads);
     }
     let runtime = match runtime.enable_all().build() {

@@ -33,6 +33,8 @@ from datalayer.cache.v1 import cache_pb2, cache_pb2_grpc
 from datalayer.leaderboard.v1 import leaderboard_pb2 as lb_pb2
 from datalayer.leaderboard.v1 import leaderboard_pb2_grpc as lb_grpc
 from datalayer.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as envoy_common_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 VALUE = b"x" * 100
 BOARD = "bench"
@@ -61,6 +63,10 @@ RL_METRIC = "ratelimit.checks"
 POLICY_FLOOD = "bench_flood"
 FLOOD_KEY = "flood-hot"
 FLOOD_LIMIT = 1000
+# envoy: the domain bench.sh configures in Envoy's YAML (descriptor
+# bench=x: a fixed window of a million per second, so every call is OK).
+ENVOY_DOMAIN = "bench"
+ENVOY_LIMIT = 1_000_000
 
 
 def owner(i: int) -> str:
@@ -92,6 +98,14 @@ def track_request() -> analytics_pb2.TrackRequest:
             )
             for i in range(TRACK_BATCH)
         ]
+    )
+
+
+def envoy_request() -> rls_pb2.RateLimitRequest:
+    entry = envoy_common_pb2.RateLimitDescriptor.Entry(key="bench", value="x")
+    return rls_pb2.RateLimitRequest(
+        domain=ENVOY_DOMAIN,
+        descriptors=[envoy_common_pb2.RateLimitDescriptor(entries=[entry])],
     )
 
 
@@ -136,6 +150,7 @@ WORKLOADS = {
         "/datalayer.ratelimit.v1.RateLimitService/Check",
         lambda: policy_check_request(POLICY_FLOOD, FLOOD_KEY),
     ),
+    "envoy": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", envoy_request),
 }
 
 
@@ -232,6 +247,14 @@ def verify(addr: str, workload: str) -> None:
                 if abs(uniques - TRACK_IDS) > TRACK_IDS * 0.05:
                     fail(workload, f"{uniques} unique ids, expected about {TRACK_IDS}", r)
                 out = f"accepted {r.accepted}, folded {r.folded}; count {before} -> {total}, {uniques} unique ids"
+            elif workload == "envoy":
+                r = rls_pb2_grpc.RateLimitServiceStub(ch).ShouldRateLimit(envoy_request(), timeout=5)
+                ok = rls_pb2.RateLimitResponse.OK
+                if r.overall_code != ok or len(r.statuses) != 1 or r.statuses[0].code != ok \
+                        or r.statuses[0].current_limit.requests_per_unit != ENVOY_LIMIT:
+                    fail(workload, f"expected OK under {ENVOY_DOMAIN}'s bench=x limit of {ENVOY_LIMIT}/s", r)
+                out = (f"OK, limit {r.statuses[0].current_limit.requests_per_unit}/s, "
+                       f"remaining {r.statuses[0].limit_remaining}")
             elif workload == "cache-get":
                 r = cache_pb2_grpc.CacheServiceStub(ch).Get(get_request(), timeout=5)
                 if not r.found or r.entry.value != VALUE:

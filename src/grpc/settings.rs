@@ -31,7 +31,10 @@ crate::section! {
         /// small, so each would cost a deflate here and an inflate in the
         /// client.
         pub compress_streams: bool = false;
-        /// Async runtime threads; 0 means one per CPU core.
+        /// Async runtime threads; 0 means one per CPU core. 1 runs a
+        /// single-threaded runtime, which hands no work between threads:
+        /// the least CPU per call, for a replica given one core (or sharing
+        /// two with Redis, as in docs/benchmark.md).
         pub worker_threads: usize = 0, range(0, 1024);
         /// A connection must send the HTTP/2 preface within this time, or
         /// it is closed.

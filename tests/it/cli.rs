@@ -235,6 +235,17 @@ impl Drop for Running {
 
 #[tokio::test]
 async fn file_then_env_layering_and_sigterm_exit() {
+    layering_and_sigterm(&[]).await;
+}
+
+/// `server.worker_threads = 1` is a current-thread runtime: it serves,
+/// and exits cleanly on SIGTERM, as the default one does.
+#[tokio::test]
+async fn a_single_threaded_runtime_serves_and_exits_cleanly() {
+    layering_and_sigterm(&[("DATALAYER__SERVER__WORKER_THREADS", "1")]).await;
+}
+
+async fn layering_and_sigterm(extra_env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("datalayer.yaml");
     std::fs::write(
@@ -242,14 +253,13 @@ async fn file_then_env_layering_and_sigterm_exit() {
         "server:\n  addr: 127.0.0.1:0\ntelemetry:\n  log_format: json\nratelimit:\n  policies:\n    auth:\n      algorithm: sliding_window\n      limit: 5\n      window: 1m\n",
     )
     .unwrap();
-    let mut app = Running::start(
-        &[],
-        &[
-            ("DATALAYER_CONFIG", file.to_str().unwrap()),
-            // The environment wins over the file.
-            ("DATALAYER__RATELIMIT__POLICIES__AUTH__LIMIT", "2"),
-        ],
-    );
+    let mut env = vec![
+        ("DATALAYER_CONFIG", file.to_str().unwrap()),
+        // The environment wins over the file.
+        ("DATALAYER__RATELIMIT__POLICIES__AUTH__LIMIT", "2"),
+    ];
+    env.extend_from_slice(extra_env);
+    let mut app = Running::start(&[], &env);
     let warning = app.wait_for("in-process memory store");
     assert!(warning.contains("per process"), "{warning}");
     let port = app.port();

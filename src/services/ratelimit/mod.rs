@@ -8,6 +8,7 @@
 //! they agree to the microsecond; the conformance suite proves it.
 
 pub mod algorithm;
+mod coalesce;
 mod denials;
 pub mod envoy;
 mod grpc;

@@ -8,6 +8,7 @@ use deadpool_redis::redis;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::coalesce::{Args, Coalescer};
 use super::store::{Store, state_key};
 use super::{Algorithm, Decision, Limited, RateCheck};
 use crate::keys::Tenant;
@@ -21,12 +22,15 @@ struct Scripts {
     sliding_window: NamedScript,
     /// Every algorithm, all or nothing over several keys of one slot.
     batch: NamedScript,
+    /// Every algorithm, independent checks that arrived together.
+    many: NamedScript,
 }
 
 const GCRA: &str = include_str!("lua/gcra.lua");
 const TOKEN_BUCKET: &str = include_str!("lua/token_bucket.lua");
 const FIXED_WINDOW: &str = include_str!("lua/fixed_window.lua");
 const SLIDING_WINDOW: &str = include_str!("lua/sliding_window.lua");
+const DISPATCH: &str = include_str!("lua/dispatch.lua");
 
 /// One check: KEYS[1] the state; ARGV as the algorithm's function takes
 /// them, then the mode (`c` when absent, `f` for `Report`).
@@ -50,7 +54,19 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
             TOKEN_BUCKET,
             FIXED_WINDOW,
             SLIDING_WINDOW,
+            DISPATCH,
             include_str!("lua/batch.lua"),
+        ],
+    ),
+    many: NamedScript::new(
+        "ratelimit.many",
+        &[
+            GCRA,
+            TOKEN_BUCKET,
+            FIXED_WINDOW,
+            SLIDING_WINDOW,
+            DISPATCH,
+            include_str!("lua/many.lua"),
         ],
     ),
 });
@@ -73,34 +89,43 @@ pub fn script_source(algorithm: Algorithm) -> (&'static str, &'static str) {
 
 /// ARGV of each script: see the header of its `lua/*.lua`. A forced call
 /// consumes whether or not the cost fits.
-fn call<'a>(key: &str, check: &RateCheck, forced: bool) -> ScriptCall<'a> {
-    let l = &check.target.limit;
-    let args: &[u64] = match l.algorithm {
-        Algorithm::TokenBucket => &[l.limit, l.refill, l.period_us, check.cost],
-        _ => &[l.limit, l.period_us, check.cost],
-    };
-    let mut call = script(l.algorithm).call(&[key], args);
+fn call(key: &str, check: &RateCheck, forced: bool) -> ScriptCall<'static> {
+    let mut call = alone(key, &batch_args(check));
     if forced {
         call.cmd.arg("f");
     }
     call
 }
 
-/// The batch script's six ARGV of a check.
-fn batch_args(cmd: &mut redis::Cmd, check: &RateCheck) {
-    let l = &check.target.limit;
-    let (code, a, b, c) = match l.algorithm {
-        Algorithm::Gcra => ("g", l.limit, l.period_us, 0),
-        Algorithm::TokenBucket => ("t", l.limit, l.refill, l.period_us),
-        Algorithm::FixedWindow => ("f", l.limit, l.period_us, 0),
-        Algorithm::SlidingWindow => ("s", l.limit, l.period_us, 0),
+/// One check as its algorithm's own script takes it.
+fn alone(key: &str, a: &Args) -> ScriptCall<'static> {
+    let args: &[u64] = match a.algorithm {
+        Algorithm::TokenBucket => &[a.a, a.b, a.c, a.cost],
+        _ => &[a.a, a.b, a.cost],
     };
-    cmd.arg(code)
-        .arg(a)
-        .arg(b)
-        .arg(c)
-        .arg(check.cost)
-        .arg(u8::from(check.shadow));
+    script(a.algorithm).call(&[key], args)
+}
+
+/// The six ARGV of a check in the scripts that take several
+/// (`lua/dispatch.lua`).
+fn batch_args(check: &RateCheck) -> Args {
+    let l = &check.target.limit;
+    let (a, b, c) = match l.algorithm {
+        Algorithm::TokenBucket => (l.limit, l.refill, l.period_us),
+        _ => (l.limit, l.period_us, 0),
+    };
+    Args {
+        algorithm: l.algorithm,
+        a,
+        b,
+        c,
+        cost: check.cost,
+        shadow: check.shadow,
+    }
+}
+
+fn decoded_slice(d: &[i64]) -> Decision {
+    decoded((d[0], d[1], d[2], d[3]))
 }
 
 /// Reads `{allowed, remaining, reset_after_us, retry_after_us | -1}`.
@@ -154,11 +179,16 @@ async fn listen(
 
 pub struct RedisRateLimits {
     redis: Arc<Redis>,
+    /// Single checks that arrive together, one script call (not on a
+    /// cluster: see [`Coalescer`]).
+    coalescer: Option<Coalescer>,
 }
 
 impl RedisRateLimits {
     pub fn new(redis: Arc<Redis>) -> Self {
-        Self { redis }
+        let coalescer = (!redis.is_cluster())
+            .then(|| Coalescer::start(redis.clone(), alone, &SCRIPTS.many, decoded_slice));
+        Self { redis, coalescer }
     }
 }
 
@@ -169,6 +199,10 @@ impl Store for RedisRateLimits {
         tenant: &Tenant,
         checks: &[RateCheck],
     ) -> Result<Vec<Decision>, StoreError> {
+        if let (Some(coalescer), [check]) = (&self.coalescer, checks) {
+            let key = state_key(tenant, &check.target);
+            return Ok(vec![coalescer.check(key, batch_args(check)).await?]);
+        }
         let keys: Vec<String> = checks
             .iter()
             .map(|c| state_key(tenant, &c.target))
@@ -201,7 +235,7 @@ impl Store for RedisRateLimits {
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut call = SCRIPTS.batch.call(&key_refs, &[]);
         for check in checks {
-            batch_args(&mut call.cmd, check);
+            batch_args(check).push(&mut call.cmd);
         }
         let values: Vec<i64> =
             redis::FromRedisValue::from_redis_value(self.redis.eval(call).await?)
@@ -209,10 +243,7 @@ impl Store for RedisRateLimits {
         let Some((all, rest)) = values.split_first() else {
             return Err(StoreError::internal("rate-limit batch reply: empty"));
         };
-        let decisions = rest
-            .chunks_exact(4)
-            .map(|d| decoded((d[0], d[1], d[2], d[3])))
-            .collect();
+        let decisions = rest.chunks_exact(4).map(decoded_slice).collect();
         Ok(Some((*all == 1, decisions)))
     }
 

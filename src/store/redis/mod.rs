@@ -269,6 +269,11 @@ impl Redis {
 
     /// Whether one script may touch all of `keys`: always on one server; on
     /// a cluster, when they hash to one slot.
+    /// A Redis Cluster (else one server, through the lanes).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.transport, Transport::Cluster(_))
+    }
+
     pub fn same_node(&self, keys: &[String]) -> bool {
         match &self.transport {
             Transport::Lanes { .. } => true,

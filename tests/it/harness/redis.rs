@@ -155,6 +155,18 @@ impl RedisServer {
         self.command(&resp).expect("redis answers")
     }
 
+    /// How many times `command` (lower case, e.g. `evalsha`) has run, from
+    /// `INFO commandstats`.
+    pub fn command_calls(&self, command: &str) -> i64 {
+        let info = self.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The keys matching `pattern` (SCAN, so a shared server is fine).
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut keys = Vec::new();

@@ -329,15 +329,6 @@ crate::conformance!(
     expired_messages_are_dropped,
 );
 
-fn evalsha_calls(app: &mut crate::harness::TestApp) -> i64 {
-    let info = app.own_redis().cmd(&["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// One enqueue wakes one of the long-polls waiting on its queue, not all of
 /// them: each woken waiter runs a lease script, so waking 20 for one
 /// message would cost 20 scripts that find nothing.
@@ -364,7 +355,7 @@ async fn one_enqueue_wakes_one_waiter_not_all() {
     }
     // Each waiter has had its first look and sleeps.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = evalsha_calls(&mut app);
+    let before = app.own_redis().command_calls("evalsha");
     enqueue(&app, "herd", spec("one")).await;
     let got = tokio::time::timeout(Duration::from_secs(5), waiters.join_next())
         .await
@@ -373,7 +364,7 @@ async fn one_enqueue_wakes_one_waiter_not_all() {
         .unwrap();
     assert_eq!(payloads(&got), ["one"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let scripts = evalsha_calls(&mut app) - before;
+    let scripts = app.own_redis().command_calls("evalsha") - before;
     // The enqueue and the woken waiter's lease; a spare look at most.
     assert!(
         scripts <= 3,

@@ -264,3 +264,37 @@ async fn concurrent_calls_survive_a_redis_restart() {
         assert!(r.unwrap().is_ok(), "every call succeeds once Redis is back");
     }
 }
+
+/// Single checks that arrive together are decided by one script call on a
+/// single Redis server, each exactly as if alone: 50 concurrent checks of
+/// each algorithm's limit of 10 admit exactly 10, in fewer script calls
+/// than checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_share_script_calls_and_stay_exact() {
+    let mut app = crate::harness::spawn_app_with(Backend::OwnRedis, |_| {}).await;
+    let key = crate::invariants::fresh("co");
+    let before = app.own_redis().command_calls("evalsha");
+    let mut calls = tokio::task::JoinSet::new();
+    for (n, algorithm) in every_algorithm().into_iter().enumerate() {
+        for _ in 0..50 {
+            let mut c = app.ratelimit.clone();
+            let request = inline(&format!("{key}-{n}"), algorithm, None);
+            calls.spawn(async move {
+                let answer = c.check(crate::harness::timed(request)).await;
+                (n, answer.expect("a decision").into_inner().allowed)
+            });
+        }
+    }
+    let mut allowed = [0; 4];
+    while let Some(done) = calls.join_next().await {
+        let (n, ok) = done.unwrap();
+        allowed[n] += usize::from(ok);
+    }
+    assert_eq!(allowed, [10; 4], "exactly the limit of each algorithm");
+    let scripts = app.own_redis().command_calls("evalsha");
+    assert!(
+        scripts - before < 200,
+        "{} script calls for 200 checks",
+        scripts - before
+    );
+}

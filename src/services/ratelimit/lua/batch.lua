@@ -6,17 +6,6 @@
 -- Returns {all_allowed, then per check allowed, remaining, reset_after_us,
 -- retry_after_us or -1}: when one check does not fit, nothing is consumed
 -- and every check answers as if alone, without consuming.
-local function run(i, mode)
-  local at = (i - 1) * 6
-  local alg = ARGV[at + 1]
-  local a, b, c = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
-  local cost = tonumber(ARGV[at + 5])
-  if alg == 'g' then return gcra(KEYS[i], a, b, cost, mode) end
-  if alg == 't' then return token_bucket(KEYS[i], a, b, c, cost, mode) end
-  if alg == 'f' then return fixed_window(KEYS[i], a, b, cost, mode) end
-  return sliding_window(KEYS[i], a, b, cost, mode)
-end
-
 local results = {}
 local all = true
 for i = 1, #KEYS do
