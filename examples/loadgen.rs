@@ -231,6 +231,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn check_request(caller: usize) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: format!("bench-{caller}"),
         limit_source: Some(LimitSource::Limit(Limit {
             algorithm: Some(limit::Algorithm::Gcra(Gcra {

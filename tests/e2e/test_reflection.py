@@ -128,6 +128,7 @@ def test_describe_rate_limit_service(channel, version):
         "Check": ("datalayer.ratelimit.v1.CheckRequest", "datalayer.ratelimit.v1.CheckResponse", False, False),
         "CheckBatch": ("datalayer.ratelimit.v1.CheckBatchRequest", "datalayer.ratelimit.v1.CheckBatchResponse", False, False),
         "Report": ("datalayer.ratelimit.v1.ReportRequest", "datalayer.ratelimit.v1.ReportResponse", False, False),
+        "Settle": ("datalayer.ratelimit.v1.SettleRequest", "datalayer.ratelimit.v1.SettleResponse", False, False),
         "Reset": ("datalayer.ratelimit.v1.ResetRequest", "datalayer.ratelimit.v1.ResetResponse", False, False),
     }
 
@@ -143,6 +144,7 @@ def test_describe_check_request_and_limit(channel):
         "limit": (2, FD.TYPE_MESSAGE),
         "policy": (3, FD.TYPE_STRING),
         "cost": (4, FD.TYPE_UINT64),
+        "reserve": (5, FD.TYPE_BOOL),
     }
     assert req.fields_by_name["limit"].message_type.full_name == "datalayer.ratelimit.v1.Limit"
     assert [f.name for f in req.oneofs_by_name["limit_source"].fields] == ["limit", "policy"]

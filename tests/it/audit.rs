@@ -52,6 +52,7 @@ async fn administrative_calls_are_recorded(backend: Backend) {
     let refused = rl.reset(timed(unknown_policy)).await.unwrap_err();
     // A plain check is not administrative: not recorded.
     rl.check(timed(rl::CheckRequest {
+        reserve: false,
         key: "user:1".into(),
         limit_source: Some(rl::check_request::LimitSource::Policy("auth".into())),
         cost: None,

@@ -269,6 +269,7 @@ async fn layering_and_sigterm(extra_env: &[(&str, &str)]) {
         .expect("connects");
     let answer = client
         .check(CheckRequest {
+            reserve: false,
             key: "u".into(),
             limit_source: Some(LimitSource::Policy("auth".into())),
             cost: None,

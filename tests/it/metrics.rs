@@ -41,6 +41,7 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 fn policy_check(key: &str) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: key.into(),
         limit_source: Some(LimitSource::Policy("auth".into())),
         cost: None,

@@ -10,6 +10,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 fn closed_policy(key: &str) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: key.into(),
         limit_source: Some(LimitSource::Policy("closed".into())),
         cost: None,

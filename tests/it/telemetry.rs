@@ -92,6 +92,7 @@ async fn spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let secret_key = "secret-user-4242";
     let check = |key: &str| {
         let mut request = tonic::Request::new(CheckRequest {
+            reserve: false,
             key: key.into(),
             limit_source: Some(LimitSource::Limit(Limit {
                 algorithm: Some(Algorithm::Gcra(Gcra {

@@ -24,6 +24,7 @@ from datalayer import (
     LimitResult,
     RateLimiter,
     ReportResult,
+    SettleResult,
     parse_ms,
 )
 from datalayer.cache.v1 import cache_pb2 as c
@@ -312,6 +313,36 @@ def test_report_overdraws_then_limit_refuses_with_retry(client: Client) -> None:
         limiter.report(user, 1001)  # more than 100 times the limit
     limiter.reset(user)
     assert limiter.remaining(user) == 10
+
+
+def test_reserve_then_settle_gives_back_the_unused_part(client: Client) -> None:
+    """An LLM call reserves 8 of 10, uses 2: the 6 come back once; using
+    more than reserved spends the rest."""
+    for name, limiter in _limiters(client, 10).items():
+        user = unique("user")
+        r = limiter.reserve(user, 8)
+        assert r.success and r.reservation and r.remaining == 2, (name, r)
+        settled = limiter.settle(user, r.reservation, 2)
+        assert isinstance(settled, SettleResult)
+        assert (settled.outcome, settled.remaining, settled.overdrawn) == ("settled", 8, False), (name, settled)
+        assert limiter.settle(user, r.reservation, 0).outcome == "already_settled", name
+        over = limiter.reserve(user, 3)
+        assert limiter.settle(user, over.reservation, 20).overdrawn, name
+        assert not limiter.limit(user).success, name
+    limiter = client.ratelimit.gcra(10, "1h", prefix=unique("py:reserve"))
+    assert limiter.reserve(unique("user"), 11).reservation == ""  # refused: nothing reserved
+    with pytest.raises(InvalidArgument, match="reservation"):
+        limiter.settle(unique("user"), "not-a-reservation", 1)
+    with pytest.raises(ValueError):
+        limiter.settle(unique("user"), "", 1)
+
+
+async def test_async_reserve_and_settle(async_client: AsyncClient) -> None:
+    limiter = async_client.ratelimit.fixed_window(5, "1h", prefix=unique("py:async-reserve"))
+    user = unique("user")
+    r = await limiter.reserve(user, 5)
+    assert r.reservation and not (await limiter.limit(user)).success
+    assert (await limiter.settle(user, r.reservation, 1)).remaining == 4
 
 
 def test_report_overdraws_every_algorithm(client: Client) -> None:

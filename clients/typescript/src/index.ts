@@ -139,6 +139,9 @@ export type {
   RateLimitServiceClient,
   RateLimiters,
   ReportResult,
+  ReserveResult,
+  SettleOutcome,
+  SettleResult,
 } from "./ratelimit.js";
 export { JSON_CONTENT_TYPE, cacheHelpers, withCacheHelpers } from "./cache.js";
 export type { CacheCallOptions, CacheClient, CacheHelpers, CacheServiceClient, GetOrSetOptions, JsonWriteOptions } from "./cache.js";

@@ -12,6 +12,8 @@
  *
  * const tokens = dl.ratelimit.gcra(10_000, "1m", { prefix: "tokens" });
  * await tokens.report("user:42", used);                     // usage known afterwards; may overdraw
+ * const r = await tokens.reserve("user:42", 4000);          // an estimate first...
+ * await tokens.settle("user:42", r.reservation, used);      // ...then the real cost: the rest comes back
  *
  * const perMinute = dl.ratelimit.gcra(10, "1m", { prefix: "minute" });
  * const perDay = dl.ratelimit.gcra(1000, "1d", { prefix: "day" });
@@ -43,6 +45,8 @@ import {
   type LimitSchema,
   type RateLimitService,
   type ReportResponse,
+  SettleResult as SettleResultCode,
+  type SettleResponse,
 } from "./gen/datalayer/ratelimit/v1/ratelimit_pb.js";
 import { count, durationInit, durationToMs, msOf, nonEmpty, show, sleepMs, type DurationLike } from "./durations.js";
 
@@ -108,6 +112,31 @@ export interface ReportResult {
   resetAfterMs: number;
   /** The cost did not fit: it was spent all the same, so checks are refused until the budget refills (their `retryAfterMs` says when). */
   overdrawn: boolean;
+}
+
+/** The answer of {@link RateLimiter.reserve}: a {@link LimitResult} and, when it spent, the reservation to settle. */
+export interface ReserveResult extends LimitResult {
+  /** Pass it to {@link RateLimiter.settle} with the real cost; `""` when nothing was spent (refused, or failed open). */
+  reservation: string;
+}
+
+/** How a settle went (`ratelimit.v1.SettleResult`, lower-cased). */
+export type SettleOutcome = "settled" | "already_settled" | "expired" | "unspecified";
+
+const SETTLED: Record<number, SettleOutcome> = {
+  [SettleResultCode.SETTLED]: "settled",
+  [SettleResultCode.ALREADY_SETTLED]: "already_settled",
+  [SettleResultCode.EXPIRED]: "expired",
+};
+
+/** The answer of {@link RateLimiter.settle}: as {@link ReportResult}, after settling, with the outcome. */
+export interface SettleResult extends ReportResult {
+  /**
+   * `"settled"` (now: the unused units came back, or those above the reservation were spent), `"already_settled"`
+   * (nothing changed) or `"expired"` (the reservation no longer counted: nothing came back; units above it were
+   * still spent).
+   */
+  outcome: SettleOutcome;
 }
 
 /** The answer of {@link RateLimiters.limitAll}: plain values, JSON-serialisable as it is. */
@@ -264,6 +293,38 @@ export class RateLimiter {
     const units = count(cost, "cost", 1);
     const answer = await this.#rpc.report({ key, cost: BigInt(units), limitSource: this.#source }, callOptions(options));
     return reportResult(answer);
+  }
+
+  /**
+   * {@link limit} with an estimate (an LLM call's most tokens): when it spends, `reservation` is set; settle it
+   * with the real cost afterwards ({@link settle}).
+   */
+  async reserve(id: string, cost: number, options: Omit<LimitOptions, "cost"> = {}): Promise<ReserveResult> {
+    const key = this.key(id);
+    const units = count(cost, "cost", 0);
+    const answer = await this.#rpc.check({ key, cost: BigInt(units), limitSource: this.#source, reserve: true }, callOptions(options));
+    return { ...limitResult(answer), reservation: answer.reservation };
+  }
+
+  /**
+   * Ends a {@link reserve} with the `cost` actually used (a whole number, 0 or more): less gives the rest back
+   * (never more than the reservation still holds back), more spends the difference whether or not it fits (as
+   * {@link report}). Settling again changes nothing.
+   */
+  async settle(id: string, reservation: string, cost: number, options: Omit<LimitOptions, "cost"> = {}): Promise<SettleResult> {
+    const key = this.key(id);
+    nonEmpty(reservation, "a reservation");
+    const units = count(cost, "cost", 0);
+    const answer: SettleResponse = await this.#rpc.settle({ key, reservation, cost: BigInt(units), limitSource: this.#source }, callOptions(options));
+    const resetAfterMs = msOf(answer.resetAfter);
+    return {
+      outcome: SETTLED[answer.result] ?? "unspecified",
+      limit: Number(answer.limit),
+      remaining: Number(answer.remaining),
+      resetAt: Date.now() + resetAfterMs,
+      resetAfterMs,
+      overdrawn: answer.overdrawn,
+    };
   }
 
   /** Forgets `id`'s state under this limit: its full budget is back. */

@@ -12,6 +12,8 @@ import {
   type LimitResult,
   type RateLimiter,
   type ReportResult,
+  type ReserveResult,
+  type SettleResult,
 } from "@datalayer/client";
 import { POLICIES, type Stack, sleep, unique } from "./harness.js";
 
@@ -181,6 +183,32 @@ export function helpers2Suite(stack: () => Stack, label = "redis") {
         assert.equal(await auth.remaining(id), limit);
         const err = await rejectsWith(dl.ratelimit.policy("no-such-policy").limit(id), Code.InvalidArgument);
         assert.match(err.rawMessage, /unknown policy/);
+      });
+      test("reserve() then settle() gives back the unused part once; more than reserved is spent", async (t) => {
+        if (skip(t, RATELIMIT)) return;
+        const dl = stack().client();
+        const p = unique("ts:h2:reserve");
+        for (const l of [
+          dl.ratelimit.gcra(10, "1h", { prefix: p }),
+          dl.ratelimit.fixedWindow(10, "1h", { prefix: p }),
+          dl.ratelimit.tokenBucket(1, "1h", 10, { prefix: p }),
+        ]) {
+          const id = unique("ts:h2:reserve:id");
+          const r: ReserveResult = await l.reserve(id, 8);
+          assert.ok(r.success && r.reservation !== "" && r.remaining === 2, l.description);
+          const s: SettleResult = await l.settle(id, r.reservation, 2);
+          assert.deepEqual([s.outcome, s.remaining, s.overdrawn], ["settled", 8, false], l.description);
+          assert.equal((await l.settle(id, r.reservation, 0)).outcome, "already_settled", l.description);
+          const more = await l.reserve(id, 3);
+          assert.equal((await l.settle(id, more.reservation, 20)).overdrawn, true, l.description);
+          assert.equal((await l.limit(id)).success, false, l.description);
+          for (const v of [r, s]) assertPlain(v);
+        }
+        const l = dl.ratelimit.gcra(10, "1h", { prefix: p });
+        assert.equal((await l.reserve(unique("ts:h2:reserve:id"), 11)).reservation, "");
+        const err = await rejectsWith(l.settle(unique("ts:h2:reserve:id"), "not-a-reservation", 1), Code.InvalidArgument);
+        assert.match(err.rawMessage, /reservation/);
+        await assert.rejects(l.settle("u", "", 1), RangeError);
       });
       test("report() overdraws; the next limit() is refused with retryAfterMs until it refills", async (t) => {
         if (skip(t, RATELIMIT)) return;

@@ -3,6 +3,7 @@
 
 mod answers;
 mod batch;
+mod reserve;
 
 use answers::{answer, fail_open, failed, record, result_label};
 
@@ -41,6 +42,7 @@ crate::grpc_service! {
         unary Check => check(pb::CheckRequest) -> pb::CheckResponse;
         unary CheckBatch => check_batch(pb::CheckBatchRequest) -> pb::CheckBatchResponse;
         unary Report => report(pb::ReportRequest) -> pb::ReportResponse;
+        unary Settle => settle(pb::SettleRequest) -> pb::SettleResponse;
         unary Reset => reset(pb::ResetRequest) -> pb::ResetResponse;
     }
 }
@@ -71,6 +73,15 @@ impl<'a> From<&'a pb::report_request::LimitSource> for Source<'a> {
         match source {
             pb::report_request::LimitSource::Limit(l) => Self::Inline(l),
             pb::report_request::LimitSource::Policy(p) => Self::Policy(p),
+        }
+    }
+}
+
+impl<'a> From<&'a pb::settle_request::LimitSource> for Source<'a> {
+    fn from(source: &'a pb::settle_request::LimitSource) -> Self {
+        match source {
+            pb::settle_request::LimitSource::Limit(l) => Self::Inline(l),
+            pb::settle_request::LimitSource::Policy(p) => Self::Policy(p),
         }
     }
 }
@@ -288,6 +299,9 @@ impl Handler {
 
     async fn check(&self, ctx: Ctx, req: pb::CheckRequest) -> Result<pb::CheckResponse, Error> {
         let parsed = self.parse(&req)?;
+        if req.reserve {
+            return self.reserve(&ctx, parsed).await;
+        }
         self.apply(&ctx, std::slice::from_ref(&parsed))
             .await?
             .pop()
@@ -305,7 +319,17 @@ impl Handler {
             self.settings.max_batch,
             "ratelimit.max_batch",
         )?;
-        let parsed = validate::each(&req.checks, "checks", |c| self.parse(c))?;
+        let parsed = validate::each(&req.checks, "checks", |c| {
+            let reserve = if c.reserve {
+                Err(FieldViolation::new(
+                    "reserve",
+                    "is for Check only: reserve each limit with its own Check",
+                ))
+            } else {
+                Ok(())
+            };
+            validate::all((reserve, self.parse(c))).map(|(_, p)| p)
+        })?;
         let results = if req.all_or_nothing {
             self.apply_all(&ctx, &parsed).await?
         } else {

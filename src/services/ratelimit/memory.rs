@@ -9,7 +9,8 @@ use std::{
 use async_trait::async_trait;
 
 use super::algorithm::{self, Mode, State};
-use super::store::{Store, state_key};
+use super::reservation::{self, Reservation, SettleResult, Settled, Settlement};
+use super::store::{Store, reservation_key, state_key};
 use super::{Decision, Limited, RateCheck};
 use crate::keys::Tenant;
 use crate::store::StoreError;
@@ -20,6 +21,13 @@ struct Entry {
     expires_at_us: u64,
 }
 
+/// A reservation's marker: the state right after its charge.
+struct Marker {
+    state: State,
+    settled: bool,
+    expires_at_us: u64,
+}
+
 /// Independently locked shards spread contention across keys.
 const SHARDS: usize = 16;
 
@@ -27,6 +35,8 @@ const SHARDS: usize = 16;
 pub struct MemoryRateLimits {
     memory: Arc<Memory>,
     shards: Vec<Mutex<HashMap<String, Entry>>>,
+    /// Reservation markers by key, locked after a state's shard.
+    markers: Mutex<HashMap<String, Marker>>,
 }
 
 impl MemoryRateLimits {
@@ -34,6 +44,7 @@ impl MemoryRateLimits {
         let store = Arc::new(Self {
             memory: memory.clone(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            markers: Mutex::new(HashMap::new()),
         });
         let sweep: Weak<dyn Sweep> = Arc::downgrade(&store) as Weak<MemoryRateLimits>;
         memory.register(sweep);
@@ -93,6 +104,7 @@ impl Sweep for MemoryRateLimits {
         for shard in &self.shards {
             lock(shard).retain(|_, e| e.expires_at_us > now_us);
         }
+        lock(&self.markers).retain(|_, m| m.expires_at_us > now_us);
     }
 }
 
@@ -149,6 +161,80 @@ impl Store for MemoryRateLimits {
 
     async fn report(&self, tenant: &Tenant, check: &RateCheck) -> Result<Decision, StoreError> {
         Ok(self.check_one(tenant, check, Mode::Force))
+    }
+
+    async fn reserve(
+        &self,
+        tenant: &Tenant,
+        check: &RateCheck,
+        id: &str,
+    ) -> Result<Decision, StoreError> {
+        let key = state_key(tenant, &check.target);
+        let mut shard = self.shard(&key);
+        let now = self.memory.now_us();
+        let d = Self::apply(&mut shard, key.clone(), check, now, Mode::Check);
+        if let (true, Some(entry)) = (d.allowed && check.cost > 0, shard.get(&key)) {
+            lock(&self.markers).insert(
+                reservation_key(tenant, &check.target, id),
+                Marker {
+                    state: entry.state,
+                    settled: false,
+                    expires_at_us: entry.expires_at_us,
+                },
+            );
+        }
+        Ok(d)
+    }
+
+    async fn settle(
+        &self,
+        tenant: &Tenant,
+        target: &Limited,
+        reservation: &Reservation,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        let key = state_key(tenant, target);
+        let mut shard = self.shard(&key);
+        let now = self.memory.now_us();
+        let mut markers = lock(&self.markers);
+        let marker = markers
+            .get_mut(&reservation_key(tenant, target, &reservation.id))
+            .filter(|m| m.expires_at_us > now);
+        let result = match marker {
+            None => SettleResult::Expired,
+            Some(m) if m.settled => SettleResult::AlreadySettled,
+            Some(m) => {
+                m.settled = true;
+                let current = shard
+                    .get(&key)
+                    .filter(|e| e.expires_at_us > now)
+                    .map(|e| e.state);
+                let given = reservation::give_back(
+                    &target.limit,
+                    m.state,
+                    current,
+                    settlement.give_back,
+                    now,
+                );
+                if let (Some(state), Some(entry)) = (given, shard.get_mut(&key)) {
+                    entry.state = state;
+                }
+                SettleResult::Settled
+            }
+        };
+        drop(markers);
+        let (cost, mode) = if result != SettleResult::AlreadySettled && settlement.extra > 0 {
+            (settlement.extra, Mode::Force)
+        } else {
+            (0, Mode::Dry)
+        };
+        let check = RateCheck {
+            target: target.clone(),
+            cost,
+            shadow: false,
+        };
+        let decision = Self::apply(&mut shard, key, &check, now, mode);
+        Ok(Settled { result, decision })
     }
 
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {

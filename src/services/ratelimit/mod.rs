@@ -14,6 +14,7 @@ pub mod envoy;
 mod grpc;
 mod memory;
 mod redis;
+pub mod reservation;
 pub mod settings;
 pub mod store;
 

@@ -9,7 +9,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::coalesce::{Args, Coalescer};
-use super::store::{Store, state_key};
+use super::reservation::{Reservation, SettleResult, Settled, Settlement};
+use super::store::{Store, reservation_key, state_key};
 use super::{Algorithm, Decision, Limited, RateCheck};
 use crate::keys::Tenant;
 use crate::store::StoreError;
@@ -24,6 +25,9 @@ struct Scripts {
     batch: NamedScript,
     /// Every algorithm, independent checks that arrived together.
     many: NamedScript,
+    /// One check that reserves; the settling of a reservation.
+    reserve: NamedScript,
+    settle: NamedScript,
 }
 
 const GCRA: &str = include_str!("lua/gcra.lua");
@@ -67,6 +71,28 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
             SLIDING_WINDOW,
             DISPATCH,
             include_str!("lua/many.lua"),
+        ],
+    ),
+    reserve: NamedScript::new(
+        "ratelimit.reserve",
+        &[
+            GCRA,
+            TOKEN_BUCKET,
+            FIXED_WINDOW,
+            SLIDING_WINDOW,
+            DISPATCH,
+            include_str!("lua/reserve.lua"),
+        ],
+    ),
+    settle: NamedScript::new(
+        "ratelimit.settle",
+        &[
+            GCRA,
+            TOKEN_BUCKET,
+            FIXED_WINDOW,
+            SLIDING_WINDOW,
+            DISPATCH,
+            include_str!("lua/settle.lua"),
         ],
     ),
 });
@@ -250,6 +276,57 @@ impl Store for RedisRateLimits {
     async fn report(&self, tenant: &Tenant, check: &RateCheck) -> Result<Decision, StoreError> {
         let key = state_key(tenant, &check.target);
         decision(self.redis.eval(call(&key, check, true)).await?)
+    }
+
+    async fn reserve(
+        &self,
+        tenant: &Tenant,
+        check: &RateCheck,
+        id: &str,
+    ) -> Result<Decision, StoreError> {
+        let keys = [
+            state_key(tenant, &check.target),
+            reservation_key(tenant, &check.target, id),
+        ];
+        let mut call = SCRIPTS.reserve.call(&[&keys[0], &keys[1]], &[]);
+        batch_args(check).push(&mut call.cmd);
+        decision(self.redis.eval(call).await?)
+    }
+
+    async fn settle(
+        &self,
+        tenant: &Tenant,
+        target: &Limited,
+        reservation: &Reservation,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        let keys = [
+            state_key(tenant, target),
+            reservation_key(tenant, target, &reservation.id),
+        ];
+        let mut call = SCRIPTS.settle.call(&[&keys[0], &keys[1]], &[]);
+        let check = RateCheck {
+            target: target.clone(),
+            cost: settlement.give_back,
+            shadow: false,
+        };
+        batch_args(&check).push(&mut call.cmd);
+        call.cmd.arg(settlement.extra);
+        let bad = |e: String| StoreError::internal(format!("rate-limit settle reply: {e}"));
+        let values: Vec<i64> =
+            redis::FromRedisValue::from_redis_value(self.redis.eval(call).await?)
+                .map_err(|e| bad(e.to_string()))?;
+        let [code, d @ ..] = values.as_slice() else {
+            return Err(bad("empty".into()));
+        };
+        let result = SettleResult::from_code(*code).ok_or_else(|| bad(format!("result {code}")))?;
+        if d.len() != 4 {
+            return Err(bad(format!("{} values", values.len())));
+        }
+        Ok(Settled {
+            result,
+            decision: decoded_slice(d),
+        })
     }
 
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::reservation::{Reservation, Settled, Settlement};
 use super::{Decision, Limited, RateCheck, memory::MemoryRateLimits, redis::RedisRateLimits};
 use crate::keys::Tenant;
 use crate::store::{Backend, StoreError};
@@ -28,6 +29,23 @@ pub trait Store: Send + Sync {
     /// Consumes the cost whether or not it fits: usage that already
     /// happened, which may overdraw the budget until it refills.
     async fn report(&self, tenant: &Tenant, check: &RateCheck) -> Result<Decision, StoreError>;
+    /// One check that, when it consumes, leaves the marker of reservation
+    /// `id` beside the state (see [`super::reservation`]).
+    async fn reserve(
+        &self,
+        tenant: &Tenant,
+        check: &RateCheck,
+        id: &str,
+    ) -> Result<Decision, StoreError>;
+    /// Settles a reservation of `target`: gives back or consumes as
+    /// `settlement` says, once.
+    async fn settle(
+        &self,
+        tenant: &Tenant,
+        target: &Limited,
+        reservation: &Reservation,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError>;
     /// Forgets the state behind `target`, and tells every replica (see
     /// [`Store::resets`]).
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError>;
@@ -49,14 +67,21 @@ pub fn build(backend: &Backend) -> Arc<dyn Store> {
 
 /// The key of a target's state: one per (caller key, scope, algorithm).
 pub(super) fn state_key(tenant: &Tenant, target: &Limited) -> String {
+    target_key(tenant, target, &[])
+}
+
+/// The marker of reservation `id` of a target: beside its state, in the
+/// same slot.
+pub(super) fn reservation_key(tenant: &Tenant, target: &Limited, id: &str) -> String {
+    target_key(tenant, target, &["rsv", id])
+}
+
+fn target_key(tenant: &Tenant, target: &Limited, more: &[&str]) -> String {
     let scope = match &target.scope {
         super::Scope::Inline => std::borrow::Cow::Borrowed("inline"),
         super::Scope::Policy(name) => std::borrow::Cow::Owned(format!("p={name}")),
     };
-    crate::keys::key(
-        tenant,
-        super::SPACE,
-        &target.key,
-        &[&scope, target.limit.algorithm.as_str()],
-    )
+    let mut parts: Vec<&str> = vec![&scope, target.limit.algorithm.as_str()];
+    parts.extend_from_slice(more);
+    crate::keys::key(tenant, super::SPACE, &target.key, &parts)
 }

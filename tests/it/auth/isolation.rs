@@ -226,6 +226,7 @@ async fn a_tenant_sees_nothing_of_another(backend: Backend) {
 
     // Rate limits: B's budget under the same key is untouched by A's use.
     let check = || rl::CheckRequest {
+        reserve: false,
         key: "caller".into(),
         limit_source: Some(rl::check_request::LimitSource::Policy("auth".into())),
         cost: None,

@@ -28,6 +28,7 @@ async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
 
 fn check() -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: "k".into(),
         limit_source: Some(LimitSource::Policy("closed".into())),
         cost: None,

@@ -14,6 +14,7 @@ const CHECK: &str = "/datalayer.ratelimit.v1.RateLimitService/Check";
 
 fn policy_check(policy: String) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: "k".into(),
         limit_source: Some(LimitSource::Policy(policy)),
         cost: None,

@@ -54,6 +54,7 @@ async fn a_short_caller_deadline_never_fails_open() {
         let body = crate::harness::raw::frame(
             false,
             &CheckRequest {
+                reserve: false,
                 key: key.clone(),
                 limit_source: Some(LimitSource::Policy(policy.clone())),
                 cost: None,

@@ -30,6 +30,7 @@ fn set(key: &str, bytes: usize) -> SetRequest {
 
 fn check(key: &str) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: key.to_owned(),
         limit_source: Some(LimitSource::Policy("closed".into())),
         cost: None,

@@ -355,6 +355,17 @@ pub fn assert_bad_field(
     );
 }
 
+/// The fields a BadRequest detail of `status` names, in order.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .expect("a google.rpc.BadRequest detail")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
 /// A protobuf `Duration`.
 pub fn pb_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {

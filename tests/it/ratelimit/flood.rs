@@ -31,6 +31,7 @@ fn with_cache(s: &mut datalayer::config::Settings) {
 
 fn ten(key: &str, cost: u64) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: key.into(),
         limit_source: Some(LimitSource::Policy("ten".into())),
         cost: Some(cost),

@@ -37,6 +37,7 @@ async fn app(backend: Backend) -> TestApp {
 
 fn policy(key: &str, name: &str) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: key.into(),
         limit_source: Some(LimitSource::Policy(name.into())),
         cost: None,

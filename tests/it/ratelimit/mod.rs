@@ -5,6 +5,7 @@ mod envoy;
 mod flood;
 mod limits;
 mod redis_only;
+mod reservations;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,6 @@ use datalayer::proto::datalayer::ratelimit::v1::{
     self, CheckBatchRequest, CheckRequest, CheckResponse, FixedWindow, Gcra, Limit, Reason,
     ResetRequest, SlidingWindow, TokenBucket, check_request::LimitSource, limit::Algorithm,
 };
-use tonic_types::StatusExt;
 
 fn dur(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -81,6 +81,7 @@ fn each_algorithm(limit: u64, period: Duration) -> Vec<(&'static str, Limit)> {
 
 fn request(key: &str, limit: &Limit, cost: Option<u64>) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: key.to_owned(),
         limit_source: Some(LimitSource::Limit(*limit)),
         cost,
@@ -341,6 +342,7 @@ async fn reset_forgets_the_key(backend: Backend) {
 async fn policies_apply_by_name_and_keep_separate_state(backend: Backend) {
     let app = spawn_app(backend).await;
     let by_policy = |policy: &str| CheckRequest {
+        reserve: false,
         key: "user:7".into(),
         limit_source: Some(LimitSource::Policy(policy.into())),
         cost: None,
@@ -429,14 +431,10 @@ async fn bad_input_names_the_field(backend: Backend) {
         .check(request("", &gcra(5, Duration::ZERO), None))
         .await
         .expect_err("two bad fields");
-    let fields: Vec<String> = both
-        .get_details_bad_request()
-        .expect("BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    assert_eq!(fields, vec!["key", "limit.gcra.period"]);
+    assert_eq!(
+        crate::harness::bad_fields(&both),
+        vec!["key", "limit.gcra.period"]
+    );
     let cases: Vec<(CheckRequest, &str)> = vec![
         (request("", &ok, None), "key"),
         (request(&"k".repeat(513), &ok, None), "key"),
@@ -493,6 +491,7 @@ async fn bad_input_names_the_field(backend: Backend) {
         ),
         (
             CheckRequest {
+                reserve: false,
                 key: "k".into(),
                 limit_source: None,
                 cost: None,
@@ -501,6 +500,7 @@ async fn bad_input_names_the_field(backend: Backend) {
         ),
         (
             CheckRequest {
+                reserve: false,
                 key: "k".into(),
                 limit_source: Some(LimitSource::Policy("nope".into())),
                 cost: None,
@@ -583,6 +583,7 @@ pub fn workload(app: &TestApp) -> futures::future::BoxFuture<'_, Result<(), toni
             client.check(timed(request(&key, &limit, None))).await?;
         }
         let by_policy = CheckRequest {
+            reserve: false,
             key: key.clone(),
             limit_source: Some(LimitSource::Policy("closed".into())),
             cost: None,

@@ -15,6 +15,7 @@ use tonic_types::StatusExt;
 
 fn policy(name: &str) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: "bot-1".into(),
         limit_source: Some(LimitSource::Policy(name.into())),
         cost: None,
@@ -23,6 +24,7 @@ fn policy(name: &str) -> CheckRequest {
 
 fn inline(key: &str, algorithm: Algorithm, cost: Option<u64>) -> CheckRequest {
     CheckRequest {
+        reserve: false,
         key: key.into(),
         limit_source: Some(LimitSource::Limit(Limit {
             algorithm: Some(algorithm),

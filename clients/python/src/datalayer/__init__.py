@@ -37,6 +37,7 @@ Upstash-style helpers (durations: ``"10s"``, ``"1 m"``, ``"500ms"``, a
     limiter = client.ratelimit.sliding_window(10, "10s")   # or fixed_window, token_bucket, gcra, policy("auth")
     r = limiter.limit("user:42")       # LimitResult(success, limit, remaining, reset_at, retry_after, reason, ...)
     limiter.report("user:42", 25)      # usage known afterwards (LLM tokens): ReportResult(..., overdrawn)
+    r = limiter.reserve("user:42", 4000)  # an estimate; then limiter.settle("user:42", r.reservation, used)
     client.ratelimit.limit_all("user:42", [per_minute, per_day])   # LimitAllResult(success, results): all or none
     report = client.cache.get_or_set("report", build, "5m", stale_ttl="1h")   # computed once across callers
     session = client.sessions.validate(token)    # the Session, or None
@@ -95,7 +96,16 @@ from datalayer._locks import (
     LockNotAcquired,
     parse_duration,
 )
-from datalayer._ratelimit import AsyncRateLimiter, LimitAllResult, LimitReason, LimitResult, RateLimiter, ReportResult
+from datalayer._ratelimit import (
+    AsyncRateLimiter,
+    LimitAllResult,
+    LimitReason,
+    LimitResult,
+    RateLimiter,
+    ReportResult,
+    SettleOutcome,
+    SettleResult,
+)
 from datalayer._services import SERVICES
 from datalayer._signature import SIGNATURE_HEADER, SignatureError, parse_signing_keys, verify_signature
 from datalayer._workers import (
@@ -183,6 +193,8 @@ __all__ = [
     "RateLimitClient",
     "RateLimiter",
     "ReportResult",
+    "SettleOutcome",
+    "SettleResult",
     "ResourceExhausted",
     "RetryPolicy",
     "ServerStream",

@@ -105,6 +105,8 @@ class LimitResult:
             ``retry_after`` say what the limit would have answered).
         reset_after: seconds until the full budget is back, as the service
             said (``reset_at`` without this side's clock).
+        reservation: from :meth:`RateLimiter.reserve`, when it spent: pass
+            it to :meth:`RateLimiter.settle`. Empty otherwise.
 
     ``bool(result)`` is ``result.success``.
     """
@@ -116,6 +118,7 @@ class LimitResult:
     retry_after: float | None
     reason: LimitReason
     reset_after: float
+    reservation: str = ""
 
     def __bool__(self) -> bool:
         return self.success
@@ -132,6 +135,7 @@ class LimitResult:
             retry_after=_pb_seconds(answer.retry_after) if answer.HasField("retry_after") else None,
             reason=_REASONS.get(answer.reason, "unspecified"),
             reset_after=reset_after,
+            reservation=answer.reservation,
         )
 
 
@@ -163,6 +167,50 @@ class ReportResult:
         """The result of a ``ReportResponse``."""
         reset_after = _pb_seconds(answer.reset_after)
         return cls(
+            limit=answer.limit,
+            remaining=answer.remaining,
+            reset_at=time.time() + reset_after,
+            overdrawn=answer.overdrawn,
+            reset_after=reset_after,
+        )
+
+
+SettleOutcome = Literal["settled", "already_settled", "expired", "unspecified"]
+
+_SETTLED: dict[int, SettleOutcome] = {
+    ratelimit_pb2.SETTLE_RESULT_SETTLED: "settled",
+    ratelimit_pb2.SETTLE_RESULT_ALREADY_SETTLED: "already_settled",
+    ratelimit_pb2.SETTLE_RESULT_EXPIRED: "expired",
+}
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """The answer of :meth:`RateLimiter.settle`.
+
+    Attributes:
+        outcome: ``"settled"`` (now: the unused units came back, or the
+            units above the reservation were spent), ``"already_settled"``
+            (nothing changed) or ``"expired"`` (the reservation no longer
+            counted: its window or period had passed; nothing came back,
+            units above it were still spent).
+        limit, remaining, reset_at, reset_after, overdrawn: as
+            :class:`ReportResult`, after settling.
+    """
+
+    outcome: SettleOutcome
+    limit: int
+    remaining: int
+    reset_at: float
+    overdrawn: bool
+    reset_after: float
+
+    @classmethod
+    def from_pb(cls, answer: ratelimit_pb2.SettleResponse) -> SettleResult:
+        """The result of a ``SettleResponse``."""
+        reset_after = _pb_seconds(answer.reset_after)
+        return cls(
+            outcome=_SETTLED.get(answer.result, "unspecified"),
             limit=answer.limit,
             remaining=answer.remaining,
             reset_at=time.time() + reset_after,
@@ -222,6 +270,10 @@ class _SyncRateLimitRPCs(Protocol):
         self, request: ratelimit_pb2.ReportRequest, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> ratelimit_pb2.ReportResponse: ...
 
+    def settle(
+        self, request: ratelimit_pb2.SettleRequest, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> ratelimit_pb2.SettleResponse: ...
+
     def reset(
         self, request: ratelimit_pb2.ResetRequest, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> ratelimit_pb2.ResetResponse: ...
@@ -241,6 +293,10 @@ class _AsyncRateLimitRPCs(Protocol):
     async def report(
         self, request: ratelimit_pb2.ReportRequest, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> ratelimit_pb2.ReportResponse: ...
+
+    async def settle(
+        self, request: ratelimit_pb2.SettleRequest, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> ratelimit_pb2.SettleResponse: ...
 
     async def reset(
         self, request: ratelimit_pb2.ResetRequest, *, timeout: float | None = None, metadata: Metadata = ()
@@ -298,6 +354,16 @@ class _Spec:
 
     def report(self, id: str, cost: int) -> ratelimit_pb2.ReportRequest:
         req = ratelimit_pb2.ReportRequest(key=self.key(id), cost=_count(cost, "cost"))
+        if self.inline is not None:
+            req.limit.CopyFrom(self.inline)
+        else:
+            req.policy = self.policy or ""
+        return req
+
+    def settle(self, id: str, reservation: str, cost: int) -> ratelimit_pb2.SettleRequest:
+        if not isinstance(reservation, str) or not reservation:
+            raise ValueError(f"reservation must be the non-empty LimitResult.reservation of reserve(), got {reservation!r}")
+        req = ratelimit_pb2.SettleRequest(key=self.key(id), reservation=reservation, cost=_cost(cost))
         if self.inline is not None:
             req.limit.CopyFrom(self.inline)
         else:
@@ -441,6 +507,22 @@ class RateLimiter:
         answer = self._rpcs.report(self._spec.report(id, cost), metadata=self._spec.metadata)
         return ReportResult.from_pb(answer)
 
+    def reserve(self, id: str, cost: int) -> LimitResult:
+        """:meth:`limit` with an estimate (an LLM call's most tokens): when
+        it spends, ``result.reservation`` is set; :meth:`settle` it with the
+        real cost afterwards."""
+        req = self._spec.check(id, cost)
+        req.reserve = True
+        return LimitResult.from_pb(self._rpcs.check(req, metadata=self._spec.metadata))
+
+    def settle(self, id: str, reservation: str, cost: int) -> SettleResult:
+        """Ends a :meth:`reserve` with the ``cost`` actually used: less gives
+        the rest back (never more than the reservation still holds back),
+        more spends the difference whether or not it fits (as
+        :meth:`report`). Settling again changes nothing."""
+        req = self._spec.settle(id, reservation, cost)
+        return SettleResult.from_pb(self._rpcs.settle(req, metadata=self._spec.metadata))
+
     def reset(self, id: str) -> None:
         """Forgets ``id``'s state under this limit: its full budget is back."""
         self._rpcs.reset(self._spec.reset(id), metadata=self._spec.metadata)
@@ -483,6 +565,17 @@ class AsyncRateLimiter:
         """As :meth:`RateLimiter.report`."""
         answer = await self._rpcs.report(self._spec.report(id, cost), metadata=self._spec.metadata)
         return ReportResult.from_pb(answer)
+
+    async def reserve(self, id: str, cost: int) -> LimitResult:
+        """As :meth:`RateLimiter.reserve`."""
+        req = self._spec.check(id, cost)
+        req.reserve = True
+        return LimitResult.from_pb(await self._rpcs.check(req, metadata=self._spec.metadata))
+
+    async def settle(self, id: str, reservation: str, cost: int) -> SettleResult:
+        """As :meth:`RateLimiter.settle`."""
+        req = self._spec.settle(id, reservation, cost)
+        return SettleResult.from_pb(await self._rpcs.settle(req, metadata=self._spec.metadata))
 
     async def reset(self, id: str) -> None:
         """As :meth:`RateLimiter.reset`."""

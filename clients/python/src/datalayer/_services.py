@@ -1601,6 +1601,20 @@ class RateLimitService:
         """
         return self._invoke(self.stub.Report, request, timeout=timeout, metadata=metadata)
 
+    def settle(
+        self,
+        request: ratelimit_pb2.SettleRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ratelimit_pb2.SettleResponse:
+        """Settle ends a reservation (a Check with `reserve = true`) with the cost
+        actually used: less than reserved gives the difference back, more
+        consumes the rest whether or not it fits (as Report). Settling the
+        same reservation again changes nothing.
+        """
+        return self._invoke(self.stub.Settle, request, timeout=timeout, metadata=metadata)
+
     def reset(
         self,
         request: ratelimit_pb2.ResetRequest,
@@ -1663,6 +1677,20 @@ class AsyncRateLimitService:
         checks are rejected until it has refilled.
         """
         return await self._invoke(self.stub.Report, request, timeout=timeout, metadata=metadata)
+
+    async def settle(
+        self,
+        request: ratelimit_pb2.SettleRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> ratelimit_pb2.SettleResponse:
+        """Settle ends a reservation (a Check with `reserve = true`) with the cost
+        actually used: less than reserved gives the difference back, more
+        consumes the rest whether or not it fits (as Report). Settling the
+        same reservation again changes nothing.
+        """
+        return await self._invoke(self.stub.Settle, request, timeout=timeout, metadata=metadata)
 
     async def reset(
         self,

@@ -55,6 +55,7 @@ pub(super) fn answer(parsed: &Parsed, d: Decision) -> pb::CheckResponse {
             reset_after: Some(duration_out(d.reset_after_us)),
             retry_after: d.retry_after_us.map(duration_out),
             reason: pb::Reason::ShadowOverLimit as i32,
+            reservation: String::new(),
         };
     }
     let reason = if d.allowed {
@@ -71,6 +72,7 @@ pub(super) fn answer(parsed: &Parsed, d: Decision) -> pb::CheckResponse {
         reset_after: Some(duration_out(d.reset_after_us)),
         retry_after: d.retry_after_us.map(duration_out),
         reason: reason as i32,
+        reservation: String::new(),
     }
 }
 
@@ -103,5 +105,6 @@ pub(super) fn fail_open(parsed: &Parsed) -> pb::CheckResponse {
         reset_after: Some(duration_out(0)),
         retry_after: None,
         reason: pb::Reason::FailOpen as i32,
+        reservation: String::new(),
     }
 }

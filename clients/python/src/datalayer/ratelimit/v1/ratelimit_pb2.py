@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&datalayer/ratelimit/v1/ratelimit.proto\x12\x16\x64\x61talayer.ratelimit.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb2\x02\n\x05Limit\x12,\n\x04gcra\x18\x01 \x01(\x0b\x32\x1c.datalayer.ratelimit.v1.GcraH\x00\x12;\n\x0ctoken_bucket\x18\x02 \x01(\x0b\x32#.datalayer.ratelimit.v1.TokenBucketH\x00\x12;\n\x0c\x66ixed_window\x18\x03 \x01(\x0b\x32#.datalayer.ratelimit.v1.FixedWindowH\x00\x12?\n\x0esliding_window\x18\x04 \x01(\x0b\x32%.datalayer.ratelimit.v1.SlidingWindowH\x00\x12\x33\n\tfail_mode\x18\x05 \x01(\x0e\x32 .datalayer.ratelimit.v1.FailModeB\x0b\n\talgorithm\"@\n\x04Gcra\x12\r\n\x05limit\x18\x01 \x01(\x04\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"j\n\x0bTokenBucket\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\x04\x12\x15\n\rrefill_amount\x18\x02 \x01(\x04\x12\x32\n\x0frefill_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x0b\x46ixedWindow\x12\r\n\x05limit\x18\x01 \x01(\x04\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\rSlidingWindow\x12\r\n\x05limit\x18\x01 \x01(\x04\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x89\x01\n\x0c\x43heckRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05limit\x18\x02 \x01(\x0b\x32\x1d.datalayer.ratelimit.v1.LimitH\x00\x12\x10\n\x06policy\x18\x03 \x01(\tH\x00\x12\x11\n\x04\x63ost\x18\x04 \x01(\x04H\x01\x88\x01\x01\x42\x0e\n\x0climit_sourceB\x07\n\x05_cost\"\xd2\x01\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x04\x12\x11\n\tremaining\x18\x03 \x01(\x04\x12.\n\x0breset_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bretry_after\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x06reason\x18\x06 \x01(\x0e\x32\x1e.datalayer.ratelimit.v1.Reason\"a\n\x11\x43heckBatchRequest\x12\x34\n\x06\x63hecks\x18\x01 \x03(\x0b\x32$.datalayer.ratelimit.v1.CheckRequest\x12\x16\n\x0e\x61ll_or_nothing\x18\x02 \x01(\x08\"L\n\x12\x43heckBatchResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.datalayer.ratelimit.v1.CheckResponse\"|\n\rReportRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05limit\x18\x02 \x01(\x0b\x32\x1d.datalayer.ratelimit.v1.LimitH\x00\x12\x10\n\x06policy\x18\x03 \x01(\tH\x00\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x04\x42\x0e\n\x0climit_source\"u\n\x0eReportResponse\x12\r\n\x05limit\x18\x01 \x01(\x04\x12\x11\n\tremaining\x18\x02 \x01(\x04\x12.\n\x0breset_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\toverdrawn\x18\x04 \x01(\x08\"m\n\x0cResetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05limit\x18\x02 \x01(\x0b\x32\x1d.datalayer.ratelimit.v1.LimitH\x00\x12\x10\n\x06policy\x18\x03 \x01(\tH\x00\x42\x0e\n\x0climit_source\"\x0f\n\rResetResponse*O\n\x08\x46\x61ilMode\x12\x19\n\x15\x46\x41IL_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41IL_MODE_CLOSED\x10\x01\x12\x12\n\x0e\x46\x41IL_MODE_OPEN\x10\x02*\xbe\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13REASON_WITHIN_LIMIT\x10\x01\x12\x15\n\x11REASON_OVER_LIMIT\x10\x02\x12\x1d\n\x19REASON_COST_EXCEEDS_LIMIT\x10\x03\x12\x14\n\x10REASON_FAIL_OPEN\x10\x04\x12\x19\n\x15REASON_BATCH_REJECTED\x10\x05\x12\x1c\n\x18REASON_SHADOW_OVER_LIMIT\x10\x06\x32\xfc\x02\n\x10RateLimitService\x12T\n\x05\x43heck\x12$.datalayer.ratelimit.v1.CheckRequest\x1a%.datalayer.ratelimit.v1.CheckResponse\x12\x63\n\nCheckBatch\x12).datalayer.ratelimit.v1.CheckBatchRequest\x1a*.datalayer.ratelimit.v1.CheckBatchResponse\x12W\n\x06Report\x12%.datalayer.ratelimit.v1.ReportRequest\x1a&.datalayer.ratelimit.v1.ReportResponse\x12T\n\x05Reset\x12$.datalayer.ratelimit.v1.ResetRequest\x1a%.datalayer.ratelimit.v1.ResetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&datalayer/ratelimit/v1/ratelimit.proto\x12\x16\x64\x61talayer.ratelimit.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb2\x02\n\x05Limit\x12,\n\x04gcra\x18\x01 \x01(\x0b\x32\x1c.datalayer.ratelimit.v1.GcraH\x00\x12;\n\x0ctoken_bucket\x18\x02 \x01(\x0b\x32#.datalayer.ratelimit.v1.TokenBucketH\x00\x12;\n\x0c\x66ixed_window\x18\x03 \x01(\x0b\x32#.datalayer.ratelimit.v1.FixedWindowH\x00\x12?\n\x0esliding_window\x18\x04 \x01(\x0b\x32%.datalayer.ratelimit.v1.SlidingWindowH\x00\x12\x33\n\tfail_mode\x18\x05 \x01(\x0e\x32 .datalayer.ratelimit.v1.FailModeB\x0b\n\talgorithm\"@\n\x04Gcra\x12\r\n\x05limit\x18\x01 \x01(\x04\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"j\n\x0bTokenBucket\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\x04\x12\x15\n\rrefill_amount\x18\x02 \x01(\x04\x12\x32\n\x0frefill_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x0b\x46ixedWindow\x12\r\n\x05limit\x18\x01 \x01(\x04\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\rSlidingWindow\x12\r\n\x05limit\x18\x01 \x01(\x04\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9a\x01\n\x0c\x43heckRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05limit\x18\x02 \x01(\x0b\x32\x1d.datalayer.ratelimit.v1.LimitH\x00\x12\x10\n\x06policy\x18\x03 \x01(\tH\x00\x12\x11\n\x04\x63ost\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x0f\n\x07reserve\x18\x05 \x01(\x08\x42\x0e\n\x0climit_sourceB\x07\n\x05_cost\"\xe7\x01\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x04\x12\x11\n\tremaining\x18\x03 \x01(\x04\x12.\n\x0breset_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bretry_after\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x06reason\x18\x06 \x01(\x0e\x32\x1e.datalayer.ratelimit.v1.Reason\x12\x13\n\x0breservation\x18\x07 \x01(\t\"a\n\x11\x43heckBatchRequest\x12\x34\n\x06\x63hecks\x18\x01 \x03(\x0b\x32$.datalayer.ratelimit.v1.CheckRequest\x12\x16\n\x0e\x61ll_or_nothing\x18\x02 \x01(\x08\"L\n\x12\x43heckBatchResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.datalayer.ratelimit.v1.CheckResponse\"|\n\rReportRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05limit\x18\x02 \x01(\x0b\x32\x1d.datalayer.ratelimit.v1.LimitH\x00\x12\x10\n\x06policy\x18\x03 \x01(\tH\x00\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x04\x42\x0e\n\x0climit_source\"u\n\x0eReportResponse\x12\r\n\x05limit\x18\x01 \x01(\x04\x12\x11\n\tremaining\x18\x02 \x01(\x04\x12.\n\x0breset_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\toverdrawn\x18\x04 \x01(\x08\"\x91\x01\n\rSettleRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05limit\x18\x02 \x01(\x0b\x32\x1d.datalayer.ratelimit.v1.LimitH\x00\x12\x10\n\x06policy\x18\x03 \x01(\tH\x00\x12\x13\n\x0breservation\x18\x04 \x01(\t\x12\x0c\n\x04\x63ost\x18\x05 \x01(\x04\x42\x0e\n\x0climit_source\"\xab\x01\n\x0eSettleResponse\x12\x34\n\x06result\x18\x01 \x01(\x0e\x32$.datalayer.ratelimit.v1.SettleResult\x12\r\n\x05limit\x18\x02 \x01(\x04\x12\x11\n\tremaining\x18\x03 \x01(\x04\x12.\n\x0breset_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\toverdrawn\x18\x05 \x01(\x08\"m\n\x0cResetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05limit\x18\x02 \x01(\x0b\x32\x1d.datalayer.ratelimit.v1.LimitH\x00\x12\x10\n\x06policy\x18\x03 \x01(\tH\x00\x42\x0e\n\x0climit_source\"\x0f\n\rResetResponse*O\n\x08\x46\x61ilMode\x12\x19\n\x15\x46\x41IL_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41IL_MODE_CLOSED\x10\x01\x12\x12\n\x0e\x46\x41IL_MODE_OPEN\x10\x02*\xbe\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13REASON_WITHIN_LIMIT\x10\x01\x12\x15\n\x11REASON_OVER_LIMIT\x10\x02\x12\x1d\n\x19REASON_COST_EXCEEDS_LIMIT\x10\x03\x12\x14\n\x10REASON_FAIL_OPEN\x10\x04\x12\x19\n\x15REASON_BATCH_REJECTED\x10\x05\x12\x1c\n\x18REASON_SHADOW_OVER_LIMIT\x10\x06*\x86\x01\n\x0cSettleResult\x12\x1d\n\x19SETTLE_RESULT_UNSPECIFIED\x10\x00\x12\x19\n\x15SETTLE_RESULT_SETTLED\x10\x01\x12!\n\x1dSETTLE_RESULT_ALREADY_SETTLED\x10\x02\x12\x19\n\x15SETTLE_RESULT_EXPIRED\x10\x03\x32\xd5\x03\n\x10RateLimitService\x12T\n\x05\x43heck\x12$.datalayer.ratelimit.v1.CheckRequest\x1a%.datalayer.ratelimit.v1.CheckResponse\x12\x63\n\nCheckBatch\x12).datalayer.ratelimit.v1.CheckBatchRequest\x1a*.datalayer.ratelimit.v1.CheckBatchResponse\x12W\n\x06Report\x12%.datalayer.ratelimit.v1.ReportRequest\x1a&.datalayer.ratelimit.v1.ReportResponse\x12W\n\x06Settle\x12%.datalayer.ratelimit.v1.SettleRequest\x1a&.datalayer.ratelimit.v1.SettleResponse\x12T\n\x05Reset\x12$.datalayer.ratelimit.v1.ResetRequest\x1a%.datalayer.ratelimit.v1.ResetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'datalayer.ratelimit.v1.ratelimit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FAILMODE']._serialized_start=1632
-  _globals['_FAILMODE']._serialized_end=1711
-  _globals['_REASON']._serialized_start=1714
-  _globals['_REASON']._serialized_end=1904
+  _globals['_FAILMODE']._serialized_start=1992
+  _globals['_FAILMODE']._serialized_end=2071
+  _globals['_REASON']._serialized_start=2074
+  _globals['_REASON']._serialized_end=2264
+  _globals['_SETTLERESULT']._serialized_start=2267
+  _globals['_SETTLERESULT']._serialized_end=2401
   _globals['_LIMIT']._serialized_start=99
   _globals['_LIMIT']._serialized_end=405
   _globals['_GCRA']._serialized_start=407
@@ -47,21 +49,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SLIDINGWINDOW']._serialized_start=654
   _globals['_SLIDINGWINDOW']._serialized_end=727
   _globals['_CHECKREQUEST']._serialized_start=730
-  _globals['_CHECKREQUEST']._serialized_end=867
-  _globals['_CHECKRESPONSE']._serialized_start=870
-  _globals['_CHECKRESPONSE']._serialized_end=1080
-  _globals['_CHECKBATCHREQUEST']._serialized_start=1082
-  _globals['_CHECKBATCHREQUEST']._serialized_end=1179
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=1181
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=1257
-  _globals['_REPORTREQUEST']._serialized_start=1259
-  _globals['_REPORTREQUEST']._serialized_end=1383
-  _globals['_REPORTRESPONSE']._serialized_start=1385
-  _globals['_REPORTRESPONSE']._serialized_end=1502
-  _globals['_RESETREQUEST']._serialized_start=1504
-  _globals['_RESETREQUEST']._serialized_end=1613
-  _globals['_RESETRESPONSE']._serialized_start=1615
-  _globals['_RESETRESPONSE']._serialized_end=1630
-  _globals['_RATELIMITSERVICE']._serialized_start=1907
-  _globals['_RATELIMITSERVICE']._serialized_end=2287
+  _globals['_CHECKREQUEST']._serialized_end=884
+  _globals['_CHECKRESPONSE']._serialized_start=887
+  _globals['_CHECKRESPONSE']._serialized_end=1118
+  _globals['_CHECKBATCHREQUEST']._serialized_start=1120
+  _globals['_CHECKBATCHREQUEST']._serialized_end=1217
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=1219
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=1295
+  _globals['_REPORTREQUEST']._serialized_start=1297
+  _globals['_REPORTREQUEST']._serialized_end=1421
+  _globals['_REPORTRESPONSE']._serialized_start=1423
+  _globals['_REPORTRESPONSE']._serialized_end=1540
+  _globals['_SETTLEREQUEST']._serialized_start=1543
+  _globals['_SETTLEREQUEST']._serialized_end=1688
+  _globals['_SETTLERESPONSE']._serialized_start=1691
+  _globals['_SETTLERESPONSE']._serialized_end=1862
+  _globals['_RESETREQUEST']._serialized_start=1864
+  _globals['_RESETREQUEST']._serialized_end=1973
+  _globals['_RESETRESPONSE']._serialized_start=1975
+  _globals['_RESETRESPONSE']._serialized_end=1990
+  _globals['_RATELIMITSERVICE']._serialized_start=2404
+  _globals['_RATELIMITSERVICE']._serialized_end=2873
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,37 @@ what the limit would have answered.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
+class _SettleResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SettleResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettleResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SETTLE_RESULT_UNSPECIFIED: _SettleResult.ValueType  # 0
+    SETTLE_RESULT_SETTLED: _SettleResult.ValueType  # 1
+    """Settled now: the difference was given back, or the rest consumed."""
+    SETTLE_RESULT_ALREADY_SETTLED: _SettleResult.ValueType  # 2
+    """Settled before: nothing changed."""
+    SETTLE_RESULT_EXPIRED: _SettleResult.ValueType  # 3
+    """The reservation's units no longer count against the limit (its
+    window or period has passed, or the key was reset): nothing to give
+    back; a cost above the reservation is still consumed.
+    """
+
+class SettleResult(_SettleResult, metaclass=_SettleResultEnumTypeWrapper): ...
+
+SETTLE_RESULT_UNSPECIFIED: SettleResult.ValueType  # 0
+SETTLE_RESULT_SETTLED: SettleResult.ValueType  # 1
+"""Settled now: the difference was given back, or the rest consumed."""
+SETTLE_RESULT_ALREADY_SETTLED: SettleResult.ValueType  # 2
+"""Settled before: nothing changed."""
+SETTLE_RESULT_EXPIRED: SettleResult.ValueType  # 3
+"""The reservation's units no longer count against the limit (its
+window or period has passed, or the key was reset): nothing to give
+back; a cost above the reservation is still consumed.
+"""
+Global___SettleResult: _TypeAlias = SettleResult  # noqa: Y015
+
 @_typing.final
 class Limit(_message.Message):
     """A limit given inline in a request. Exactly one algorithm must be set."""
@@ -251,12 +282,18 @@ class CheckRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    RESERVE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The caller's identity for this limit, e.g. "user:42". 1 to 512 bytes."""
     policy: _builtins.str
     """The name of a policy defined in the server's configuration."""
     cost: _builtins.int
     """Units to spend. Defaults to 1 when unset; 0 looks without consuming."""
+    reserve: _builtins.bool
+    """The cost is an estimate (an LLM call's most tokens): when the check is
+    allowed and consumes, the answer carries a `reservation` to Settle
+    with the real cost. Check only; not in CheckBatch.
+    """
     @_builtins.property
     def limit(self) -> Global___Limit:
         """A limit given inline."""
@@ -268,10 +305,11 @@ class CheckRequest(_message.Message):
         limit: Global___Limit | None = ...,
         policy: _builtins.str = ...,
         cost: _builtins.int | None = ...,
+        reserve: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "cost", b"cost", "limit", b"limit", "limit_source", b"limit_source", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "cost", b"cost", "key", b"key", "limit", b"limit", "limit_source", b"limit_source", "policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "cost", b"cost", "key", b"key", "limit", b"limit", "limit_source", b"limit_source", "policy", b"policy", "reserve", b"reserve"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost: _TypeAlias = _typing.Literal["cost"]  # noqa: Y015
     _WhichOneofArgType__cost: _TypeAlias = _typing.Literal["_cost", b"_cost"]  # noqa: Y015
@@ -294,12 +332,17 @@ class CheckResponse(_message.Message):
     RESET_AFTER_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     limit: _builtins.int
     """The limit that applied (requests per period, or bucket capacity)."""
     remaining: _builtins.int
     """Units still available right after this check."""
     reason: Global___Reason.ValueType
+    reservation: _builtins.str
+    """With `reserve = true`, when the check consumed: pass it to Settle.
+    Empty otherwise (rejected, cost 0, shadow mode, or failed open).
+    """
     @_builtins.property
     def reset_after(self) -> _duration_pb2.Duration:
         """Time until the key is back to its full budget."""
@@ -319,10 +362,11 @@ class CheckResponse(_message.Message):
         reset_after: _duration_pb2.Duration | None = ...,
         retry_after: _duration_pb2.Duration | None = ...,
         reason: Global___Reason.ValueType = ...,
+        reservation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reset_after", b"reset_after", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "limit", b"limit", "reason", b"reason", "remaining", b"remaining", "reset_after", b"reset_after", "retry_after", b"retry_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "limit", b"limit", "reason", b"reason", "remaining", b"remaining", "reservation", b"reservation", "reset_after", b"reset_after", "retry_after", b"retry_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -449,6 +493,79 @@ class ReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
+
+@_typing.final
+class SettleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key and limit (or policy) the reservation was checked against."""
+    policy: _builtins.str
+    reservation: _builtins.str
+    """From CheckResponse.reservation."""
+    cost: _builtins.int
+    """Units actually used: 0 to 100 times the limit."""
+    @_builtins.property
+    def limit(self) -> Global___Limit: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        limit: Global___Limit | None = ...,
+        policy: _builtins.str = ...,
+        reservation: _builtins.str = ...,
+        cost: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "limit_source", b"limit_source", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "key", b"key", "limit", b"limit", "limit_source", b"limit_source", "policy", b"policy", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_limit_source: _TypeAlias = _typing.Literal["limit", "policy"]  # noqa: Y015
+    _WhichOneofArgType_limit_source: _TypeAlias = _typing.Literal["limit_source", b"limit_source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_limit_source) -> _WhichOneofReturnType_limit_source | None: ...
+
+Global___SettleRequest: _TypeAlias = SettleRequest  # noqa: Y015
+
+@_typing.final
+class SettleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESET_AFTER_FIELD_NUMBER: _builtins.int
+    OVERDRAWN_FIELD_NUMBER: _builtins.int
+    result: Global___SettleResult.ValueType
+    limit: _builtins.int
+    remaining: _builtins.int
+    """Units available after settling (0 when overdrawn)."""
+    overdrawn: _builtins.bool
+    """The cost above the reservation did not fit: checks are rejected until
+    the budget refills.
+    """
+    @_builtins.property
+    def reset_after(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        result: Global___SettleResult.ValueType = ...,
+        limit: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        reset_after: _duration_pb2.Duration | None = ...,
+        overdrawn: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_after", b"reset_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "overdrawn", b"overdrawn", "remaining", b"remaining", "reset_after", b"reset_after", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleResponse: _TypeAlias = SettleResponse  # noqa: Y015
 
 @_typing.final
 class ResetRequest(_message.Message):

@@ -53,6 +53,11 @@ class RateLimitServiceStub:
                 request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportRequest.SerializeToString,
                 response_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.Settle = channel.unary_unary(
+                '/datalayer.ratelimit.v1.RateLimitService/Settle',
+                request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.SerializeToString,
+                response_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.FromString,
+                _registered_method=True)
         self.Reset = channel.unary_unary(
                 '/datalayer.ratelimit.v1.RateLimitService/Reset',
                 request_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ResetRequest.SerializeToString,
@@ -93,6 +98,16 @@ class RateLimitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Settle(self, request, context):
+        """Settle ends a reservation (a Check with `reserve = true`) with the cost
+        actually used: less than reserved gives the difference back, more
+        consumes the rest whether or not it fits (as Report). Settling the
+        same reservation again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reset(self, request, context):
         """Reset forgets the state of `key` for the given limit or policy.
         """
@@ -117,6 +132,11 @@ def add_RateLimitServiceServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportRequest.FromString,
                     response_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportResponse.SerializeToString,
+            ),
+            'Settle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Settle,
+                    request_deserializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.FromString,
+                    response_serializer=datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.SerializeToString,
             ),
             'Reset': grpc.unary_unary_rpc_method_handler(
                     servicer.Reset,
@@ -209,6 +229,33 @@ class RateLimitService:
             '/datalayer.ratelimit.v1.RateLimitService/Report',
             datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportRequest.SerializeToString,
             datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Settle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datalayer.ratelimit.v1.RateLimitService/Settle',
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.SerializeToString,
+            datalayer_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.FromString,
             options,
             channel_credentials,
             insecure,

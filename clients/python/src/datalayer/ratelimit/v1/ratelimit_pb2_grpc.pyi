@@ -51,6 +51,12 @@ class RateLimitServiceStub:
     whether or not it fits, so the budget may be overdrawn, and later
     checks are rejected until it has refilled.
     """
+    Settle: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleRequest, _ratelimit_pb2.SettleResponse]
+    """Settle ends a reservation (a Check with `reserve = true`) with the cost
+    actually used: less than reserved gives the difference back, more
+    consumes the rest whether or not it fits (as Report). Settling the
+    same reservation again changes nothing.
+    """
     Reset: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.ResetRequest, _ratelimit_pb2.ResetResponse]
     """Reset forgets the state of `key` for the given limit or policy."""
 
@@ -76,6 +82,12 @@ class RateLimitServiceAsyncStub(RateLimitServiceStub):
     tokens, known only when the answer arrives. The cost is consumed
     whether or not it fits, so the budget may be overdrawn, and later
     checks are rejected until it has refilled.
+    """
+    Settle: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleRequest, _ratelimit_pb2.SettleResponse]  # type: ignore[assignment]
+    """Settle ends a reservation (a Check with `reserve = true`) with the cost
+    actually used: less than reserved gives the difference back, more
+    consumes the rest whether or not it fits (as Report). Settling the
+    same reservation again changes nothing.
     """
     Reset: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.ResetRequest, _ratelimit_pb2.ResetResponse]  # type: ignore[assignment]
     """Reset forgets the state of `key` for the given limit or policy."""
@@ -117,6 +129,18 @@ class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
         tokens, known only when the answer arrives. The cost is consumed
         whether or not it fits, so the budget may be overdrawn, and later
         checks are rejected until it has refilled.
+        """
+
+    @_abc_1.abstractmethod
+    def Settle(
+        self,
+        request: _ratelimit_pb2.SettleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimit_pb2.SettleResponse, _abc.Awaitable[_ratelimit_pb2.SettleResponse]]:
+        """Settle ends a reservation (a Check with `reserve = true`) with the cost
+        actually used: less than reserved gives the difference back, more
+        consumes the rest whether or not it fits (as Report). Settling the
+        same reservation again changes nothing.
         """
 
     @_abc_1.abstractmethod

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file datalayer/ratelimit/v1/ratelimit.proto.
  */
 export const file_datalayer_ratelimit_v1_ratelimit: GenFile = /*@__PURE__*/
-  fileDesc("CiZkYXRhbGF5ZXIvcmF0ZWxpbWl0L3YxL3JhdGVsaW1pdC5wcm90bxIWZGF0YWxheWVyLnJhdGVsaW1pdC52MSKyAgoFTGltaXQSLAoEZ2NyYRgBIAEoCzIcLmRhdGFsYXllci5yYXRlbGltaXQudjEuR2NyYUgAEjsKDHRva2VuX2J1Y2tldBgCIAEoCzIjLmRhdGFsYXllci5yYXRlbGltaXQudjEuVG9rZW5CdWNrZXRIABI7CgxmaXhlZF93aW5kb3cYAyABKAsyIy5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZpeGVkV2luZG93SAASPwoOc2xpZGluZ193aW5kb3cYBCABKAsyJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlNsaWRpbmdXaW5kb3dIABIzCglmYWlsX21vZGUYBSABKA4yIC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZhaWxNb2RlQgsKCWFsZ29yaXRobSJACgRHY3JhEg0KBWxpbWl0GAEgASgEEikKBnBlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJqCgtUb2tlbkJ1Y2tldBIQCghjYXBhY2l0eRgBIAEoBBIVCg1yZWZpbGxfYW1vdW50GAIgASgEEjIKD3JlZmlsbF9pbnRlcnZhbBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJHCgtGaXhlZFdpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoNU2xpZGluZ1dpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iiQEKDENoZWNrUmVxdWVzdBILCgNrZXkYASABKAkSLgoFbGltaXQYAiABKAsyHS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkxpbWl0SAASEAoGcG9saWN5GAMgASgJSAASEQoEY29zdBgEIAEoBEgBiAEBQg4KDGxpbWl0X3NvdXJjZUIHCgVfY29zdCLSAQoNQ2hlY2tSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEg0KBWxpbWl0GAIgASgEEhEKCXJlbWFpbmluZxgDIAEoBBIuCgtyZXNldF9hZnRlchgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgZyZWFzb24YBiABKA4yHi5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlYXNvbiJhChFDaGVja0JhdGNoUmVxdWVzdBI0CgZjaGVja3MYASADKAsyJC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrUmVxdWVzdBIWCg5hbGxfb3Jfbm90aGluZxgCIAEoCCJMChJDaGVja0JhdGNoUmVzcG9uc2USNgoHcmVzdWx0cxgBIAMoCzIlLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tSZXNwb25zZSJ8Cg1SZXBvcnRSZXF1ZXN0EgsKA2tleRgBIAEoCRIuCgVsaW1pdBgCIAEoCzIdLmRhdGFsYXllci5yYXRlbGltaXQudjEuTGltaXRIABIQCgZwb2xpY3kYAyABKAlIABIMCgRjb3N0GAQgASgEQg4KDGxpbWl0X3NvdXJjZSJ1Cg5SZXBvcnRSZXNwb25zZRINCgVsaW1pdBgBIAEoBBIRCglyZW1haW5pbmcYAiABKAQSLgoLcmVzZXRfYWZ0ZXIYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJb3ZlcmRyYXduGAQgASgIIm0KDFJlc2V0UmVxdWVzdBILCgNrZXkYASABKAkSLgoFbGltaXQYAiABKAsyHS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkxpbWl0SAASEAoGcG9saWN5GAMgASgJSABCDgoMbGltaXRfc291cmNlIg8KDVJlc2V0UmVzcG9uc2UqTwoIRmFpbE1vZGUSGQoVRkFJTF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQRkFJTF9NT0RFX0NMT1NFRBABEhIKDkZBSUxfTU9ERV9PUEVOEAIqvgEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABIXChNSRUFTT05fV0lUSElOX0xJTUlUEAESFQoRUkVBU09OX09WRVJfTElNSVQQAhIdChlSRUFTT05fQ09TVF9FWENFRURTX0xJTUlUEAMSFAoQUkVBU09OX0ZBSUxfT1BFThAEEhkKFVJFQVNPTl9CQVRDSF9SRUpFQ1RFRBAFEhwKGFJFQVNPTl9TSEFET1dfT1ZFUl9MSU1JVBAGMvwCChBSYXRlTGltaXRTZXJ2aWNlElQKBUNoZWNrEiQuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5DaGVja1JlcXVlc3QaJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrUmVzcG9uc2USYwoKQ2hlY2tCYXRjaBIpLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tCYXRjaFJlcXVlc3QaKi5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrQmF0Y2hSZXNwb25zZRJXCgZSZXBvcnQSJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlcG9ydFJlcXVlc3QaJi5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlcG9ydFJlc3BvbnNlElQKBVJlc2V0EiQuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5SZXNldFJlcXVlc3QaJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlJlc2V0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration]);
+  fileDesc("CiZkYXRhbGF5ZXIvcmF0ZWxpbWl0L3YxL3JhdGVsaW1pdC5wcm90bxIWZGF0YWxheWVyLnJhdGVsaW1pdC52MSKyAgoFTGltaXQSLAoEZ2NyYRgBIAEoCzIcLmRhdGFsYXllci5yYXRlbGltaXQudjEuR2NyYUgAEjsKDHRva2VuX2J1Y2tldBgCIAEoCzIjLmRhdGFsYXllci5yYXRlbGltaXQudjEuVG9rZW5CdWNrZXRIABI7CgxmaXhlZF93aW5kb3cYAyABKAsyIy5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZpeGVkV2luZG93SAASPwoOc2xpZGluZ193aW5kb3cYBCABKAsyJS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlNsaWRpbmdXaW5kb3dIABIzCglmYWlsX21vZGUYBSABKA4yIC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkZhaWxNb2RlQgsKCWFsZ29yaXRobSJACgRHY3JhEg0KBWxpbWl0GAEgASgEEikKBnBlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJqCgtUb2tlbkJ1Y2tldBIQCghjYXBhY2l0eRgBIAEoBBIVCg1yZWZpbGxfYW1vdW50GAIgASgEEjIKD3JlZmlsbF9pbnRlcnZhbBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJHCgtGaXhlZFdpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoNU2xpZGluZ1dpbmRvdxINCgVsaW1pdBgBIAEoBBIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24imgEKDENoZWNrUmVxdWVzdBILCgNrZXkYASABKAkSLgoFbGltaXQYAiABKAsyHS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkxpbWl0SAASEAoGcG9saWN5GAMgASgJSAASEQoEY29zdBgEIAEoBEgBiAEBEg8KB3Jlc2VydmUYBSABKAhCDgoMbGltaXRfc291cmNlQgcKBV9jb3N0IucBCg1DaGVja1Jlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSDQoFbGltaXQYAiABKAQSEQoJcmVtYWluaW5nGAMgASgEEi4KC3Jlc2V0X2FmdGVyGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KBnJlYXNvbhgGIAEoDjIeLmRhdGFsYXllci5yYXRlbGltaXQudjEuUmVhc29uEhMKC3Jlc2VydmF0aW9uGAcgASgJImEKEUNoZWNrQmF0Y2hSZXF1ZXN0EjQKBmNoZWNrcxgBIAMoCzIkLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tSZXF1ZXN0EhYKDmFsbF9vcl9ub3RoaW5nGAIgASgIIkwKEkNoZWNrQmF0Y2hSZXNwb25zZRI2CgdyZXN1bHRzGAEgAygLMiUuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5DaGVja1Jlc3BvbnNlInwKDVJlcG9ydFJlcXVlc3QSCwoDa2V5GAEgASgJEi4KBWxpbWl0GAIgASgLMh0uZGF0YWxheWVyLnJhdGVsaW1pdC52MS5MaW1pdEgAEhAKBnBvbGljeRgDIAEoCUgAEgwKBGNvc3QYBCABKARCDgoMbGltaXRfc291cmNlInUKDlJlcG9ydFJlc3BvbnNlEg0KBWxpbWl0GAEgASgEEhEKCXJlbWFpbmluZxgCIAEoBBIuCgtyZXNldF9hZnRlchgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglvdmVyZHJhd24YBCABKAgikQEKDVNldHRsZVJlcXVlc3QSCwoDa2V5GAEgASgJEi4KBWxpbWl0GAIgASgLMh0uZGF0YWxheWVyLnJhdGVsaW1pdC52MS5MaW1pdEgAEhAKBnBvbGljeRgDIAEoCUgAEhMKC3Jlc2VydmF0aW9uGAQgASgJEgwKBGNvc3QYBSABKARCDgoMbGltaXRfc291cmNlIqsBCg5TZXR0bGVSZXNwb25zZRI0CgZyZXN1bHQYASABKA4yJC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLlNldHRsZVJlc3VsdBINCgVsaW1pdBgCIAEoBBIRCglyZW1haW5pbmcYAyABKAQSLgoLcmVzZXRfYWZ0ZXIYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJb3ZlcmRyYXduGAUgASgIIm0KDFJlc2V0UmVxdWVzdBILCgNrZXkYASABKAkSLgoFbGltaXQYAiABKAsyHS5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkxpbWl0SAASEAoGcG9saWN5GAMgASgJSABCDgoMbGltaXRfc291cmNlIg8KDVJlc2V0UmVzcG9uc2UqTwoIRmFpbE1vZGUSGQoVRkFJTF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQRkFJTF9NT0RFX0NMT1NFRBABEhIKDkZBSUxfTU9ERV9PUEVOEAIqvgEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABIXChNSRUFTT05fV0lUSElOX0xJTUlUEAESFQoRUkVBU09OX09WRVJfTElNSVQQAhIdChlSRUFTT05fQ09TVF9FWENFRURTX0xJTUlUEAMSFAoQUkVBU09OX0ZBSUxfT1BFThAEEhkKFVJFQVNPTl9CQVRDSF9SRUpFQ1RFRBAFEhwKGFJFQVNPTl9TSEFET1dfT1ZFUl9MSU1JVBAGKoYBCgxTZXR0bGVSZXN1bHQSHQoZU0VUVExFX1JFU1VMVF9VTlNQRUNJRklFRBAAEhkKFVNFVFRMRV9SRVNVTFRfU0VUVExFRBABEiEKHVNFVFRMRV9SRVNVTFRfQUxSRUFEWV9TRVRUTEVEEAISGQoVU0VUVExFX1JFU1VMVF9FWFBJUkVEEAMy1QMKEFJhdGVMaW1pdFNlcnZpY2USVAoFQ2hlY2sSJC5kYXRhbGF5ZXIucmF0ZWxpbWl0LnYxLkNoZWNrUmVxdWVzdBolLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tSZXNwb25zZRJjCgpDaGVja0JhdGNoEikuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5DaGVja0JhdGNoUmVxdWVzdBoqLmRhdGFsYXllci5yYXRlbGltaXQudjEuQ2hlY2tCYXRjaFJlc3BvbnNlElcKBlJlcG9ydBIlLmRhdGFsYXllci5yYXRlbGltaXQudjEuUmVwb3J0UmVxdWVzdBomLmRhdGFsYXllci5yYXRlbGltaXQudjEuUmVwb3J0UmVzcG9uc2USVwoGU2V0dGxlEiUuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5TZXR0bGVSZXF1ZXN0GiYuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5TZXR0bGVSZXNwb25zZRJUCgVSZXNldBIkLmRhdGFsYXllci5yYXRlbGltaXQudjEuUmVzZXRSZXF1ZXN0GiUuZGF0YWxheWVyLnJhdGVsaW1pdC52MS5SZXNldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * A limit given inline in a request. Exactly one algorithm must be set.
@@ -206,6 +206,15 @@ export type CheckRequest = Message<"datalayer.ratelimit.v1.CheckRequest"> & {
    * @generated from field: optional uint64 cost = 4;
    */
   cost?: bigint | undefined;
+
+  /**
+   * The cost is an estimate (an LLM call's most tokens): when the check is
+   * allowed and consumes, the answer carries a `reservation` to Settle
+   * with the real cost. Check only; not in CheckBatch.
+   *
+   * @generated from field: bool reserve = 5;
+   */
+  reserve: boolean;
 };
 
 /**
@@ -257,6 +266,14 @@ export type CheckResponse = Message<"datalayer.ratelimit.v1.CheckResponse"> & {
    * @generated from field: datalayer.ratelimit.v1.Reason reason = 6;
    */
   reason: Reason;
+
+  /**
+   * With `reserve = true`, when the check consumed: pass it to Settle.
+   * Empty otherwise (rejected, cost 0, shadow mode, or failed open).
+   *
+   * @generated from field: string reservation = 7;
+   */
+  reservation: string;
 };
 
 /**
@@ -397,6 +414,98 @@ export const ReportResponseSchema: GenMessage<ReportResponse> = /*@__PURE__*/
   messageDesc(file_datalayer_ratelimit_v1_ratelimit, 10);
 
 /**
+ * @generated from message datalayer.ratelimit.v1.SettleRequest
+ */
+export type SettleRequest = Message<"datalayer.ratelimit.v1.SettleRequest"> & {
+  /**
+   * The key and limit (or policy) the reservation was checked against.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * @generated from oneof datalayer.ratelimit.v1.SettleRequest.limit_source
+   */
+  limitSource: {
+    /**
+     * @generated from field: datalayer.ratelimit.v1.Limit limit = 2;
+     */
+    value: Limit;
+    case: "limit";
+  } | {
+    /**
+     * @generated from field: string policy = 3;
+     */
+    value: string;
+    case: "policy";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * From CheckResponse.reservation.
+   *
+   * @generated from field: string reservation = 4;
+   */
+  reservation: string;
+
+  /**
+   * Units actually used: 0 to 100 times the limit.
+   *
+   * @generated from field: uint64 cost = 5;
+   */
+  cost: bigint;
+};
+
+/**
+ * Describes the message datalayer.ratelimit.v1.SettleRequest.
+ * Use `create(SettleRequestSchema)` to create a new message.
+ */
+export const SettleRequestSchema: GenMessage<SettleRequest> = /*@__PURE__*/
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 11);
+
+/**
+ * @generated from message datalayer.ratelimit.v1.SettleResponse
+ */
+export type SettleResponse = Message<"datalayer.ratelimit.v1.SettleResponse"> & {
+  /**
+   * @generated from field: datalayer.ratelimit.v1.SettleResult result = 1;
+   */
+  result: SettleResult;
+
+  /**
+   * @generated from field: uint64 limit = 2;
+   */
+  limit: bigint;
+
+  /**
+   * Units available after settling (0 when overdrawn).
+   *
+   * @generated from field: uint64 remaining = 3;
+   */
+  remaining: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Duration reset_after = 4;
+   */
+  resetAfter?: Duration | undefined;
+
+  /**
+   * The cost above the reservation did not fit: checks are rejected until
+   * the budget refills.
+   *
+   * @generated from field: bool overdrawn = 5;
+   */
+  overdrawn: boolean;
+};
+
+/**
+ * Describes the message datalayer.ratelimit.v1.SettleResponse.
+ * Use `create(SettleResponseSchema)` to create a new message.
+ */
+export const SettleResponseSchema: GenMessage<SettleResponse> = /*@__PURE__*/
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 12);
+
+/**
  * @generated from message datalayer.ratelimit.v1.ResetRequest
  */
 export type ResetRequest = Message<"datalayer.ratelimit.v1.ResetRequest"> & {
@@ -428,7 +537,7 @@ export type ResetRequest = Message<"datalayer.ratelimit.v1.ResetRequest"> & {
  * Use `create(ResetRequestSchema)` to create a new message.
  */
 export const ResetRequestSchema: GenMessage<ResetRequest> = /*@__PURE__*/
-  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 11);
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 13);
 
 /**
  * @generated from message datalayer.ratelimit.v1.ResetResponse
@@ -441,7 +550,7 @@ export type ResetResponse = Message<"datalayer.ratelimit.v1.ResetResponse"> & {
  * Use `create(ResetResponseSchema)` to create a new message.
  */
 export const ResetResponseSchema: GenMessage<ResetResponse> = /*@__PURE__*/
-  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 12);
+  messageDesc(file_datalayer_ratelimit_v1_ratelimit, 14);
 
 /**
  * @generated from enum datalayer.ratelimit.v1.FailMode
@@ -538,6 +647,45 @@ export const ReasonSchema: GenEnum<Reason> = /*@__PURE__*/
   enumDesc(file_datalayer_ratelimit_v1_ratelimit, 1);
 
 /**
+ * @generated from enum datalayer.ratelimit.v1.SettleResult
+ */
+export enum SettleResult {
+  /**
+   * @generated from enum value: SETTLE_RESULT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Settled now: the difference was given back, or the rest consumed.
+   *
+   * @generated from enum value: SETTLE_RESULT_SETTLED = 1;
+   */
+  SETTLED = 1,
+
+  /**
+   * Settled before: nothing changed.
+   *
+   * @generated from enum value: SETTLE_RESULT_ALREADY_SETTLED = 2;
+   */
+  ALREADY_SETTLED = 2,
+
+  /**
+   * The reservation's units no longer count against the limit (its
+   * window or period has passed, or the key was reset): nothing to give
+   * back; a cost above the reservation is still consumed.
+   *
+   * @generated from enum value: SETTLE_RESULT_EXPIRED = 3;
+   */
+  EXPIRED = 3,
+}
+
+/**
+ * Describes the enum datalayer.ratelimit.v1.SettleResult.
+ */
+export const SettleResultSchema: GenEnum<SettleResult> = /*@__PURE__*/
+  enumDesc(file_datalayer_ratelimit_v1_ratelimit, 2);
+
+/**
  * RateLimitService decides whether a caller may spend `cost` units against a
  * limit, atomically, with time taken from the store's clock.
  *
@@ -580,6 +728,19 @@ export const RateLimitService: GenService<{
     methodKind: "unary";
     input: typeof ReportRequestSchema;
     output: typeof ReportResponseSchema;
+  },
+  /**
+   * Settle ends a reservation (a Check with `reserve = true`) with the cost
+   * actually used: less than reserved gives the difference back, more
+   * consumes the rest whether or not it fits (as Report). Settling the
+   * same reservation again changes nothing.
+   *
+   * @generated from rpc datalayer.ratelimit.v1.RateLimitService.Settle
+   */
+  settle: {
+    methodKind: "unary";
+    input: typeof SettleRequestSchema;
+    output: typeof SettleResponseSchema;
   },
   /**
    * Reset forgets the state of `key` for the given limit or policy.
