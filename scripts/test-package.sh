@@ -212,7 +212,10 @@ test_typescript() {
     { cat "$TMP/pack.log" >&2; fail "npm pack failed"; }
   tarball=$(echo "$TMP"/datalayer-client-*.tgz)
   [ -f "$tarball" ] || fail "no tarball in $TMP"
-  tar -xzOf "$tarball" package/dist/index.d.ts | grep -q '^/// <reference types="node"' ||
+  # Read into a file first: `grep -q` on a pipe exits at the first match,
+  # and under pipefail tar's SIGPIPE would then fail the check at random.
+  tar -xzOf "$tarball" package/dist/index.d.ts >"$TMP/index.d.ts"
+  grep -q '^/// <reference types="node"' "$TMP/index.d.ts" ||
     fail "dist/index.d.ts lacks its reference to @types/node"
 
   app=$TMP/app

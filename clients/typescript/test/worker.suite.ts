@@ -381,6 +381,8 @@ export function workerSuite(stack: () => Stack, store = "redis") {
           await service.waitServing();
           for (let i = 5; i < 10; i++) await dl.queue.enqueue({ queue: q, message: { payload: enc(`r${i}`) } });
           await waitFor(async () => handled.size === 10, 15_000);
+          // Handled is not yet acked: the last ack may still be on its way.
+          await waitFor(async () => (await dl.queue.stats({ queue: q })).ackedTotal === 10n, 10_000);
           stop.abort();
           const summary = await done;
           assert.equal(summary.acked, 10);
