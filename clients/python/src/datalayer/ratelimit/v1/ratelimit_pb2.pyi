@@ -107,8 +107,10 @@ class _SettleResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettleRe
     """Settled before: nothing changed."""
     SETTLE_RESULT_EXPIRED: _SettleResult.ValueType  # 3
     """The reservation's units no longer count against the limit (its
-    window or period has passed, or the key was reset): nothing to give
-    back; a cost above the reservation is still consumed.
+    window or period has passed): nothing to give back; a cost above the
+    reservation is still consumed. A Reset does not void the
+    reservations made before it: settling one afterwards can still give
+    back up to its units.
     """
 
 class SettleResult(_SettleResult, metaclass=_SettleResultEnumTypeWrapper): ...
@@ -120,8 +122,10 @@ SETTLE_RESULT_ALREADY_SETTLED: SettleResult.ValueType  # 2
 """Settled before: nothing changed."""
 SETTLE_RESULT_EXPIRED: SettleResult.ValueType  # 3
 """The reservation's units no longer count against the limit (its
-window or period has passed, or the key was reset): nothing to give
-back; a cost above the reservation is still consumed.
+window or period has passed): nothing to give back; a cost above the
+reservation is still consumed. A Reset does not void the
+reservations made before it: settling one afterwards can still give
+back up to its units.
 """
 Global___SettleResult: _TypeAlias = SettleResult  # noqa: Y015
 

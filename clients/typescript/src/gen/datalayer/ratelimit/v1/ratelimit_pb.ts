@@ -671,8 +671,10 @@ export enum SettleResult {
 
   /**
    * The reservation's units no longer count against the limit (its
-   * window or period has passed, or the key was reset): nothing to give
-   * back; a cost above the reservation is still consumed.
+   * window or period has passed): nothing to give back; a cost above the
+   * reservation is still consumed. A Reset does not void the
+   * reservations made before it: settling one afterwards can still give
+   * back up to its units.
    *
    * @generated from enum value: SETTLE_RESULT_EXPIRED = 3;
    */
