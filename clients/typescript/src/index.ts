@@ -44,7 +44,9 @@
  * `await dl.queue.work("analyses", handler, { concurrency: 10, signal })`
  * (ack when the handler resolves, nack when it throws) and
  * `for await (const msg of dl.queue.consume("analyses", { concurrency: 10 }))`
- * (`msg.ack()` / `msg.nack(err)`). A push queue's deliveries are checked
+ * (`msg.ack()` / `msg.nack(err)`); `await dl.queue.add("analyses", { payload })`
+ * enqueues one message, batched with the others added in the same turn
+ * (`./enqueuer.ts`). A push queue's deliveries are checked
  * with `verifySignature(body, header, keys, url)` (`./push.ts`).
  *
  * Upstash-style helpers (`./ratelimit.ts`, `./cache.ts`, `./sessions.ts`),
@@ -76,6 +78,7 @@ import { BadRequestSchema, RetryInfoSchema } from "./gen/google/rpc/error_detail
 import { services } from "./gen/services.js";
 import { stateLocks, type StateLocks } from "./locks.js";
 import { withQueueWorkers, type QueueWorkers } from "./worker.js";
+import { queueAdder, type QueueAdder } from "./enqueuer.js";
 import { withRateLimiters, type RateLimiters } from "./ratelimit.js";
 import { withCacheHelpers, type CacheHelpers } from "./cache.js";
 import { withSessionHelpers, type SessionHelpers } from "./sessions.js";
@@ -117,6 +120,7 @@ export {
   verifySignature,
 } from "./push.js";
 export type { SignatureClaims, SignatureErrorReason, VerifyOptions } from "./push.js";
+export { MAX_ADD_BATCH, queueAdder, type MessageSpecInit, type QueueAdder } from "./enqueuer.js";
 export { Delivery, MAX_CONCURRENCY, MAX_REASON_BYTES, nackReason, queueWorkers, withQueueWorkers } from "./worker.js";
 export type {
   ConsumeOptions,
@@ -214,7 +218,7 @@ type Services = typeof services;
 /** Hand-written helpers added to a service's client (`dl.state.lock(...)`, `dl.queue.work(...)`). */
 type Helpers = {
   state: StateLocks;
-  queue: QueueWorkers;
+  queue: QueueWorkers & QueueAdder;
   ratelimit: RateLimiters;
   cache: CacheHelpers;
   sessions: SessionHelpers;
@@ -400,7 +404,7 @@ export function createClient(options: ClientOptions): DatalayerClient {
   return {
     ...typed,
     state: Object.assign(typed.state, stateLocks(typed.state, timeoutMs)),
-    queue: withQueueWorkers(typed.queue),
+    queue: Object.assign(withQueueWorkers(typed.queue), queueAdder(typed.queue)),
     ratelimit: withRateLimiters(typed.ratelimit),
     cache: withCacheHelpers(typed.cache),
     sessions: withSessionHelpers(typed.sessions),

@@ -7,7 +7,8 @@
 // security.suite.ts; the rate-limit, cache and session helpers on both, in
 // helpers2.suite.ts; AnalyticsService and its tracker on both, in
 // analytics.suite.ts, with a binary of its own for a small
-// analytics.max_batch, whose calls count as well); then a check that every RPC the binary serves (by
+// analytics.max_batch, whose calls count as well; `dl.queue.add` on both,
+// in enqueuer.suite.ts, with a binary of its own for a full queue); then a check that every RPC the binary serves (by
 // reflection) was called. To cover a new service: write test/<name>.suite.ts and add it below.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -28,6 +29,7 @@ import { pushSuite } from "./push.suite.js";
 import { securitySuite } from "./security.suite.js";
 import { helpers2Suite } from "./helpers2.suite.js";
 import { analyticsSuite } from "./analytics.suite.js";
+import { enqueuerFullSuite, enqueuerSuite } from "./enqueuer.suite.js";
 
 let stack: Stack | undefined;
 let memory: Stack | undefined;
@@ -72,6 +74,9 @@ helpers2Suite(current);
 helpers2Suite(onMemory, "memory");
 analyticsSuite(current);
 analyticsSuite(onMemory, "memory");
+enqueuerSuite(current);
+enqueuerSuite(onMemory, "memory");
+enqueuerFullSuite(() => current().called);
 securitySuite();
 
 describe("coverage", () => {

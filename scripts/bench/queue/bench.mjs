@@ -34,6 +34,12 @@
 //            answers (how the helper worked before acks on the stream);
 //   lease    C loops, each Lease (one message, long-polling up to 2 s)
 //            then Ack.
+// One job per call, datalayer's producers use (QBENCH_DL_ENQUEUE):
+//   add      (the default) the client's `dl.queue.add(queue, message)`,
+//            which sends the adds of one event-loop turn as one
+//            EnqueueBatch, each caller answered on its own, as BullMQ's
+//            producers each call `queue.add`;
+//   unary    one unary Enqueue per job.
 // Batching (QBENCH_BATCH > 1) applies to the producers of both systems
 // alike: datalayer's EnqueueBatch and BullMQ's addBulk, BATCH jobs per
 // call, at full load only. Neither consumer batches: BullMQ's Worker moves
@@ -64,6 +70,8 @@ const WARMUP = Number(env("QBENCH_WARMUP", 2000));
 // with C credits, acks on the stream), "consume-unary" (the raw stream,
 // unary Ack + credit) or "lease" (C loops of Lease + Ack).
 const DL_CONSUMER = env("QBENCH_DL_CONSUMER", "consume");
+const DL_ENQUEUE = env("QBENCH_DL_ENQUEUE", "add");
+if (!["add", "unary"].includes(DL_ENQUEUE)) throw new Error(`QBENCH_DL_ENQUEUE must be add or unary, got ${DL_ENQUEUE}`);
 const DL_CONSUMERS = {
   consume: "the worker helper: one Consume stream with C credits, acks on the stream",
   "consume-unary": "one Consume stream with C credits, unary Ack + credit",
@@ -271,7 +279,9 @@ function datalayer() {
     name: "datalayer",
     async enqueue(queue, indices) {
       if (indices.length === 1) {
-        await producer.queue.enqueue({ queue, message: { payload: enc.encode(String(indices[0])) } });
+        const message = { payload: enc.encode(String(indices[0])) };
+        if (DL_ENQUEUE === "add") await producer.queue.add(queue, message);
+        else await producer.queue.enqueue({ queue, message });
         return;
       }
       const res = await producer.queue.enqueueBatch({

@@ -23,6 +23,8 @@
 # QBENCH_DL_CONSUMER (consume, the default: the client's worker helper, one
 # Consume stream with C credits, acks on the stream; consume-unary: the raw
 # stream, a unary Ack + a credit per job; lease: C loops of Lease + Ack),
+# QBENCH_DL_ENQUEUE (one job per call: add, the default, the client's
+# `dl.queue.add`, batched per event-loop turn; unary: one Enqueue per job),
 # BULLMQ_VERSION (default: the latest).
 #
 # Needs: redis-server, redis-cli, node 20+ and npm on PATH, network access

@@ -8,6 +8,7 @@
 //! value; any other write, a Delete or an invalidation of the entry's tags
 //! voids the lease, so a value computed from old data cannot land late.
 
+mod entry;
 mod grpc;
 mod memory;
 mod redis;

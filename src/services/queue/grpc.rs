@@ -146,6 +146,7 @@ impl Handler {
         ctx: &Ctx,
         queue: &str,
         messages: Vec<super::NewMessage>,
+        allow_partial: bool,
     ) -> Result<Vec<pb::EnqueueResponse>, Error> {
         let results = ctx
             .store(
@@ -155,21 +156,10 @@ impl Handler {
             .await?;
         let mut out = Vec::with_capacity(results.len());
         for result in results {
-            out.push(match result {
-                Enqueued::New(id) => {
-                    count("enqueued", 1);
-                    pb::EnqueueResponse {
-                        message_id: id,
-                        deduplicated: false,
-                    }
-                }
-                Enqueued::Duplicate(id) => {
-                    count("deduplicated", 1);
-                    pb::EnqueueResponse {
-                        message_id: id,
-                        deduplicated: true,
-                    }
-                }
+            let (event, id, deduplicated, queue_full) = match result {
+                Enqueued::New(id) => ("enqueued", id, false, false),
+                Enqueued::Duplicate(id) => ("deduplicated", id, true, false),
+                Enqueued::Full if allow_partial => ("queue_full", String::new(), false, true),
                 Enqueued::Full => {
                     // Earlier messages of the batch are in: say how many.
                     return Err(Error::ResourceExhausted(format!(
@@ -178,9 +168,18 @@ impl Handler {
                         out.len()
                     )));
                 }
+            };
+            count(event, 1);
+            out.push(pb::EnqueueResponse {
+                message_id: id,
+                deduplicated,
+                queue_full,
             });
         }
-        let new = out.iter().filter(|r| !r.deduplicated).count();
+        let new = out
+            .iter()
+            .filter(|r| !r.deduplicated && !r.queue_full)
+            .count();
         self.waiters.notify(&ctx.tenant, queue, new as u64);
         Ok(out)
     }
@@ -196,7 +195,7 @@ impl Handler {
             None => Err(validate::Invalid::one("message", "is required")),
         };
         let (_, message) = validate::all((self.queue(&ctx, &req.queue), message))?;
-        let mut out = self.put(&ctx, &req.queue, vec![message]).await?;
+        let mut out = self.put(&ctx, &req.queue, vec![message], false).await?;
         out.pop()
             .ok_or_else(|| Error::Internal("the store answered no enqueue".to_owned()))
     }
@@ -214,7 +213,9 @@ impl Handler {
                 parse::message(&self.settings, m, now, false)
             }),
         ))?;
-        let results = self.put(&ctx, &req.queue, messages).await?;
+        let results = self
+            .put(&ctx, &req.queue, messages, req.allow_partial)
+            .await?;
         Ok(pb::EnqueueBatchResponse { results })
     }
 

@@ -239,7 +239,11 @@ impl Store for MemoryRateLimits {
 
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {
         let key = state_key(tenant, target);
-        self.shard(&key).remove(&key);
+        let mut shard = self.shard(&key);
+        shard.remove(&key);
+        // Its reservations are void: settling one gives nothing back.
+        let prefix = reservation_key(tenant, target, "");
+        lock(&self.markers).retain(|k, _| !k.starts_with(&prefix));
         Ok(())
     }
 }

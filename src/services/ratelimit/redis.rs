@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::coalesce::{Args, Coalescer};
 use super::reservation::{Reservation, SettleResult, Settled, Settlement};
-use super::store::{Store, reservation_key, state_key};
+use super::store::{Store, generation_key, reservation_key, state_key};
 use super::{Algorithm, Decision, Limited, RateCheck};
 use crate::keys::Tenant;
 use crate::store::StoreError;
@@ -28,6 +28,7 @@ struct Scripts {
     /// One check that reserves; the settling of a reservation.
     reserve: NamedScript,
     settle: NamedScript,
+    reset: NamedScript,
 }
 
 const GCRA: &str = include_str!("lua/gcra.lua");
@@ -95,6 +96,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
             include_str!("lua/settle.lua"),
         ],
     ),
+    reset: NamedScript::new("ratelimit.reset", &[include_str!("lua/reset.lua")]),
 });
 
 fn script(algorithm: Algorithm) -> &'static NamedScript {
@@ -287,8 +289,9 @@ impl Store for RedisRateLimits {
         let keys = [
             state_key(tenant, &check.target),
             reservation_key(tenant, &check.target, id),
+            generation_key(tenant, &check.target),
         ];
-        let mut call = SCRIPTS.reserve.call(&[&keys[0], &keys[1]], &[]);
+        let mut call = SCRIPTS.reserve.call(&[&keys[0], &keys[1], &keys[2]], &[]);
         batch_args(check).push(&mut call.cmd);
         decision(self.redis.eval(call).await?)
     }
@@ -303,8 +306,9 @@ impl Store for RedisRateLimits {
         let keys = [
             state_key(tenant, target),
             reservation_key(tenant, target, &reservation.id),
+            generation_key(tenant, target),
         ];
-        let mut call = SCRIPTS.settle.call(&[&keys[0], &keys[1]], &[]);
+        let mut call = SCRIPTS.settle.call(&[&keys[0], &keys[1], &keys[2]], &[]);
         let check = RateCheck {
             target: target.clone(),
             cost: settlement.give_back,
@@ -330,19 +334,15 @@ impl Store for RedisRateLimits {
     }
 
     async fn reset(&self, tenant: &Tenant, target: &Limited) -> Result<(), StoreError> {
-        let mut del = redis::cmd("DEL");
-        del.arg(state_key(tenant, target));
+        let (state, generation) = (state_key(tenant, target), generation_key(tenant, target));
+        let mut call = SCRIPTS.reset.call(&[&state, &generation], &[]);
         // Replicas caching denials of the key forget them (a cluster has
         // no pub/sub here: their entries last until their retry time).
-        let mut cmds = vec![del];
-        if self.redis.pubsub_client().is_some() {
-            let mut publish = redis::cmd("PUBLISH");
-            publish.arg(reset_channel(tenant)).arg(&target.key);
-            cmds.push(publish);
-        }
-        for reply in self.redis.exec("DEL", cmds).await? {
-            reply.map_err(|e| StoreError::from_redis(&e))?;
-        }
+        match self.redis.pubsub_client() {
+            Some(_) => call.cmd.arg(reset_channel(tenant)).arg(&target.key),
+            None => call.cmd.arg("").arg(""),
+        };
+        self.redis.eval(call).await?;
         Ok(())
     }
 

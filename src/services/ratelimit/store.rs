@@ -76,6 +76,12 @@ pub(super) fn reservation_key(tenant: &Tenant, target: &Limited, id: &str) -> St
     target_key(tenant, target, &["rsv", id])
 }
 
+/// A target's reset generation: a `Reset` moves it on, voiding the
+/// reservations made before (see `lua/reset.lua`).
+pub(super) fn generation_key(tenant: &Tenant, target: &Limited) -> String {
+    target_key(tenant, target, &["gen"])
+}
+
 fn target_key(tenant: &Tenant, target: &Limited, more: &[&str]) -> String {
     let scope = match &target.scope {
         super::Scope::Inline => std::borrow::Cow::Borrowed("inline"),

@@ -247,6 +247,7 @@ async fn nothing_accepted_is_lost_through_crashes() {
             .enqueue_batch(request(pb::EnqueueBatchRequest {
                 queue: QUEUE.into(),
                 messages,
+                allow_partial: false,
             }))
             .await
         {
@@ -299,6 +300,7 @@ async fn nothing_accepted_is_lost_through_crashes() {
                     .enqueue_batch(request(pb::EnqueueBatchRequest {
                         queue: QUEUE.into(),
                         messages,
+                        allow_partial: false,
                     }))
                     .await
                 {

@@ -6,6 +6,7 @@
 
 mod crash;
 mod flow;
+mod full;
 mod push;
 mod schedules;
 
@@ -145,6 +146,7 @@ async fn one_lease_per_message(backend: Backend) {
             .enqueue_batch(timed(pb::EnqueueBatchRequest {
                 queue: "w".into(),
                 messages: chunk.to_vec(),
+                allow_partial: false,
             }))
             .await
             .unwrap();
@@ -527,6 +529,7 @@ pub fn workload(app: &TestApp) -> futures::future::BoxFuture<'_, Result<(), toni
         c.enqueue_batch(timed(pb::EnqueueBatchRequest {
             queue: q.clone(),
             messages: vec![delayed, spec("x")],
+            allow_partial: false,
         }))
         .await?;
         let got = c

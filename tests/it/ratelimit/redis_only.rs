@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::harness::{Backend, TestApp, spawn_app};
 use datalayer::proto::datalayer::ratelimit::v1::{
-    CheckBatchRequest, CheckRequest, CheckResponse, Gcra, Limit, Reason,
-    check_request::LimitSource, limit::Algorithm,
+    CheckBatchRequest, CheckRequest, CheckResponse, Gcra, Limit, Reason, SettleRequest,
+    SettleResult, check_request::LimitSource, limit::Algorithm, settle_request,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -139,6 +139,24 @@ async fn redis_down_fails_by_policy_and_recovers_by_itself() {
     let mut app = spawn_app(Backend::OwnRedis).await;
     app.wait_for_health(ServingStatus::Serving).await;
     assert!(call(&app, policy("closed"), None).await.unwrap().allowed);
+    let reserving = |name: &str| CheckRequest {
+        reserve: true,
+        ..policy(name)
+    };
+    let held = call(&app, reserving("closed"), None).await.unwrap();
+    assert!(!held.reservation.is_empty(), "{held:?}");
+    let settler = app.ratelimit.clone();
+    let settle = |reservation: &str| {
+        let mut request = tonic::Request::new(SettleRequest {
+            key: "bot-1".into(),
+            limit_source: Some(settle_request::LimitSource::Policy("closed".into())),
+            reservation: reservation.to_owned(),
+            cost: 0,
+        });
+        request.set_timeout(Duration::from_millis(500));
+        let mut client = settler.clone();
+        async move { client.settle(request).await.map(|r| r.into_inner()) }
+    };
 
     app.own_redis().kill();
     app.wait_for_health(ServingStatus::NotServing).await;
@@ -165,6 +183,19 @@ async fn redis_down_fails_by_policy_and_recovers_by_itself() {
         .expect("open policy answers");
     assert!(open.allowed);
     assert_eq!(open.reason, Reason::FailOpen as i32);
+    // Reserving checks fail the same way, and an open one holds nothing.
+    let closed = call(&app, reserving("closed"), Some(Duration::from_millis(500)))
+        .await
+        .expect_err("closed reserving check fails");
+    assert_eq!(closed.code(), Code::Unavailable, "{closed:?}");
+    let open = call(&app, reserving("open"), Some(Duration::from_millis(500)))
+        .await
+        .expect("open reserving check answers");
+    assert_eq!(open.reason, Reason::FailOpen as i32);
+    assert!(open.reservation.is_empty(), "{open:?}");
+    // A settle never fails open: it would give back blind.
+    let unsettled = settle(&held.reservation).await.expect_err("settle fails");
+    assert_eq!(unsettled.code(), Code::Unavailable, "{unsettled:?}");
 
     // A batch fails open only when every check in it does.
     let mut client = app.ratelimit.clone();
@@ -201,8 +232,13 @@ async fn redis_down_fails_by_policy_and_recovers_by_itself() {
     let back = call(&app, policy("closed"), None).await.expect("recovered");
     assert!(back.allowed);
     assert_eq!(back.reason, Reason::WithinLimit as i32);
-    // Redis restarted empty: the budget starts over.
+    // Redis restarted empty: the budget starts over, and the reservation
+    // made before is gone with it.
     assert_eq!(back.remaining, 99);
+    let late = settle(&held.reservation)
+        .await
+        .expect("settle after recovery");
+    assert_eq!(late.result, SettleResult::Expired as i32, "{late:?}");
 }
 
 #[tokio::test]

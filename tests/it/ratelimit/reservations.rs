@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use datalayer::proto::datalayer::ratelimit::v1::{
-    self, CheckBatchRequest, CheckRequest, CheckResponse, Limit, Reason, SettleRequest,
-    SettleResponse, SettleResult, check_request::LimitSource,
+    self, CheckBatchRequest, CheckRequest, CheckResponse, Limit, Reason, ResetRequest,
+    SettleRequest, SettleResponse, SettleResult, check_request::LimitSource,
 };
 use datalayer::services::ratelimit::settings::{AlgorithmName, PolicySpec};
 
@@ -224,6 +224,44 @@ async fn bad_settles_name_the_field(backend: Backend) {
     assert_bad_field(batch, "checks[1].reserve");
 }
 
+/// A Reset voids the reservations made before it: settling one gives
+/// nothing back on top of the fresh budget, and a later reservation on the
+/// new state settles as usual.
+async fn a_reset_voids_earlier_reservations(backend: Backend) {
+    let app = app(backend).await;
+    away_from_window_edge(Duration::from_secs(3600), Duration::from_secs(10)).await;
+    for (name, limit) in each_algorithm(10, Duration::from_secs(3600)) {
+        let key = fresh(name);
+        let before = reserve(&app, &key, &limit, 8).await;
+        assert!(before.allowed, "{name}");
+        app.ratelimit
+            .clone()
+            .reset(timed(ResetRequest {
+                key: key.clone(),
+                limit_source: Some(v1::reset_request::LimitSource::Limit(limit)),
+            }))
+            .await
+            .expect("reset");
+        let after = reserve(&app, &key, &limit, 3).await;
+        assert_eq!(
+            after.remaining, 7,
+            "{name}: the full budget after the reset"
+        );
+
+        let s = settle(&app, &key, &limit, &before.reservation, 0).await;
+        assert_eq!(result(&s), SettleResult::Expired, "{name}: {s:?}");
+        assert_eq!(s.remaining, 7, "{name}: nothing given back");
+        // A cost above the voided reservation is still consumed.
+        let s = settle(&app, &key, &limit, &before.reservation, 10).await;
+        assert_eq!(result(&s), SettleResult::Expired, "{name}: {s:?}");
+        assert_eq!(s.remaining, 5, "{name}: 10 - 8 consumed");
+
+        let s = settle(&app, &key, &limit, &after.reservation, 1).await;
+        assert_eq!(result(&s), SettleResult::Settled, "{name}: {s:?}");
+        assert_eq!(s.remaining, 7, "{name}: 2 of the new reservation back");
+    }
+}
+
 /// 40 callers reserve 3 of 30 and use 1, each settled twice at once: one
 /// settle of each counts, and the budget ends at 30 minus one per admitted
 /// caller (at least 10: refunds can admit more).
@@ -269,4 +307,5 @@ crate::conformance!(
     a_settle_follows_the_charged_window,
     bad_settles_name_the_field,
     concurrent_reservations_settle_exactly,
+    a_reset_voids_earlier_reservations,
 );

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol, Sequence, TypeVar
 
 from datalayer._durations import DurationMs, _duration_pb, _pb_seconds, _seconds
 from datalayer._invoke import Metadata
@@ -319,6 +319,9 @@ def _cost(value: int) -> int:
     return value
 
 
+_R = TypeVar("_R", ratelimit_pb2.CheckRequest, ratelimit_pb2.ReportRequest, ratelimit_pb2.SettleRequest, ratelimit_pb2.ResetRequest)
+
+
 class _Spec:
     """A limit (inline or a policy's name) and how ids become keys."""
 
@@ -344,39 +347,31 @@ class _Spec:
             raise ValueError("a rate-limit id must not be empty")
         return f"{self.prefix}:{id}" if self.prefix else id
 
-    def check(self, id: str, cost: int) -> ratelimit_pb2.CheckRequest:
-        req = ratelimit_pb2.CheckRequest(key=self.key(id), cost=_cost(cost))
+    def _with_source(self, req: _R) -> _R:
+        """`req` with this spec's limit: inline, or the policy's name."""
         if self.inline is not None:
             req.limit.CopyFrom(self.inline)
         else:
             req.policy = self.policy or ""
         return req
 
+    def check(self, id: str, cost: int) -> ratelimit_pb2.CheckRequest:
+        req = ratelimit_pb2.CheckRequest(key=self.key(id), cost=_cost(cost))
+        return self._with_source(req)
+
     def report(self, id: str, cost: int) -> ratelimit_pb2.ReportRequest:
         req = ratelimit_pb2.ReportRequest(key=self.key(id), cost=_count(cost, "cost"))
-        if self.inline is not None:
-            req.limit.CopyFrom(self.inline)
-        else:
-            req.policy = self.policy or ""
-        return req
+        return self._with_source(req)
 
     def settle(self, id: str, reservation: str, cost: int) -> ratelimit_pb2.SettleRequest:
         if not isinstance(reservation, str) or not reservation:
             raise ValueError(f"reservation must be the non-empty LimitResult.reservation of reserve(), got {reservation!r}")
         req = ratelimit_pb2.SettleRequest(key=self.key(id), reservation=reservation, cost=_cost(cost))
-        if self.inline is not None:
-            req.limit.CopyFrom(self.inline)
-        else:
-            req.policy = self.policy or ""
-        return req
+        return self._with_source(req)
 
     def reset(self, id: str) -> ratelimit_pb2.ResetRequest:
         req = ratelimit_pb2.ResetRequest(key=self.key(id))
-        if self.inline is not None:
-            req.limit.CopyFrom(self.inline)
-        else:
-            req.policy = self.policy or ""
-        return req
+        return self._with_source(req)
 
     def describe(self) -> str:
         if self.inline is None:

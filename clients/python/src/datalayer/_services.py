@@ -1146,7 +1146,9 @@ class QueueService:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> queue_pb2.EnqueueBatchResponse:
-        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order."""
+        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order
+        (see allow_partial for a queue that fills part way).
+        """
         return self._invoke(self.stub.EnqueueBatch, request, timeout=timeout, metadata=metadata)
 
     def lease(
@@ -1367,7 +1369,9 @@ class AsyncQueueService:
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> queue_pb2.EnqueueBatchResponse:
-        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order."""
+        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order
+        (see allow_partial for a queue that fills part way).
+        """
         return await self._invoke(self.stub.EnqueueBatch, request, timeout=timeout, metadata=metadata)
 
     async def lease(

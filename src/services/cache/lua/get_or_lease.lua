@@ -1,6 +1,6 @@
 -- KEYS[1]: entry, KEYS[2]: its lease. ARGV: lease ttl (us), new token,
 -- longest wait hint (us).
--- Returns {1 hit | 2 leased | 3 stale, entry fields...} (see cache_get) or
+-- Returns {1 hit | 2 leased | 3 stale, entry fields...} (see cache_read) or
 -- {4 wait, retry_after_us}.
 local now = now_us()
 local e = cache_read(KEYS[1], now)

@@ -5,9 +5,12 @@
 -- Returns {outcome (1 stored, 2 condition failed, 3 version mismatch,
 -- 4 lease invalid), version}.
 local now = now_us()
-local current_entry = cache_read(KEYS[1], now)
+-- Only the version and expiry: reading the value too (cache_read) would
+-- copy it into Lua on every write.
+local held = redis.call('HMGET', KEYS[1], 'ver', 'ea')
+local current_entry = held[1] and tonumber(held[2]) and tonumber(held[2]) > now
 local current = 0
-if current_entry then current = tonumber(current_entry[3]) end
+if current_entry then current = tonumber(held[1]) end
 
 local condition = tonumber(ARGV[5])
 if (condition == 1 and current_entry) or (condition == 2 and not current_entry) then
@@ -30,7 +33,7 @@ redis.call('DEL', KEYS[2])
 local version = math.max(current + 1, now)
 local ttl = tonumber(ARGV[3])
 local expires_at = now + ttl + tonumber(ARGV[4])
-redis.call('DEL', KEYS[1])
+-- HSET replaces every field an entry has, so the old one needs no DEL.
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ct', ARGV[2], 'ver', int(version),
   'fu', int(now + ttl), 'ea', int(expires_at), 'tg', ARGV[8])
 redis.call('PEXPIREAT', KEYS[1], ceil_div(expires_at, 1000))

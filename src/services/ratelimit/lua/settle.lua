@@ -1,8 +1,10 @@
 -- Settles a reservation (see reservation.rs). KEYS[1]: the state,
--- KEYS[2]: the reservation's marker. ARGV: one check as dispatch.lua takes
+-- KEYS[2]: the reservation's marker, KEYS[3]: the state's reset
+-- generation. ARGV: one check as dispatch.lua takes
 -- it, its cost the units to give back; then ARGV[7], the units to consume
 -- beyond the reservation whether or not they fit.
--- Returns {result (1 settled, 2 settled before, 3 the marker is gone),
+-- Returns {result (1 settled, 2 settled before, 3 the marker is gone or a
+-- Reset since voided it),
 -- allowed, remaining, reset_after_us, retry_after_us or -1}.
 
 -- Gives back up to `units` of the charge that left marker `m` {t, n, w}:
@@ -49,11 +51,11 @@ local function give_back(alg, key, a, b, c, m, units)
   end
 end
 
-local m = redis.call('HMGET', KEYS[2], 't', 'n', 'w', 's')
+local m = redis.call('HMGET', KEYS[2], 't', 'n', 'w', 's', 'g')
 local result = 1
 if m[4] then
   result = 2
-elseif not m[1] then
+elseif not m[1] or (m[5] or '') ~= (redis.call('GET', KEYS[3]) or '') then
   result = 3
 end
 if result == 1 then

@@ -208,18 +208,25 @@ class EnqueueResponse(_message.Message):
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    QUEUE_FULL_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     deduplicated: _builtins.bool
     """True when dedup_id matched: message_id is the first message's."""
+    queue_full: _builtins.bool
+    """Only in an EnqueueBatch with allow_partial: the queue held
+    `queue.max_messages` messages, so this one was not enqueued (and
+    message_id is empty).
+    """
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         deduplicated: _builtins.bool = ...,
+        queue_full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "message_id", b"message_id", "queue_full", b"queue_full"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -231,7 +238,16 @@ class EnqueueBatchRequest(_message.Message):
 
     QUEUE_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    allow_partial: _builtins.bool
+    """When the queue fills part way through the batch: false (the default)
+    fails the call with RESOURCE_EXHAUSTED (the messages before that point
+    are in; the message says how many); true answers OK, with queue_full
+    on each result whose message was not enqueued. Client-side coalescers
+    (the TypeScript client's `dl.queue.add`) send true, so each caller
+    learns its own message's fate.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageSpec]: ...
     def __init__(
@@ -239,10 +255,11 @@ class EnqueueBatchRequest(_message.Message):
         *,
         queue: _builtins.str = ...,
         messages: _abc.Iterable[Global___MessageSpec] | None = ...,
+        allow_partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_partial", b"allow_partial", "messages", b"messages", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

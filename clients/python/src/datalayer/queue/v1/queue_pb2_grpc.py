@@ -163,7 +163,8 @@ class QueueServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EnqueueBatch(self, request, context):
-        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order.
+        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order
+        (see allow_partial for a queue that fills part way).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,9 @@ class QueueServiceStub:
     dedup_id was seen within the dedup window).
     """
     EnqueueBatch: _grpc.UnaryUnaryMultiCallable[_queue_pb2.EnqueueBatchRequest, _queue_pb2.EnqueueBatchResponse]
-    """EnqueueBatch adds up to `queue.max_batch` messages, answered in order."""
+    """EnqueueBatch adds up to `queue.max_batch` messages, answered in order
+    (see allow_partial for a queue that fills part way).
+    """
     Lease: _grpc.UnaryUnaryMultiCallable[_queue_pb2.LeaseRequest, _queue_pb2.LeaseResponse]
     """Lease hands out up to max_messages ready messages, waiting up to
     `wait` for one to be ready.
@@ -121,7 +123,9 @@ class QueueServiceAsyncStub(QueueServiceStub):
     dedup_id was seen within the dedup window).
     """
     EnqueueBatch: _aio.UnaryUnaryMultiCallable[_queue_pb2.EnqueueBatchRequest, _queue_pb2.EnqueueBatchResponse]  # type: ignore[assignment]
-    """EnqueueBatch adds up to `queue.max_batch` messages, answered in order."""
+    """EnqueueBatch adds up to `queue.max_batch` messages, answered in order
+    (see allow_partial for a queue that fills part way).
+    """
     Lease: _aio.UnaryUnaryMultiCallable[_queue_pb2.LeaseRequest, _queue_pb2.LeaseResponse]  # type: ignore[assignment]
     """Lease hands out up to max_messages ready messages, waiting up to
     `wait` for one to be ready.
@@ -203,7 +207,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_pb2.EnqueueBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.EnqueueBatchResponse, _abc.Awaitable[_queue_pb2.EnqueueBatchResponse]]:
-        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order."""
+        """EnqueueBatch adds up to `queue.max_batch` messages, answered in order
+        (see allow_partial for a queue that fills part way).
+        """
 
     @_abc_1.abstractmethod
     def Lease(

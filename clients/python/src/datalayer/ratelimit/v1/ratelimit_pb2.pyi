@@ -108,9 +108,8 @@ class _SettleResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettleRe
     SETTLE_RESULT_EXPIRED: _SettleResult.ValueType  # 3
     """The reservation's units no longer count against the limit (its
     window or period has passed): nothing to give back; a cost above the
-    reservation is still consumed. A Reset does not void the
-    reservations made before it: settling one afterwards can still give
-    back up to its units.
+    reservation is still consumed. A Reset of the key and limit voids
+    the reservations made before it, which then settle as expired.
     """
 
 class SettleResult(_SettleResult, metaclass=_SettleResultEnumTypeWrapper): ...
@@ -123,9 +122,8 @@ SETTLE_RESULT_ALREADY_SETTLED: SettleResult.ValueType  # 2
 SETTLE_RESULT_EXPIRED: SettleResult.ValueType  # 3
 """The reservation's units no longer count against the limit (its
 window or period has passed): nothing to give back; a cost above the
-reservation is still consumed. A Reset does not void the
-reservations made before it: settling one afterwards can still give
-back up to its units.
+reservation is still consumed. A Reset of the key and limit voids
+the reservations made before it, which then settle as expired.
 """
 Global___SettleResult: _TypeAlias = SettleResult  # noqa: Y015
 

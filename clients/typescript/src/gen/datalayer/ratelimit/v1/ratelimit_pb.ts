@@ -672,9 +672,8 @@ export enum SettleResult {
   /**
    * The reservation's units no longer count against the limit (its
    * window or period has passed): nothing to give back; a cost above the
-   * reservation is still consumed. A Reset does not void the
-   * reservations made before it: settling one afterwards can still give
-   * back up to its units.
+   * reservation is still consumed. A Reset of the key and limit voids
+   * the reservations made before it, which then settle as expired.
    *
    * @generated from enum value: SETTLE_RESULT_EXPIRED = 3;
    */
