@@ -25,6 +25,7 @@ import grpc
 import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -366,6 +367,36 @@ def test_an_unknown_domain_is_ok(rls):
     r = rls.ask(d(("user_id", "x")), d(("path", "/closed")), domain="not-configured")
     assert (r.overall_code, codes(r)) == (OK, [OK, OK])
     assert not any(s.HasField("current_limit") for s in r.statuses)
+
+
+def limited(*entries: tuple[str, str], rpu: int, unit: int) -> ratelimit_pb2.RateLimitDescriptor:
+    """A descriptor carrying Envoy's own limit (the `limit` action's
+    `RateLimitOverride`)."""
+    desc = d(*entries)
+    desc.limit.CopyFrom(
+        ratelimit_pb2.RateLimitDescriptor.RateLimitOverride(requests_per_unit=rpu, unit=unit)
+    )
+    return desc
+
+
+def test_a_limit_sent_by_envoy_replaces_the_files_and_counts_apart(rls):
+    unit = ratelimit_unit_pb2.HOUR
+    first = rls.ask(limited(("user_id", "omar"), rpu=1, unit=unit))
+    (s,) = first.statuses
+    assert (first.overall_code, s.limit_remaining) == (OK, 0)
+    assert (s.current_limit.requests_per_unit, s.current_limit.unit) == (1, HOUR)
+    assert rls.ask(limited(("user_id", "omar"), rpu=1, unit=unit)).overall_code == OVER_LIMIT
+    # The file's per-user rule (3 an hour) has not counted those.
+    assert rls.ask(d(("user_id", "omar"))).statuses[0].limit_remaining == 2
+    # Over a shadow-mode rule of the file, the override is not shadow.
+    rls.ask(limited(("path", "/beta/o"), rpu=1, unit=unit))
+    assert rls.ask(limited(("path", "/beta/o"), rpu=1, unit=unit)).overall_code == OVER_LIMIT
+    name = "datalayer_envoy_ratelimit_decisions_total"
+    assert rls.metric(name, domain=DOMAIN, descriptor="(override)", result="over_limit") == 2
+    # YEAR is not a unit the service counts in: the field is named.
+    with pytest.raises(grpc.RpcError) as err:
+        rls.ask(limited(("user_id", "omar"), rpu=1, unit=ratelimit_unit_pb2.YEAR))
+    assert _bad_fields(err.value) == ["descriptors[0].limit.unit"]
 
 
 # --------------------------------------------------------------------------

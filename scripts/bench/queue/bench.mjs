@@ -107,6 +107,21 @@ const cpuSnap = () => Object.fromEntries(Object.entries(PIDS).map(([k, pid]) => 
 const cpuPerJob = (a, b, n) =>
   Object.fromEntries(Object.keys(a).map((k) => [k, (((b[k] - a[k]) / TICK) * 1e6) / n]));
 
+// Commands Redis ran (INFO commandstats): script calls (EVALSHA, EVAL,
+// FCALL) and every command, those run inside scripts included.
+const infoConn = new IORedis(REDIS_URL, { maxRetriesPerRequest: null });
+async function redisCalls() {
+  const info = await infoConn.info("commandstats");
+  let scripts = 0;
+  let all = 0;
+  for (const m of info.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)) {
+    const calls = Number(m[2]);
+    all += calls;
+    if (/^(evalsha|eval|fcall|evalsha_ro|eval_ro|fcall_ro)$/.test(m[1])) scripts += calls;
+  }
+  return { scripts, all };
+}
+
 function pct(sorted, p) {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
@@ -409,6 +424,7 @@ async function phase(sys, label, n, rate) {
     }
   };
 
+  const calls0 = await redisCalls();
   const cpu0 = cpuSnap();
   const t0 = performance.now();
   let lag = [];
@@ -445,6 +461,7 @@ async function phase(sys, label, n, rate) {
     problem(`${sys.name} ${label}: only ${completed} of ${n} jobs completed within ${PHASE_TIMEOUT_MS} ms of the start`);
   }
   const cpu1 = cpuSnap();
+  const calls1 = await redisCalls();
   await consumer.stop();
   if (dups) problem(`${sys.name} ${label}: ${dups} jobs completed more than once`);
   await sys.verify(queue, n);
@@ -464,6 +481,10 @@ async function phase(sys, label, n, rate) {
     enq: stats(enqLat),
     lag: lag.length ? stats(lag) : undefined,
     cpu: cpuPerJob(cpu0, cpu1, Math.max(1, completed)),
+    redis: {
+      scripts: (calls1.scripts - calls0.scripts) / Math.max(1, completed),
+      all: (calls1.all - calls0.all) / Math.max(1, completed),
+    },
     enqErrors,
   };
   log(
@@ -520,6 +541,7 @@ const rows = [
   ["                         datalayer", (r) => r.full.cpu.datalayer.toFixed(0)],
   ["                         node (client + worker)", (r) => r.full.cpu.node.toFixed(0)],
   ["                         total", (r) => (r.full.cpu.redis + r.full.cpu.datalayer + r.full.cpu.node).toFixed(0)],
+  ["Redis calls/job at full load: scripts / all commands", (r) => `${r.full.redis.scripts.toFixed(2)} / ${r.full.redis.all.toFixed(1)}`],
   ["CPU µs/job at half load: redis / datalayer / node", (r) => `${r.half.cpu.redis.toFixed(0)} / ${r.half.cpu.datalayer.toFixed(0)} / ${r.half.cpu.node.toFixed(0)}`],
 ];
 const w0 = Math.max(...rows.map((r) => r[0].length));

@@ -49,6 +49,18 @@ fn breaks_connection(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// Counts a failed pipeline; answers whether its connection is broken
+/// (logged: the caller drops it and the next call opens a new one).
+pub(super) fn failed(e: &RedisError) -> bool {
+    let kind = super::classify(e).0;
+    metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => kind.as_str()).increment(1);
+    let broken = breaks_connection(e);
+    if broken {
+        tracing::warn!(error = %e, "redis connection lost; reconnecting");
+    }
+    broken
+}
+
 /// A connection from the pool, timing the wait.
 pub(super) async fn pooled(pool: &Pool) -> Result<Connection, StoreError> {
     let started = Instant::now();
@@ -142,11 +154,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                let kind = super::classify(&e).0;
-                metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => kind.as_str())
-                    .increment(1);
-                if breaks_connection(&e) {
-                    tracing::warn!(error = %e, "redis connection lost; reconnecting");
+                if failed(&e) {
                     // Detached, so the pool never hands out a broken one.
                     drop(conn.take().map(Connection::take));
                 }

@@ -3,11 +3,14 @@
 //!
 //! On one server, calls go through a few [`lane`]s that pipeline the
 //! commands of many concurrent calls into one round trip, which is how the
-//! service wins back the cost of gRPC. On a cluster, [`cluster`] sends one
-//! pipeline per hash slot. Services never see which.
+//! service wins back the cost of gRPC (or, with `redis.pipelining =
+//! "multiplexed"`, through redis-rs's own [`multiplexed`] connections, kept
+//! to measure the two against each other). On a cluster, [`cluster`] sends
+//! one pipeline per hash slot. Services never see which.
 
 mod cluster;
 mod lane;
+mod multiplexed;
 mod probe;
 pub mod script;
 pub mod settings;
@@ -25,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 pub use script::{NamedScript, ScriptCall};
-pub use settings::{RedisMode, RedisSettings, RedisUrl};
+pub use settings::{RedisMode, RedisPipelining, RedisSettings, RedisUrl};
 
 use super::{PoolStatus, StoreError, StoreErrorKind};
 
@@ -51,6 +54,8 @@ enum Transport {
         lanes: Vec<mpsc::Sender<lane::Job>>,
         next: AtomicUsize,
     },
+    /// One server, on redis-rs's multiplexed connections.
+    Multiplexed(Box<multiplexed::Multiplexed>),
     /// A cluster: one pipeline per hash slot touched.
     Cluster(Box<cluster::ClusterTransport>),
 }
@@ -148,7 +153,10 @@ impl Redis {
             }
         };
         let transport = match s.mode {
-            RedisMode::Standalone => Self::lanes(url.expose(), s, tls)?,
+            RedisMode::Standalone => match s.pipelining {
+                RedisPipelining::Lanes => Self::lanes(url.expose(), s, tls)?,
+                RedisPipelining::Multiplexed => Self::multiplexed(url.expose(), s, tls)?,
+            },
             RedisMode::Cluster => Transport::Cluster(Box::new(cluster::ClusterTransport::new(
                 &url.seeds(),
                 s,
@@ -203,6 +211,26 @@ impl Redis {
         })
     }
 
+    fn multiplexed(
+        url: &str,
+        s: &RedisSettings,
+        tls: Option<TlsCertificates>,
+    ) -> Result<Transport, StoreError> {
+        let client = match tls {
+            None => redis::Client::open(url),
+            Some(certs) => redis::Client::build_with_tls(url, certs),
+        }
+        .map_err(|e| {
+            StoreError::new(StoreErrorKind::Misconfigured, format!("redis.url: {e}")).caused_by(e)
+        })?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(s.connect_timeout))
+            .set_response_timeout(Some(s.response_timeout));
+        Ok(Transport::Multiplexed(Box::new(
+            multiplexed::Multiplexed::new(client, config, s.connections, s.connect_timeout),
+        )))
+    }
+
     pub fn redacted_url(&self) -> &str {
         &self.redacted_url
     }
@@ -247,6 +275,7 @@ impl Redis {
     ) -> Result<Vec<RedisResult<Value>>, StoreError> {
         let (lanes, next) = match &self.transport {
             Transport::Lanes { lanes, next, .. } => (lanes, next),
+            Transport::Multiplexed(m) => return m.exec(cmds).await,
             Transport::Cluster(cluster) => return cluster.exec(cmds).await,
         };
         let index = next.fetch_add(1, Ordering::Relaxed) % lanes.len();
@@ -276,7 +305,7 @@ impl Redis {
 
     pub fn same_node(&self, keys: &[String]) -> bool {
         match &self.transport {
-            Transport::Lanes { .. } => true,
+            Transport::Lanes { .. } | Transport::Multiplexed(_) => true,
             Transport::Cluster(_) => {
                 let mut slots = keys.iter().map(|k| cluster::slot(k.as_bytes()));
                 let first = slots.next();
@@ -286,8 +315,17 @@ impl Redis {
     }
 
     pub fn pool_status(&self) -> Option<PoolStatus> {
-        let Transport::Lanes { pool, .. } = &self.transport else {
-            return None;
+        let pool = match &self.transport {
+            Transport::Lanes { pool, .. } => pool,
+            Transport::Multiplexed(m) => {
+                let open = m.open();
+                return Some(PoolStatus {
+                    size: open,
+                    in_use: open,
+                    waiting: 0,
+                });
+            }
+            Transport::Cluster(_) => return None,
         };
         let status = pool.status();
         Some(PoolStatus {

@@ -102,6 +102,18 @@ crate::setting_enum! {
     default = Standalone;
 }
 
+crate::setting_enum! {
+    /// How concurrent calls share connections to one Redis server.
+    pub enum RedisPipelining {
+        /// The service's own pipeliner: each of `redis.connections` lanes
+        /// sends everything queued on it as one pipeline.
+        Lanes = "lanes",
+        /// redis-rs's multiplexed connections, `redis.connections` of them.
+        Multiplexed = "multiplexed",
+    }
+    default = Multiplexed;
+}
+
 crate::section! {
     /// Where Redis is and how the service talks to it.
     pub struct RedisSettings {
@@ -122,8 +134,13 @@ crate::section! {
         pub tls_key_file: Option<PathBuf> = None;
         /// Multiplexed connections that pipeline every call's commands.
         pub connections: usize = 2, range(1, 64);
-        /// Connections in the pool (the pipelining connections are taken
-        /// from it); at least `redis.connections`.
+        /// How calls share those connections on one server: `multiplexed`
+        /// (redis-rs's own multiplexed connections: less CPU per call, see
+        /// docs/benchmark.md) or `lanes` (the service's own pipeliner, on
+        /// pooled connections). Ignored in cluster mode.
+        pub pipelining: RedisPipelining = RedisPipelining::Multiplexed;
+        /// Connections in the pool (`redis.pipelining = "lanes"` takes its
+        /// connections from it); at least `redis.connections`.
         pub pool_size: usize = 16, range(1, 1024);
         /// Time to open a connection.
         pub connect_timeout: Duration = ms(500), range(ms(1), secs(60));

@@ -4,6 +4,7 @@
 
 mod connections;
 mod inputs;
+mod pipelining;
 mod retries;
 mod store;
 

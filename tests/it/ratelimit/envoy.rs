@@ -3,6 +3,8 @@
 //! shadow mode, unlimited and blocked limits, replaces, unknown domains,
 //! response headers, bad input, and a configuration reloaded from its file.
 
+mod overrides;
+
 use std::time::Duration;
 
 use datalayer::proto::envoy::extensions::common::ratelimit::v3::{

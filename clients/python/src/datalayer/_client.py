@@ -11,6 +11,7 @@ import grpc.aio
 from datalayer._aio_channel import LazyChannel
 from datalayer._analytics import AnalyticsHelpers, AsyncAnalyticsHelpers
 from datalayer._cache import AsyncCacheHelpers, CacheHelpers
+from datalayer._enqueuer import AsyncQueueAdders, QueueAdders
 from datalayer._invoke import AsyncInvoker, Metadata, RetryPolicy, SyncInvoker
 from datalayer._ratelimit import AsyncRateLimiters, RateLimiters
 from datalayer._services import (
@@ -60,13 +61,15 @@ Interceptor = Union[
 ]
 
 
-class QueueClient(QueueService, QueueWorkers):
-    """``Client.queue``: QueueService's RPCs (``enqueue``, ``ack``, ...) and
+class QueueClient(QueueService, QueueWorkers, QueueAdders):
+    """``Client.queue``: QueueService's RPCs (``enqueue``, ``ack``, ...),
     the helpers of :class:`datalayer._workers.QueueWorkers`: ``consume``
-    (an iterator of messages to settle) and ``work`` (a handler pool)."""
+    (an iterator of messages to settle) and ``work`` (a handler pool), and
+    ``add`` (:mod:`datalayer._enqueuer`: one message, batched with the
+    others added meanwhile)."""
 
 
-class AsyncQueueClient(AsyncQueueService, AsyncQueueWorkers):
+class AsyncQueueClient(AsyncQueueService, AsyncQueueWorkers, AsyncQueueAdders):
     """``AsyncClient.queue``: as :class:`QueueClient`, on asyncio."""
 
 

@@ -8,14 +8,14 @@ local acked = 0
 for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   local m = k('m:' .. id)
-  local f = redis.call('HMGET', m, 'st', 'tk')
+  local f = redis.call('HMGET', m, 'st', 'tk', 'g')
   local status = 0
   if f[1] and f[2] == ARGV[i + 1] then
     if f[1] == 'c' then
       status = 2
     elseif f[1] == 'l' then
       redis.call('ZREM', k('leased'), id)
-      release_group(id, now)
+      release_group(id, now, f[3])
       redis.call('HDEL', m, 'p', 'h')
       redis.call('HSET', m, 'st', 'c')
       redis.call('PEXPIRE', m, ARGV[1])

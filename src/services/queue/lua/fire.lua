@@ -5,5 +5,7 @@ local now = now_ms()
 local at = redis.call('ZSCORE', k('next'), ARGV[1])
 if not at or tonumber(at) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', k('next'), ARGV[3], ARGV[1])
-enqueue_one(5, now, tonumber(ARGV[4]))
+local t = tally()
+enqueue_one(5, now, tonumber(ARGV[4]), t)
+enqueued(t, now)
 return 1

@@ -11,16 +11,17 @@ if redis.call('EXISTS', k('paused')) == 1 then return out end
 local want = tonumber(ARGV[1])
 local seed = 4
 while #out - 1 < want do
-  local ids = redis.call('ZRANGE', k('ready'), 0, want - #out)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', k('ready'), id)
+  -- {id, score, id, score, ...}: taken off the ready set in one command.
+  local popped = redis.call('ZPOPMIN', k('ready'), want - (#out - 1))
+  if #popped == 0 then break end
+  for j = 1, #popped, 2 do
+    local id = popped[j]
     local m = k('m:' .. id)
     local f = redis.call('HMGET', m, 'p', 'h', 'a', 'ma', 'ld', 'ex', 'at', 'pr', 'g')
     local ex = tonumber(f[6])
     if ex > 0 and ex <= now then
       -- Expired before it was delivered: dropped, and counted.
-      release_group(id, now)
+      release_group(id, now, f[9])
       redis.call('DEL', m)
       count('n', -1)
       count('expired', 1)

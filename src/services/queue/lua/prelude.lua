@@ -29,9 +29,13 @@ local function count(field, n)
 end
 
 local function rate(kind, now, n)
+  n = n or 1
   local key = k('r:' .. math.floor(now / 60000))
-  redis.call('HINCRBY', key, kind, n or 1)
-  redis.call('PEXPIRE', key, 180000)
+  -- The first count of a kind in a minute sets the expiry; later counts
+  -- need not (one command fewer per script).
+  if redis.call('HINCRBY', key, kind, n) == n then
+    redis.call('PEXPIRE', key, 180000)
+  end
 end
 
 -- Ready or delayed, as the message's due time says.
@@ -48,9 +52,10 @@ local function place(id, now)
 end
 
 -- `id` is done with (acked, dead, expired, cancelled): its group's next
--- message becomes the active one.
-local function release_group(id, now)
-  local g = redis.call('HGET', k('m:' .. id), 'g')
+-- message becomes the active one. `g`: its group, when the caller has
+-- read it already (nil: read here).
+local function release_group(id, now, g)
+  if g == nil then g = redis.call('HGET', k('m:' .. id), 'g') end
   if not g or g == '' then return end
   if redis.call('HGET', k('gl'), g) ~= id then return end
   local nxt = redis.call('LPOP', k('g:' .. g))
@@ -123,34 +128,55 @@ local function promote(now)
   end
 end
 
+-- What one script's enqueues did to the queue's counters: `held` messages
+-- (the queue's `n` as they go), `added` by this script. Read once, written
+-- once by `enqueued`, however many messages the script enqueues.
+local function tally()
+  return {held = tonumber(redis.call('HGET', k('stats'), 'n') or '0'), added = 0}
+end
+
+local function enqueued(t, now)
+  if t.added == 0 then return end
+  count('n', t.added)
+  count('enqueued', t.added)
+  rate('e', now, t.added)
+end
+
 -- Enqueues the message whose 12 fields start at ARGV[i]: payload,
 -- headers, dedup id, dedup window ms, delay ms, not before ms, priority,
 -- group, max attempts, backoff, lease ms, expire at ms. Answers {1, id}
--- new, {2, id} a duplicate of `id`, {0, ''} the queue is full.
-local function enqueue_one(i, now, most)
+-- new, {2, id} a duplicate of `id`, {0, ''} the queue is full. `t` is the
+-- script's tally (see `tally`).
+local function enqueue_one(i, now, most, t)
   local dd = ARGV[i + 2]
   if dd ~= '' then
     local first = redis.call('GET', k('dd:' .. dd))
     if first then return {2, first} end
   end
-  if tonumber(redis.call('HGET', k('stats'), 'n') or '0') >= most then return {0, ''} end
+  if t.held >= most then return {0, ''} end
   local seq = redis.call('INCR', k('seq'))
   local id = tostring(seq)
   local pr = tonumber(ARGV[i + 6])
   local due = math.max(now + tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]))
   local g = ARGV[i + 7]
+  -- Behind its group's active message, delayed, or ready: decided before
+  -- the message is written, so it is written once.
+  local behind = g ~= '' and redis.call('HSETNX', k('gl'), g, id) == 0
+  local st = 'w'
+  if behind then st = 'q' elseif due > now then st = 'd' end
+  local sc = (9 - pr) * 17592186044416 + seq
   redis.call('HSET', k('m:' .. id), 'p', ARGV[i], 'h', ARGV[i + 1], 'a', 0,
     'ma', ARGV[i + 8], 'bk', ARGV[i + 9], 'pr', pr, 'g', g, 'ld', ARGV[i + 10],
-    'ex', ARGV[i + 11], 'at', now, 'sc', (9 - pr) * 17592186044416 + seq, 'du', due)
+    'ex', ARGV[i + 11], 'at', now, 'sc', sc, 'du', due, 'st', st)
   if dd ~= '' then redis.call('SET', k('dd:' .. dd), id, 'PX', ARGV[i + 3]) end
-  if g ~= '' and redis.call('HSETNX', k('gl'), g, id) == 0 then
+  if behind then
     redis.call('RPUSH', k('g:' .. g), id)
-    redis.call('HSET', k('m:' .. id), 'st', 'q')
+  elseif st == 'd' then
+    redis.call('ZADD', k('delayed'), due, id)
   else
-    place(id, now)
+    redis.call('ZADD', k('ready'), sc, id)
   end
-  count('n', 1)
-  count('enqueued', 1)
-  rate('e', now)
+  t.held = t.held + 1
+  t.added = t.added + 1
   return {1, id}
 end

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{Config, DECISIONS, EnvoySettings, Kind, Node, find};
+use super::{Config, DECISIONS, EnvoySettings, Kind, Node, find, override_node};
 use crate::error::Error;
 use crate::grpc::Ctx;
 use crate::proto::envoy::config::core::v3::HeaderValue;
@@ -45,8 +45,11 @@ enum Plan<'a> {
     Check(&'a Node, usize),
 }
 
-fn validate_request(req: &pb::RateLimitRequest) -> Result<(), validate::Invalid> {
+/// Checks the request, and builds the limits Envoy sent with its
+/// descriptors (one per descriptor, `None` where none was sent).
+fn validate_request(req: &pb::RateLimitRequest) -> Result<Vec<Option<Node>>, validate::Invalid> {
     let mut bad = Vec::new();
+    let mut overrides = Vec::with_capacity(req.descriptors.len());
     if req.domain.is_empty() {
         bad.push(FieldViolation::new("domain", "must not be empty"));
     }
@@ -63,6 +66,17 @@ fn validate_request(req: &pb::RateLimitRequest) -> Result<(), validate::Invalid>
                 format!("must hold 1 to {MAX_ENTRIES} entries"),
             ));
         }
+        overrides.push(d.limit.as_ref().and_then(|l| {
+            let key = d.entries.first().map_or("", |e| e.key.as_str());
+            override_node(key, l.requests_per_unit, l.unit)
+                .map_err(|(field, problem)| {
+                    bad.push(FieldViolation::new(
+                        format!("descriptors[{i}].limit.{field}"),
+                        problem,
+                    ));
+                })
+                .ok()
+        }));
         for (j, e) in d.entries.iter().enumerate() {
             if e.key.is_empty() || e.key.len() > MAX_ENTRY_BYTES || e.value.len() > MAX_ENTRY_BYTES
             {
@@ -76,7 +90,7 @@ fn validate_request(req: &pb::RateLimitRequest) -> Result<(), validate::Invalid>
         }
     }
     if bad.is_empty() {
-        Ok(())
+        Ok(overrides)
     } else {
         Err(validate::Invalid(bad))
     }
@@ -133,9 +147,10 @@ impl Handler {
         ctx: Ctx,
         req: pb::RateLimitRequest,
     ) -> Result<pb::RateLimitResponse, Error> {
-        validate_request(&req)?;
+        let overrides = validate_request(&req)?;
         let domains = self.config.domains();
-        let tree = domains.0.get(&req.domain).map(Vec::as_slice).unwrap_or(&[]);
+        let configured = domains.0.get(&req.domain);
+        let tree = configured.map(Vec::as_slice).unwrap_or(&[]);
         let request_hits = if req.hits_addend == 0 {
             1
         } else {
@@ -146,7 +161,13 @@ impl Handler {
         let matched: Vec<Option<&Node>> = req
             .descriptors
             .iter()
-            .map(|d| {
+            .zip(&overrides)
+            .map(|(d, sent)| {
+                // Envoy's limit replaces the file's, in a configured
+                // domain only (as envoyproxy/ratelimit).
+                if let Some(sent) = sent.as_ref().filter(|_| configured.is_some()) {
+                    return Some(sent);
+                }
                 let entries: Vec<(&str, &str)> = d
                     .entries
                     .iter()
@@ -166,7 +187,7 @@ impl Handler {
             .collect();
         let mut checks = Vec::new();
         let mut plans = Vec::with_capacity(req.descriptors.len());
-        for (d, node) in req.descriptors.iter().zip(&matched) {
+        for ((d, node), sent) in req.descriptors.iter().zip(&matched).zip(&overrides) {
             let Some(node) = node.filter(|n| {
                 n.rule
                     .as_ref()
@@ -190,6 +211,14 @@ impl Handler {
                             e.key,
                             e.value.len(),
                             e.value
+                        ));
+                    }
+                    if sent.is_some() {
+                        // Its own counter: a file rule's, or another
+                        // override's, never mixes with it.
+                        key.push_str(&format!(
+                            "|limit:{}/{}",
+                            rule.requests_per_unit, rule.unit as i32
                         ));
                     }
                     checks.push(RateCheck {

@@ -121,6 +121,8 @@ impl Config {
 }
 
 pub const RELOADS: &str = "datalayer_envoy_ratelimit_config_reloads_total";
+/// The `descriptor` label of decisions made by a limit Envoy sent.
+pub const OVERRIDE_PATH: &str = "(override)";
 pub const DECISIONS: &str = "datalayer_envoy_ratelimit_decisions_total";
 
 /// The node that applies to `entries` (key, value), if any.
@@ -140,6 +142,62 @@ pub fn find<'a>(tree: &'a [Node], entries: &[(&str, &str)]) -> Option<&'a Node> 
         level = &node.children;
     }
     found
+}
+
+/// The node of a limit that Envoy sent with the descriptor
+/// (`RateLimitDescriptor.limit`, from Envoy's `limit` action): as
+/// envoyproxy/ratelimit, it replaces the file's rule for that descriptor,
+/// counts in a fixed window of its unit, and is never in shadow mode. Its
+/// counter is its own (the limit is part of the key), and its metrics say
+/// `(override)`: what Envoy sends never becomes a label. `Err` describes a
+/// bad field of the override: `(field suffix, problem)`.
+pub fn override_node(
+    key: &str,
+    requests_per_unit: u32,
+    unit: i32,
+) -> Result<Node, (&'static str, String)> {
+    let unit = Unit::from_override(unit).ok_or_else(|| {
+        (
+            "unit",
+            format!("must be SECOND, MINUTE, HOUR, DAY or MONTH (1 to 5), got {unit}"),
+        )
+    })?;
+    let rpu = u64::from(requests_per_unit);
+    if rpu > crate::services::ratelimit::MAX_LIMIT {
+        return Err((
+            "requests_per_unit",
+            format!(
+                "must be at most {}, got {rpu}",
+                crate::services::ratelimit::MAX_LIMIT
+            ),
+        ));
+    }
+    let kind = if rpu == 0 {
+        Kind::Blocked
+    } else {
+        Kind::Limited(
+            config::limit(
+                crate::services::ratelimit::Algorithm::FixedWindow,
+                rpu,
+                unit.window(),
+            )
+            .map_err(|e| ("requests_per_unit", e))?,
+        )
+    };
+    Ok(Node {
+        key: key.to_owned(),
+        value: Value::Any,
+        rule: Some(Rule {
+            kind,
+            requests_per_unit: rpu,
+            unit,
+            name: String::new(),
+            replaces: Vec::new(),
+        }),
+        shadow: false,
+        path: Arc::from(OVERRIDE_PATH),
+        children: Vec::new(),
+    })
 }
 
 #[cfg(test)]
