@@ -82,6 +82,13 @@
 # the binary reads as server.worker_threads (here, on 2 cores shared with
 # Redis and the load generator, 1 thread measured faster: docs/benchmark.md).
 #
+# BENCH_PERF=1 samples the service with `perf record -g` during each
+# full-speed service run and prints its top symbols by self time
+# (BENCH_PERF_TOP, default 25) on stderr; perf must be on PATH. With
+# BENCH_PERF=dwarf the call graphs come from DWARF (see them with
+# BENCH_KEEP=1 and `perf report -i <kept dir>/<workload>.perf`). The
+# sampling costs the service CPU: take the figures from a run without it.
+#
 # Nothing here fails on a time: it measures and prints.
 #
 # Needs: redis-server, redis-benchmark, redis-cli, curl on PATH; h2load (installed
@@ -488,7 +495,23 @@ service_run() {
   local ok0 bad0 ok1 bad1 e0 e1
   read -r ok0 bad0 < <(rpc_counts "$PATH_")
   e0=$(evalsha_calls)
+  local perf_pid=
+  if [ -n "${BENCH_PERF:-}" ]; then
+    # Samples the service (call graphs) while h2load runs; reported after.
+    # BENCH_PERF=dwarf: call graphs from DWARF (the release binary has no
+    # frame pointers, so `-g` stops at the symbol itself), sampled less.
+    local graph=(-F 999 -g)
+    [ "$BENCH_PERF" = dwarf ] && graph=(-F 199 --call-graph dwarf,16384)
+    perf record -q "${graph[@]}" -p "$SVC_PID" -o "$TMP/$2.perf" -- sleep "$SECS" 2>/dev/null &
+    perf_pid=$!
+  fi
   measure "$TMP/$2.h2load" h2 "$1" -D "$SECS"
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    log "  $2: perf profile of the service (self time, top ${BENCH_PERF_TOP:-25} symbols):"
+    perf report -q -i "$TMP/$2.perf" --no-children --sort symbol -g none --percent-limit 0.3 --stdio 2>/dev/null |
+      grep -E '^ +[0-9.]+%' | sed -E 's/ +(- +)*$//' | cut -c1-160 | head -n "${BENCH_PERF_TOP:-25}" >&2 || true
+  fi
   e1=$(evalsha_calls)
   read -r ok1 bad1 < <(rpc_counts "$PATH_")
   read -r DONE OKH FAILED ERRORED RATE < <(h2_summary "$TMP/$2.h2load")
