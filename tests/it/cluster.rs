@@ -119,57 +119,67 @@ async fn a_master_failover_recovers_by_itself() {
 
     let started = std::time::Instant::now();
     let mut unavailable = 0;
-    loop {
-        let mut request = tonic::Request::new(GetRequest { key: key.into() });
-        request.set_timeout(Duration::from_millis(800));
-        match cache.get(request).await {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                assert!(reply.found, "the promoted replica holds the entry");
-                assert_eq!(reply.entry.unwrap().value, b"before");
-                break;
-            }
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                unavailable += 1;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the service never found the new master"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let found = until_available(
+        started,
+        &mut unavailable,
+        "read from the new master",
+        || {
+            let mut cache = cache.clone();
+            let mut request = tonic::Request::new(GetRequest { key: key.into() });
+            request.set_timeout(Duration::from_millis(800));
+            async move { cache.get(request).await }
+        },
+    )
+    .await;
+    assert!(found.found, "the promoted replica holds the entry");
+    assert_eq!(found.entry.unwrap().value, b"before");
     // Writes reach the new master too. The first may still meet the
     // cluster settling (a slot map refresh on a busy machine can outlast
     // the 250 ms command timeout): UNAVAILABLE, then stored, within the
     // same bound. The write is idempotent, so repeating it is safe.
-    let stored = loop {
-        match cache
-            .set(SetRequest {
-                key: key.into(),
-                value: b"after".to_vec(),
-                ttl: Some(pb_duration(Duration::from_secs(60))),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(reply) => break reply.into_inner(),
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                unavailable += 1;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "writes never reached the new master"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let stored = until_available(started, &mut unavailable, "write to the new master", || {
+        let mut cache = cache.clone();
+        let request = SetRequest {
+            key: key.into(),
+            value: b"after".to_vec(),
+            ttl: Some(pb_duration(Duration::from_secs(60))),
+            ..Default::default()
+        };
+        async move { cache.set(request).await }
+    })
+    .await;
     assert!(stored.stored);
     let mut request = tonic::Request::new(GetRequest { key: key.into() });
     request.set_timeout(Duration::from_millis(800));
     let read = cache.get(request).await.expect("get after the write");
     assert_eq!(read.into_inner().entry.unwrap().value, b"after");
     eprintln!("failover: {unavailable} UNAVAILABLE answers before recovery");
+}
+
+/// Repeats `call` every 200 ms while it answers UNAVAILABLE (counted in
+/// `unavailable`), for at most 30 s from `started`; any other error fails.
+async fn until_available<T, F, Fut>(
+    started: std::time::Instant,
+    unavailable: &mut u32,
+    what: &str,
+    mut call: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    loop {
+        match call().await {
+            Ok(reply) => return reply.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+                *unavailable += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the service never managed to {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

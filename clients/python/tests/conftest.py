@@ -207,6 +207,19 @@ def run_service(
         log.close()
 
 
+def configured_stack(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory, name: str, toml: str
+) -> Iterator[Stack]:
+    """The binary on a Redis of its own, configured by `toml` (a
+    datalayer.toml); its calls count for the coverage check as those of
+    `stack` do. For module fixtures: `yield from configured_stack(...)`."""
+    config = tmp_path_factory.mktemp(name) / "datalayer.toml"
+    config.write_text(toml)
+    redis = Redis(free_port())
+    redis.start()
+    yield from run_service(redis, called=stack.called, config=config)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     redis = Redis(free_port())

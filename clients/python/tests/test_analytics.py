@@ -33,7 +33,7 @@ from datalayer import (
 from datalayer._invoke import Metadata
 from datalayer.analytics.v1 import analytics_pb2 as pb
 
-from .conftest import Redis, Stack, _Recorder, free_port, require, run_service, unique, wait_for
+from .conftest import Stack, _Recorder, configured_stack, free_port, require, unique, wait_for
 
 SERVICE = "datalayer.analytics.v1.AnalyticsService"
 
@@ -479,11 +479,7 @@ def test_tracker_sends_the_rest_of_a_batch_the_service_refused_an_event_of(clien
 def small_batch_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The binary on its own Redis with analytics.max_batch = 3; its calls
     count for the coverage check."""
-    config = tmp_path_factory.mktemp("analytics") / "datalayer.toml"
-    config.write_text("[analytics]\nmax_batch = 3\n")
-    redis = Redis(free_port())
-    redis.start()
-    yield from run_service(redis, called=stack.called, config=config)
+    yield from configured_stack(stack, tmp_path_factory, "analytics", "[analytics]\nmax_batch = 3\n")
 
 
 def test_tracker_splits_batches_the_service_finds_too_large(small_batch_stack: Stack) -> None:

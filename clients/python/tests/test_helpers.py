@@ -30,7 +30,7 @@ from datalayer import (
 from datalayer.cache.v1 import cache_pb2 as c
 from datalayer.session.v1 import session_pb2 as s
 
-from .conftest import Redis, Stack, _AsyncRecorder, _Recorder, free_port, require, run_service, unique, wait_for
+from .conftest import Stack, _AsyncRecorder, _Recorder, configured_stack, free_port, require, unique, wait_for
 
 RATELIMIT = "datalayer.ratelimit.v1.RateLimitService"
 CACHE = "datalayer.cache.v1.CacheService"
@@ -60,11 +60,7 @@ def policy_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     minute), `burst` (GCRA, 2 per second) and `shadow` (GCRA, 1 per hour,
     in shadow mode); its calls count for the coverage check."""
     require(stack, RATELIMIT)
-    config = tmp_path_factory.mktemp("policies") / "datalayer.toml"
-    config.write_text(POLICY_CONFIG)
-    redis = Redis(free_port())
-    redis.start()
-    yield from run_service(redis, called=stack.called, config=config)
+    yield from configured_stack(stack, tmp_path_factory, "policies", POLICY_CONFIG)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from datalayer import AsyncClient, Client, InvalidArgument, ResourceExhausted
 from datalayer.queue.v1 import queue_pb2 as qp
 
-from .conftest import Redis, Stack, _AsyncRecorder, _Recorder, free_port, require, run_service, unique
+from .conftest import Stack, _AsyncRecorder, _Recorder, configured_stack, require, unique
 
 SERVICE = "datalayer.queue.v1.QueueService"
 
@@ -122,11 +122,7 @@ def test_a_bad_message_fails_only_its_own_caller(stack: Stack) -> None:
 @pytest.fixture(scope="module")
 def small_queue_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The binary on its own Redis with queue.max_messages = 5."""
-    config = tmp_path_factory.mktemp("queue-add") / "datalayer.toml"
-    config.write_text("[queue]\nmax_messages = 5\n")
-    redis = Redis(free_port())
-    redis.start()
-    yield from run_service(redis, called=stack.called, config=config)
+    yield from configured_stack(stack, tmp_path_factory, "queue-add", "[queue]\nmax_messages = 5\n")
 
 
 def test_messages_past_a_full_queue_are_resource_exhausted(small_queue_stack: Stack) -> None:

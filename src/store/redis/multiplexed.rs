@@ -11,7 +11,7 @@
 //! `redis.connect_timeout`), so the store heals when Redis returns.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,7 +26,10 @@ use crate::store::StoreError;
 use crate::store::memory::lock;
 
 struct Slot {
-    connection: Mutex<Option<MultiplexedConnection>>,
+    /// The open connection and the number it was opened as: a call whose
+    /// connection broke drops it only if no other call has replaced it.
+    connection: Mutex<Option<(u64, MultiplexedConnection)>>,
+    opened: AtomicU64,
     /// Held while a connection is opened, so calls that find the slot
     /// empty open one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
@@ -55,6 +58,7 @@ impl Multiplexed {
             slots: (0..connections.max(1))
                 .map(|_| Slot {
                     connection: Mutex::new(None),
+                    opened: AtomicU64::new(0),
                     connecting: tokio::sync::Mutex::new(()),
                 })
                 .collect(),
@@ -71,7 +75,7 @@ impl Multiplexed {
             .count()
     }
 
-    async fn connection(&self, slot: &Slot) -> Result<MultiplexedConnection, StoreError> {
+    async fn connection(&self, slot: &Slot) -> Result<(u64, MultiplexedConnection), StoreError> {
         if let Some(c) = lock(&slot.connection).as_ref() {
             return Ok(c.clone());
         }
@@ -82,7 +86,10 @@ impl Multiplexed {
         opened
     }
 
-    async fn open_connection(&self, slot: &Slot) -> Result<MultiplexedConnection, StoreError> {
+    async fn open_connection(
+        &self,
+        slot: &Slot,
+    ) -> Result<(u64, MultiplexedConnection), StoreError> {
         let _connecting = slot.connecting.lock().await;
         if let Some(c) = lock(&slot.connection).as_ref() {
             return Ok(c.clone());
@@ -99,6 +106,7 @@ impl Multiplexed {
             metrics::counter!(metrics_names::REDIS_ERRORS, "kind" => e.kind.as_str()).increment(1);
             e
         })?;
+        let opened = (slot.opened.fetch_add(1, Ordering::Relaxed), opened);
         *lock(&slot.connection) = Some(opened.clone());
         Ok(opened)
     }
@@ -107,7 +115,7 @@ impl Multiplexed {
     /// command, in order.
     pub async fn exec(&self, cmds: Vec<Cmd>) -> JobResult {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        let mut connection = self.connection(slot).await?;
+        let (number, mut connection) = self.connection(slot).await?;
         let n = cmds.len();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -128,7 +136,10 @@ impl Multiplexed {
             ))),
             Err(e) => {
                 if failed(&e) {
-                    *lock(&slot.connection) = None;
+                    let mut held = lock(&slot.connection);
+                    if held.as_ref().is_some_and(|(n, _)| *n == number) {
+                        *held = None;
+                    }
                 }
                 Err(StoreError::from_redis(&e))
             }
