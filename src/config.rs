@@ -61,7 +61,9 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let layered = builder.build()?;
+        removed_keys(&layered)?;
+        let settings: Settings = layered.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -88,6 +90,37 @@ impl Settings {
         } else {
             Err(ConfigError::Invalid(InvalidSettings(problems.0)))
         }
+    }
+}
+
+/// Keys that existed once, with what replaced them: a configuration that
+/// still sets one is told so, rather than only that the key is unknown.
+const REMOVED: &[(&str, &str)] = &[
+    (
+        "redis.pipelining",
+        "was removed: calls always share redis-rs's multiplexed connections (`redis.connections`); delete the key",
+    ),
+    (
+        "redis.pool_size",
+        "was removed with the connection pool: calls share `redis.connections` connections; delete the key",
+    ),
+    (
+        "redis.wait_timeout",
+        "was removed with the connection pool: opening a connection is bounded by `redis.connect_timeout`; delete the key",
+    ),
+];
+
+fn removed_keys(layered: &Config) -> Result<(), ConfigError> {
+    let mut problems = Problems::default();
+    for (key, why) in REMOVED {
+        if layered.get::<config::Value>(key).is_ok() {
+            problems.push(*key, *why);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(InvalidSettings(problems.0)))
     }
 }
 

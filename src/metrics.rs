@@ -162,7 +162,7 @@ fn describe() {
     );
     describe_counter!(
         REDIS_ERRORS,
-        "Redis failures by kind (unavailable, full, misconfigured, internal)."
+        "Redis failures by kind (unavailable, full, misconfigured, internal; overloaded: refused because too many calls were already waiting for Redis)."
     );
     describe_histogram!(
         REDIS_ROUNDTRIP,

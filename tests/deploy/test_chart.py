@@ -674,7 +674,7 @@ def test_schema_is_draft_07_and_declares_every_value() -> None:
         {"metrics": {"prometheusRule": {"errorRatio": 5}}},
         {"metrics": {"prometheusRule": {"errorCodes": ["InternalError"]}}},
         {"metrics": {"prometheusRule": {"selector": "{job=\"x\"}"}}},
-        {"metrics": {"prometheusRule": {"pipelineCommandsP99": 1000}}},
+        {"metrics": {"prometheusRule": {"pipelineCommandsP99": 256}}},
         {"metrics": {"grafanaDashboard": {"namespace": "Not_A_Namespace"}}},
         {"networkPolicy": {"ingress": []}},
         {"networkPolicy": {"grpc": {"namespaceSelector": {}}}},

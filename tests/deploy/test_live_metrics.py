@@ -241,9 +241,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         poll("health NOT_SERVING", lambda: status() != SERVING)
         hook_outage = _run_hook(binary, service.grpc_addr)
         hook_liveness = _run_hook(binary, service.grpc_addr, service="liveness")
-        # The lanes' first pool waits happen during start-up, before the
-        # service installs its metrics recorder, so they are not counted; a
-        # reconnect attempt (the probe's, every 100 ms here) is.
+        # Opening a connection is timed as a pool wait. The first opening
+        # may happen before the service installs its metrics recorder; a
+        # reconnect attempt (the probe's, every 100 ms here) is counted.
         def reconnect_counted() -> str | None:
             text = service.scrape()
             return text if "datalayer_redis_pool_wait_seconds_bucket" in text else None

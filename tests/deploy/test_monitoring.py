@@ -40,7 +40,7 @@ ALERTS = {
     "DatalayerHighErrorRatio",
     "DatalayerHighLatencyP99",
     "DatalayerRedisPoolSaturated",
-    "DatalayerRedisPipelinesFull",
+    "DatalayerRedisOverloaded",
 }
 DURATION = re.compile(r"[0-9]+(ms|s|m|h|d|w|y)")
 
@@ -178,7 +178,6 @@ def test_alert_thresholds_and_labels_follow_the_values() -> None:
                 "errorCodes": ["Internal", "Unavailable"],
                 "latencyP99Seconds": 0.1,
                 "latencyExcludedMethods": ["Watch", "EventStream", "AcquireLock", "Slow"],
-                "pipelineCommandsP99": 128,
                 "alertLabels": {"team": "bots"},
                 "labels": {"release": "kube-prometheus"},
                 "additionalRules": [{"record": "datalayer:calls:rate5m", "expr": "sum(rate(datalayer_rpc_requests_total[5m]))"}],
@@ -193,7 +192,7 @@ def test_alert_thresholds_and_labels_follow_the_values() -> None:
     assert "More than 2% of the calls" in found["DatalayerHighErrorRatio"]["annotations"]["description"]
     assert 'method!~"Watch|EventStream|AcquireLock|Slow"' in found["DatalayerHighLatencyP99"]["expr"]
     assert found["DatalayerHighLatencyP99"]["expr"].rstrip().endswith("> 0.1")
-    assert found["DatalayerRedisPipelinesFull"]["expr"].rstrip().endswith(">= 128")
+    assert 'kind="overloaded"' in found["DatalayerRedisOverloaded"]["expr"]
     for name, r in found.items():
         assert r["labels"]["team"] == "bots", name
     extra = [g for g in doc["spec"]["groups"] if g["name"] == "datalayer.rules.additional"]
@@ -392,9 +391,11 @@ def _rule_unit_test() -> dict[str, Any]:
                  {"0.25": 0, "1": 0, "10": 0, "+Inf": 5}),
         series("datalayer_redis_pool_waiting_calls", 'pod="p1"', "3x30"),
         series("datalayer_redis_pool_waiting_calls", 'pod="p2"', "0x30"),
-        # p1's pipelines carry 257 to 512 commands; p2's a handful.
-        *buckets("datalayer_redis_pipeline_commands_bucket", 'pod="p1"', {"256": 0, "512": 100, "+Inf": 0}),
-        *buckets("datalayer_redis_pipeline_commands_bucket", 'pod="p2"', {"4": 100, "256": 0, "512": 0, "+Inf": 0}),
+        # p1 refuses 10 calls a minute as overloaded; p2 has refused 5 once,
+        # long ago, and no more since.
+        series("datalayer_redis_errors_total", 'pod="p1", kind="overloaded"', "0+10x30"),
+        series("datalayer_redis_errors_total", 'pod="p2", kind="overloaded"', "5x30"),
+        series("datalayer_redis_errors_total", 'pod="p2", kind="timeout"', "0+10x30"),
     ]
     found = rules(rule())
     description = {name: r["annotations"]["description"] for name, r in found.items()}
@@ -459,15 +460,15 @@ def _rule_unit_test() -> dict[str, Any]:
                         "alertname": "DatalayerRedisPoolSaturated",
                         "exp_alerts": [
                             alert("DatalayerRedisPoolSaturated", {"severity": "warning", "namespace": ns, "pod": "p1"},
-                                  f"datalayer pod {ns}/p1: calls wait for a pooled Redis connection")
+                                  f"datalayer pod {ns}/p1: calls wait for a Redis connection to open")
                         ],
                     },
                     {
                         "eval_time": "25m",
-                        "alertname": "DatalayerRedisPipelinesFull",
+                        "alertname": "DatalayerRedisOverloaded",
                         "exp_alerts": [
-                            alert("DatalayerRedisPipelinesFull", {"severity": "warning", "namespace": ns, "pod": "p1"},
-                                  f"datalayer pod {ns}/p1: Redis pipelines are nearly full")
+                            alert("DatalayerRedisOverloaded", {"severity": "warning", "namespace": ns, "pod": "p1"},
+                                  f"datalayer pod {ns}/p1: calls refused, too many wait for Redis")
                         ],
                     },
                 ],

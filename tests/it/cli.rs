@@ -61,8 +61,8 @@ fn help_and_version() {
 fn invalid_settings_name_the_key_and_exit_2() {
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
         (
-            vec![("DATALAYER__REDIS__POOL_SIZE", "0")],
-            "redis.pool_size",
+            vec![("DATALAYER__REDIS__CONNECTIONS", "0")],
+            "redis.connections",
         ),
         (
             vec![("DATALAYER__SERVER__DEFAULT_TIMEOUT", "0s")],
@@ -121,6 +121,32 @@ fn invalid_settings_name_the_key_and_exit_2() {
             stderr(&output)
         );
     }
+}
+
+/// Keys that were removed say so and name what replaced them, from a file
+/// as from the environment, each one reported.
+#[test]
+fn removed_keys_are_named_with_their_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("datalayer.yaml");
+    std::fs::write(&file, "redis:\n  pool_size: 16\n  pipelining: lanes\n").unwrap();
+    let output = run(
+        &["--config", file.to_str().unwrap()],
+        &[("DATALAYER__REDIS__WAIT_TIMEOUT", "1s")],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("(3 problems)"), "{text}");
+    assert!(
+        text.contains("`redis.pool_size`: was removed") && text.contains("`redis.connections`"),
+        "{text}"
+    );
+    assert!(text.contains("`redis.pipelining`: was removed"), "{text}");
+    assert!(
+        text.contains("`redis.wait_timeout`: was removed")
+            && text.contains("redis.connect_timeout"),
+        "{text}"
+    );
 }
 
 #[test]

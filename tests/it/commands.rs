@@ -33,14 +33,14 @@ fn check_config_prints_every_problem() {
     let bad = run(
         &["check-config"],
         &[
-            ("DATALAYER__REDIS__POOL_SIZE", "0"),
+            ("DATALAYER__REDIS__CONNECTIONS", "0"),
             ("DATALAYER__CACHE__MAX_BATCH", "0"),
         ],
     );
     assert_eq!(bad.status.code(), Some(2));
     let err = text(&bad.stderr);
     assert!(
-        err.contains("redis.pool_size") && err.contains("cache.max_batch"),
+        err.contains("redis.connections") && err.contains("cache.max_batch"),
         "{err}"
     );
 }

@@ -17,7 +17,7 @@ use futures::future::join_all;
 use tokio::sync::Mutex;
 
 use super::RedisSettings;
-use super::lane::JobResult;
+use super::multiplexed::JobResult;
 use crate::store::StoreError;
 
 const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);

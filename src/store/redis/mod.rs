@@ -1,34 +1,27 @@
 //! The Redis backend every service's Redis store is built on: one
 //! connection layer (deadpool-redis) and the script machinery ([`script`]).
 //!
-//! On one server, calls go through a few [`lane`]s that pipeline the
-//! commands of many concurrent calls into one round trip, which is how the
-//! service wins back the cost of gRPC (or, with `redis.pipelining =
-//! "multiplexed"`, through redis-rs's own [`multiplexed`] connections, kept
-//! to measure the two against each other). On a cluster, [`cluster`] sends
-//! one pipeline per hash slot. Services never see which.
+//! On one server, calls share a few of redis-rs's [`multiplexed`]
+//! connections, which write the commands of concurrent calls back to back
+//! (one round trip carries many calls: how the service wins back the cost
+//! of gRPC). On a cluster, [`cluster`] sends one pipeline per hash slot.
+//! Services never see which.
 
 mod cluster;
-mod lane;
 mod multiplexed;
 mod probe;
 pub mod script;
 pub mod settings;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use deadpool_redis::{
-    Manager, Pool, Runtime,
-    redis::{
-        self, AsyncConnectionConfig, ClientTlsConfig, RedisError, RedisResult, TlsCertificates,
-        Value,
-    },
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, ClientTlsConfig, RedisError, RedisResult, TlsCertificates, Value,
 };
-use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 pub use script::{NamedScript, ScriptCall};
-pub use settings::{RedisMode, RedisPipelining, RedisSettings, RedisUrl};
+pub use settings::{RedisMode, RedisSettings, RedisUrl};
 
 use super::{PoolStatus, StoreError, StoreErrorKind};
 
@@ -48,12 +41,6 @@ pub struct Redis {
 
 /// How commands reach Redis.
 enum Transport {
-    /// One server: lanes pipeline every call onto a few pooled connections.
-    Lanes {
-        pool: Pool,
-        lanes: Vec<mpsc::Sender<lane::Job>>,
-        next: AtomicUsize,
-    },
     /// One server, on redis-rs's multiplexed connections.
     Multiplexed(Box<multiplexed::Multiplexed>),
     /// A cluster: one pipeline per hash slot touched.
@@ -134,8 +121,7 @@ impl StoreError {
 }
 
 impl Redis {
-    /// Builds the pool and starts the lanes (so it needs a Tokio runtime).
-    /// Connects lazily: the service starts even while Redis is down, and
+    /// Builds the transport (so it needs a Tokio runtime). Connects lazily: the service starts even while Redis is down, and
     /// health reports NOT_SERVING until it answers.
     pub fn connect(s: &RedisSettings) -> Result<Self, StoreError> {
         let Some(url) = &s.url else {
@@ -153,10 +139,7 @@ impl Redis {
             }
         };
         let transport = match s.mode {
-            RedisMode::Standalone => match s.pipelining {
-                RedisPipelining::Lanes => Self::lanes(url.expose(), s, tls)?,
-                RedisPipelining::Multiplexed => Self::multiplexed(url.expose(), s, tls)?,
-            },
+            RedisMode::Standalone => Self::multiplexed(url.expose(), s, tls)?,
             RedisMode::Cluster => Transport::Cluster(Box::new(cluster::ClusterTransport::new(
                 &url.seeds(),
                 s,
@@ -172,42 +155,6 @@ impl Redis {
             probe_key: crate::keys::probe_key(&instance),
             observed: probe::Observed::default(),
             pubsub,
-        })
-    }
-
-    fn lanes(
-        url: &str,
-        s: &RedisSettings,
-        tls: Option<TlsCertificates>,
-    ) -> Result<Transport, StoreError> {
-        let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.response_timeout));
-        let bad_url = |e: RedisError| {
-            StoreError::new(StoreErrorKind::Misconfigured, format!("redis.url: {e}")).caused_by(e)
-        };
-        let manager = match tls {
-            None => Manager::new_with_config(url, connection_config),
-            // The connection info then carries the CA to trust.
-            Some(certs) => redis::Client::build_with_tls(url, certs).and_then(|client| {
-                Manager::new_with_config(client.get_connection_info().clone(), connection_config)
-            }),
-        }
-        .map_err(bad_url)?;
-        let pool = Pool::builder(manager)
-            .max_size(s.pool_size)
-            .wait_timeout(Some(s.wait_timeout))
-            .create_timeout(Some(s.connect_timeout))
-            .recycle_timeout(Some(s.connect_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::internal(format!("building the Redis pool: {e}")))?;
-        Ok(Transport::Lanes {
-            lanes: (0..s.connections)
-                .map(|_| lane::spawn(pool.clone()))
-                .collect(),
-            pool,
-            next: AtomicUsize::new(0),
         })
     }
 
@@ -273,39 +220,22 @@ impl Redis {
         &self,
         cmds: Vec<redis::Cmd>,
     ) -> Result<Vec<RedisResult<Value>>, StoreError> {
-        let (lanes, next) = match &self.transport {
-            Transport::Lanes { lanes, next, .. } => (lanes, next),
-            Transport::Multiplexed(m) => return m.exec(cmds).await,
-            Transport::Cluster(cluster) => return cluster.exec(cmds).await,
-        };
-        let index = next.fetch_add(1, Ordering::Relaxed) % lanes.len();
-        let (reply, answer) = oneshot::channel();
-        lanes[index]
-            .try_send(lane::Job { cmds, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::unavailable(format!(
-                    "overloaded: {} calls already queued for Redis",
-                    lane::QUEUE_DEPTH
-                )),
-                mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::unavailable("the Redis lane stopped")
-                }
-            })?;
-        answer
-            .await
-            .map_err(|_| StoreError::unavailable("the Redis lane stopped"))?
+        match &self.transport {
+            Transport::Multiplexed(m) => m.exec(cmds).await,
+            Transport::Cluster(cluster) => cluster.exec(cmds).await,
+        }
     }
 
-    /// Whether one script may touch all of `keys`: always on one server; on
-    /// a cluster, when they hash to one slot.
-    /// A Redis Cluster (else one server, through the lanes).
+    /// A Redis Cluster (else one server).
     pub fn is_cluster(&self) -> bool {
         matches!(self.transport, Transport::Cluster(_))
     }
 
+    /// Whether one script may touch all of `keys`: always on one server; on
+    /// a cluster, when they hash to one slot.
     pub fn same_node(&self, keys: &[String]) -> bool {
         match &self.transport {
-            Transport::Lanes { .. } | Transport::Multiplexed(_) => true,
+            Transport::Multiplexed(_) => true,
             Transport::Cluster(_) => {
                 let mut slots = keys.iter().map(|k| cluster::slot(k.as_bytes()));
                 let first = slots.next();
@@ -314,25 +244,13 @@ impl Redis {
         }
     }
 
+    /// The connections of one server, for the pool metrics (a cluster's
+    /// connections are redis-rs's own: none).
     pub fn pool_status(&self) -> Option<PoolStatus> {
-        let pool = match &self.transport {
-            Transport::Lanes { pool, .. } => pool,
-            Transport::Multiplexed(m) => {
-                let open = m.open();
-                return Some(PoolStatus {
-                    size: open,
-                    in_use: open,
-                    waiting: 0,
-                });
-            }
-            Transport::Cluster(_) => return None,
-        };
-        let status = pool.status();
-        Some(PoolStatus {
-            size: status.size,
-            in_use: status.size.saturating_sub(status.available),
-            waiting: status.waiting,
-        })
+        match &self.transport {
+            Transport::Multiplexed(m) => Some(m.status()),
+            Transport::Cluster(_) => None,
+        }
     }
 }
 

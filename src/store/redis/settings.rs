@@ -102,18 +102,6 @@ crate::setting_enum! {
     default = Standalone;
 }
 
-crate::setting_enum! {
-    /// How concurrent calls share connections to one Redis server.
-    pub enum RedisPipelining {
-        /// The service's own pipeliner: each of `redis.connections` lanes
-        /// sends everything queued on it as one pipeline.
-        Lanes = "lanes",
-        /// redis-rs's multiplexed connections, `redis.connections` of them.
-        Multiplexed = "multiplexed",
-    }
-    default = Multiplexed;
-}
-
 crate::section! {
     /// Where Redis is and how the service talks to it.
     pub struct RedisSettings {
@@ -132,20 +120,12 @@ crate::section! {
         pub tls_cert_file: Option<PathBuf> = None;
         /// PEM file of the client certificate's private key.
         pub tls_key_file: Option<PathBuf> = None;
-        /// Multiplexed connections that pipeline every call's commands.
+        /// Connections to one server, each shared by every call: the
+        /// commands of concurrent calls go back to back on it (pipelined).
+        /// Ignored in cluster mode (one per node).
         pub connections: usize = 2, range(1, 64);
-        /// How calls share those connections on one server: `multiplexed`
-        /// (redis-rs's own multiplexed connections: less CPU per call, see
-        /// docs/benchmark.md) or `lanes` (the service's own pipeliner, on
-        /// pooled connections). Ignored in cluster mode.
-        pub pipelining: RedisPipelining = RedisPipelining::Multiplexed;
-        /// Connections in the pool (`redis.pipelining = "lanes"` takes its
-        /// connections from it); at least `redis.connections`.
-        pub pool_size: usize = 16, range(1, 1024);
         /// Time to open a connection.
         pub connect_timeout: Duration = ms(500), range(ms(1), secs(60));
-        /// Time to wait for a pooled connection.
-        pub wait_timeout: Duration = ms(500), range(ms(1), secs(60));
         /// How long a call waits for Redis's answer before the store counts
         /// as unavailable for that call (fail-open limits then admit).
         /// A caller's shorter deadline ends the call earlier, as
@@ -201,12 +181,6 @@ impl RedisSettings {
             problems.push(
                 join(path, "tls_ca_file"),
                 "needs redis.url with rediss:// (TLS) URLs",
-            );
-        }
-        if self.pool_size < self.connections {
-            problems.push(
-                join(path, "pool_size"),
-                "must be at least redis.connections (each holds a pooled connection)",
             );
         }
     }

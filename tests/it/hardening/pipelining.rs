@@ -1,8 +1,7 @@
-//! Both ways of sharing connections on one server, `redis.pipelining =
-//! "multiplexed"` (the default, which every other test uses) and "lanes":
-//! the same answers under concurrency, and the same failure path: a frozen
-//! or dead Redis is UNAVAILABLE within the deadline, and the store heals by
-//! itself when Redis is back.
+//! The connections every call shares on one server (redis-rs's multiplexed
+//! connections, `redis.connections` of them): exact answers under
+//! concurrency, and the failure path: a frozen or dead Redis is UNAVAILABLE
+//! within the deadline, and the store heals by itself when Redis is back.
 
 use std::time::Duration;
 
@@ -10,7 +9,6 @@ use datalayer::proto::datalayer::cache::v1::{GetRequest, SetRequest};
 use datalayer::proto::datalayer::ratelimit::v1::{
     CheckRequest, Limit, SlidingWindow, check_request::LimitSource, limit::Algorithm,
 };
-use datalayer::store::redis::RedisPipelining;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -46,18 +44,8 @@ async fn get(app: &TestApp, key: &str) -> Result<Option<Vec<u8>>, tonic::Status>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multiplexed_connections_answer_alike_fail_fast_and_heal() {
-    answer_alike_fail_fast_and_heal(RedisPipelining::Multiplexed).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lanes_answer_alike_fail_fast_and_heal() {
-    answer_alike_fail_fast_and_heal(RedisPipelining::Lanes).await;
-}
-
-async fn answer_alike_fail_fast_and_heal(pipelining: RedisPipelining) {
+async fn shared_connections_answer_alike_fail_fast_and_heal() {
     let mut app = spawn_app_with(Backend::OwnRedis, |s| {
-        s.redis.pipelining = pipelining;
         s.redis.command_timeout = Duration::from_millis(300);
     })
     .await;
@@ -122,4 +110,118 @@ async fn answer_alike_fail_fast_and_heal(pipelining: RedisPipelining) {
         .await
         .expect("set after Redis came back");
     assert_eq!(get(&app, "k").await.unwrap().as_deref(), Some(&b"v3"[..]));
+}
+
+/// A frozen Redis holds every call until its answer times out; past
+/// `MAX_IN_FLIGHT` (8192) calls waiting, a new one is refused at once as
+/// overloaded instead of joining the wait, and once the waiting calls are
+/// gone (their callers left) calls are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_in_flight_bound_are_refused_at_once() {
+    use std::sync::Arc;
+
+    use datalayer::store::redis::{Redis, RedisSettings, RedisUrl};
+    use deadpool_redis::redis;
+
+    let server = crate::harness::redis::RedisServer::start();
+    let settings = RedisSettings {
+        url: Some(RedisUrl::new(server.url())),
+        response_timeout: Duration::from_secs(60),
+        // One connection, opened before the freeze: every call waits on it.
+        connections: 1,
+        ..RedisSettings::default()
+    };
+    let store = Arc::new(Redis::connect(&settings).expect("store"));
+    let ping = || vec![redis::cmd("PING")];
+    store.exec("ping", ping()).await.expect("Redis answers");
+
+    server.pause();
+    // Each call is polled once before it counts as waiting: by then it has
+    // taken its place in flight and sent its PING to the frozen server.
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let waiting: Vec<_> = (0..8192)
+        .map(|_| {
+            let (store, started) = (store.clone(), started.clone());
+            tokio::spawn(async move {
+                let mut call = std::pin::pin!(store.exec("ping", ping()));
+                let first = futures::poll!(call.as_mut());
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match first {
+                    std::task::Poll::Ready(answer) => answer,
+                    std::task::Poll::Pending => call.await,
+                }
+            })
+        })
+        .collect();
+    while started.load(std::sync::atomic::Ordering::SeqCst) < 8192 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(5), store.exec("ping", ping()))
+        .await
+        .expect("refused at once, not queued")
+        .expect_err("the 8193rd call is refused");
+    assert!(refused.is_unavailable(), "{refused:?}");
+    assert!(refused.to_string().contains("overloaded"), "{refused}");
+    assert!(
+        waiting.iter().all(|t| !t.is_finished()),
+        "callers still wait"
+    );
+
+    for task in &waiting {
+        task.abort();
+    }
+    for task in waiting {
+        let _ = task.await;
+    }
+    server.resume();
+    store
+        .exec("ping", ping())
+        .await
+        .expect("calls are taken again once the others left");
+}
+
+/// Calls that queue behind an attempt to open a connection share its
+/// failure: with Redis frozen, 50 calls on a slot with no connection fail
+/// together after one `connect_timeout`, not one after another (50 × 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_behind_a_failed_connect_share_its_failure() {
+    use std::sync::Arc;
+
+    use datalayer::store::redis::{Redis, RedisSettings, RedisUrl};
+    use deadpool_redis::redis;
+
+    let server = crate::harness::redis::RedisServer::start();
+    let settings = RedisSettings {
+        url: Some(RedisUrl::new(server.url())),
+        connections: 2,
+        connect_timeout: Duration::from_millis(200),
+        response_timeout: Duration::from_secs(60),
+        ..RedisSettings::default()
+    };
+    let store = Arc::new(Redis::connect(&settings).expect("store"));
+    let ping = || vec![redis::cmd("PING")];
+    // Calls take the slots in turn: this opens the first one only.
+    store.exec("ping", ping()).await.expect("Redis answers");
+
+    server.pause();
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.exec("ping", ping()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed: Vec<_> = calls.iter().filter(|t| t.is_finished()).collect();
+    assert_eq!(failed.len(), 50, "the calls on the unopened slot failed");
+    server.resume();
+    let mut answered = 0;
+    let mut unavailable = 0;
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(_) => answered += 1,
+            Err(e) if e.is_unavailable() => unavailable += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((answered, unavailable), (50, 50));
 }

@@ -124,7 +124,6 @@ pub fn test_settings() -> Settings {
     settings.health.probe_interval = Duration::from_millis(100);
     settings.health.probe_timeout = Duration::from_millis(100);
     settings.redis.connect_timeout = Duration::from_millis(200);
-    settings.redis.wait_timeout = Duration::from_millis(200);
     settings.redis.response_timeout = Duration::from_millis(500);
     settings.keys.namespace = unique_namespace("t");
     test_policies(&mut settings);
